@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt requirements/frameworks.txt requirements/framework-deps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	$(PIP) -r requirements/framework-deps.txt
+	$(PIP) --no-deps -r requirements/frameworks.txt
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m bridge demo
+
+test: install
+	$(PY) -m pytest -n 2 --durations=15
+
+test-fast: install
+	$(PY) -m pytest -n 2 -m 'not slow'
+
+bench: install
+	$(PY) benchmarks/convert_bench.py
+	$(PY) benchmarks/simulate_bench.py
+	$(PY) benchmarks/export_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache bridge-demo

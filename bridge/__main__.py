@@ -1,0 +1,7 @@
+"""``python -m bridge``: the same CLI as the ``bridge`` console script."""
+
+import sys
+
+from bridge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,111 @@
+"""The ``bridge`` command line (also ``python -m bridge``).
+
+Each sub-command lives in its own module and is imported only when it runs, so that
+``bridge --help`` stays fast and a broken optional framework cannot break other commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from bridge.errors import BridgeError
+
+# name -> "module:attribute" of a click.Command
+COMMANDS: dict[str, str] = {
+    "export": "bridge.cli.export_cmd:export",
+    "inspect": "bridge.cli.inspect_cmd:inspect",
+    "simulate": "bridge.cli.simulate_cmd:simulate",
+    "validate": "bridge.cli.validate_cmd:validate",
+    "evaluate": "bridge.cli.evaluate_cmd:evaluate",
+    "demo": "bridge.cli.demo_cmd:demo",
+}
+
+SHORT_HELP: dict[str, str] = {
+    "export": "Convert a trained model to NIR, SpikingJelly or Norse.",
+    "inspect": "Show the nodes, thresholds and semantics of a NIR file.",
+    "simulate": "Run a NIR graph with the reference simulator.",
+    "validate": "Check every backend against the reference, step by step.",
+    "evaluate": "Accuracy vs time-steps of a model or NIR file on your data.",
+    "demo": "Train, convert, export, validate and report on the embedded digits.",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith(module_name.rsplit(".", 1)[0]):
+                return _unavailable(name)
+            raise
+        return getattr(module, attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SHORT_HELP[name]) for name in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _unavailable(name: str) -> click.Command:
+    @click.command(name=name, help=SHORT_HELP[name])
+    def command() -> None:
+        raise BridgeError(f"`bridge {name}` is not available in this build of bridge")
+
+    return command
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="""\b
+Examples:
+  bridge demo                                   # the whole pipeline on the embedded digits
+  bridge export model.pt2 --to nir -o model.nir
+  bridge export weights.pt --arch mypkg.nets:vgg16 --to nir -o model.nir
+  bridge inspect model.nir
+  bridge simulate model.nir --input digits --steps 8
+  bridge export model.nir --to spikingjelly -o sj_model/
+  bridge validate model.nir --backends reference,spikingjelly,norse --steps 32 --data digits
+
+On Linux `bridge` may also name iproute2's network tool: `python -m bridge` always works.""",
+)
+@click.version_option(package_name="bridge-snn", prog_name="bridge")
+def cli() -> None:
+    """bridge: trained ANNs to low-latency spiking networks, through NIR."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI; user errors print one line and exit 2 (1 for failed checks)."""
+    try:
+        cli.main(args=argv, prog_name="bridge", standalone_mode=False)
+    except BridgeError as exc:
+        click.echo(f"bridge: error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("bridge: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("bridge: interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

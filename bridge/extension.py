@@ -1,0 +1,179 @@
+"""The bridge extension of NIR: what NIR 1.0.8 cannot state, written in metadata.
+
+This module is the one place where the extension's keys and values are defined; every
+reader and writer imports them from here. The normative text is
+``docs/nir-extension.md``.
+
+Graph metadata ``graph.metadata["bridge"]``::
+
+    {"version": "1.0",              # extension format version (FORMAT_VERSION)
+     "input_encoding": "constant",  # the same analog input is the current at every step
+     "readout": "mean",             # network output = mean over T of the Output node's value
+     "timesteps": 8}                # optional: the T the converter optimised for
+
+IF node metadata ``node.metadata["bridge"]``::
+
+    {"reset": "subtract",           # v <- m - theta * s   ("zero": v <- v_reset * s + m (1 - s))
+     "spike_condition": "ge",       # s = [m >= theta]     ("gt": s = [m > theta])
+     "v_init": ndarray}             # initial membrane potential, same shape as v_threshold
+
+One step t of such an IF node with input current I(t) (r = 1, one step integrates one
+input)::
+
+    m(t) = v(t-1) + I(t);   s(t) = [m(t) >= theta];   v(t) = m(t) - theta * s(t);   v(0) = v_init
+
+A graph without ``metadata["bridge"]`` is a plain NIR graph and is read with the NIR
+text semantics: hard reset to ``v_reset``, spike when ``v > v_threshold``, ``v(0) = 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import nir
+import numpy as np
+
+from bridge.errors import BridgeError
+
+NAMESPACE = "bridge"
+FORMAT_VERSION = "1.0"
+SUPPORTED_VERSIONS = frozenset({"1.0"})
+
+# graph-level keys
+VERSION = "version"
+INPUT_ENCODING = "input_encoding"
+READOUT = "readout"
+TIMESTEPS = "timesteps"
+# IF-node keys
+RESET = "reset"
+SPIKE_CONDITION = "spike_condition"
+V_INIT = "v_init"
+
+Reset = Literal["subtract", "zero"]
+SpikeCondition = Literal["ge", "gt"]
+InputEncoding = Literal["constant", "per_step"]
+Readout = Literal["mean", "last", "sum"]
+
+
+@dataclass(frozen=True)
+class GraphSemantics:
+    """How a whole graph is driven and read out.
+
+    ``is_bridge`` is False for plain NIR graphs; they are fed per step and read out as the
+    mean over T of the output (the most common choice of the NIR importers' users).
+    """
+
+    is_bridge: bool
+    version: str | None
+    input_encoding: InputEncoding
+    readout: Readout
+    timesteps: int | None = None
+
+
+@dataclass(frozen=True)
+class IFSemantics:
+    """The exact rule of one IF node (see the module docstring for the equations)."""
+
+    threshold: np.ndarray
+    v_init: np.ndarray
+    r: np.ndarray  # input gain: m = v + r * I (always 1 in files bridge writes)
+    reset: Reset
+    v_reset: np.ndarray
+    spike_condition: SpikeCondition
+
+
+def graph_metadata(timesteps: int | None = None) -> dict[str, Any]:
+    """The graph-level extension metadata written by the converter."""
+    meta: dict[str, Any] = {
+        VERSION: FORMAT_VERSION,
+        INPUT_ENCODING: "constant",
+        READOUT: "mean",
+    }
+    if timesteps is not None:
+        meta[TIMESTEPS] = int(timesteps)
+    return {NAMESPACE: meta}
+
+
+def if_metadata(v_init: np.ndarray) -> dict[str, Any]:
+    """The IF-node extension metadata written by the converter (subtract reset, v >= theta)."""
+    return {NAMESPACE: {RESET: "subtract", SPIKE_CONDITION: "ge", V_INIT: np.asarray(v_init)}}
+
+
+def make_if(threshold: np.ndarray, v_init: np.ndarray) -> nir.IF:
+    """An IF node in the bridge encoding: r = 1, v_reset = 0, per-neuron threshold and v_init.
+
+    ``r = 1`` (with the implicit dt = 1) makes one step integrate exactly one input, and
+    ``v_reset = 0`` is what a reader that ignores the metadata uses for its hard reset.
+    """
+    threshold = np.asarray(threshold, dtype=np.float64)
+    v_init = np.broadcast_to(np.asarray(v_init, dtype=np.float64), threshold.shape).copy()
+    return nir.IF(
+        r=np.ones_like(threshold),
+        v_threshold=threshold,
+        v_reset=np.zeros_like(threshold),
+        metadata=if_metadata(v_init),
+    )
+
+
+def _as_str(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+def graph_semantics(graph: nir.NIRGraph) -> GraphSemantics:
+    """Read (and check) a graph's extension metadata; plain NIR graphs get NIR semantics."""
+    meta = (graph.metadata or {}).get(NAMESPACE)
+    if meta is None:
+        return GraphSemantics(False, None, "per_step", "mean")
+    if not isinstance(meta, dict) or VERSION not in meta:
+        raise BridgeError(
+            "the graph's 'bridge' metadata has no version: the file was not written by bridge "
+            "or is damaged; re-export it with `bridge export`"
+        )
+    version = _as_str(meta[VERSION])
+    if version not in SUPPORTED_VERSIONS:
+        raise BridgeError(
+            f"the file uses bridge NIR extension version {version}, this bridge reads "
+            f"{', '.join(sorted(SUPPORTED_VERSIONS))}; upgrade bridge or re-export the model"
+        )
+    encoding = _as_str(meta.get(INPUT_ENCODING, "constant"))
+    readout = _as_str(meta.get(READOUT, "mean"))
+    if encoding not in ("constant", "per_step") or readout not in ("mean", "last", "sum"):
+        raise BridgeError(
+            f"unknown input_encoding {encoding!r} or readout {readout!r} in the graph's "
+            "bridge metadata; see docs/nir-extension.md for the allowed values"
+        )
+    steps = meta.get(TIMESTEPS)
+    return GraphSemantics(True, version, encoding, readout, None if steps is None else int(steps))  # type: ignore[arg-type]
+
+
+def if_semantics(node: nir.IF, name: str = "?") -> IFSemantics:
+    """The exact rule of an IF node: bridge metadata if present, else the NIR text."""
+    threshold = np.asarray(node.v_threshold, dtype=np.float64)
+    v_reset = np.asarray(
+        node.v_reset if node.v_reset is not None else np.zeros_like(threshold), dtype=np.float64
+    )
+    r = np.asarray(node.r, dtype=np.float64)
+    meta = (node.metadata or {}).get(NAMESPACE)
+    if meta is None:
+        # NIR text: dv/dt = R I, read with dt = 1 so that one step adds R * I.
+        return IFSemantics(threshold, np.zeros_like(threshold), r, "zero", v_reset, "gt")
+    reset = _as_str(meta.get(RESET, "subtract"))
+    cond = _as_str(meta.get(SPIKE_CONDITION, "ge"))
+    if reset not in ("subtract", "zero") or cond not in ("ge", "gt"):
+        raise BridgeError(
+            f"IF node {name!r}: unknown reset {reset!r} or spike_condition {cond!r} in its "
+            "bridge metadata; see docs/nir-extension.md for the allowed values"
+        )
+    v_init = np.asarray(meta.get(V_INIT, np.zeros_like(threshold)), dtype=np.float64)
+    if v_init.shape != threshold.shape:
+        try:
+            v_init = np.broadcast_to(v_init, threshold.shape).copy()
+        except ValueError:
+            raise BridgeError(
+                f"IF node {name!r}: v_init has shape {v_init.shape}, its threshold "
+                f"{threshold.shape}; re-export the model"
+            ) from None
+    return IFSemantics(threshold, v_init, r, reset, v_reset, cond)  # type: ignore[arg-type]

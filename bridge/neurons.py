@@ -1,0 +1,51 @@
+"""Neuron dynamics as pure functions (the one executable statement of the IF rule).
+
+The reference simulator calls these; exporters re-express the same rule in their
+framework's own neurons, and the validation suite checks that they agree.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def if_step(
+    current: torch.Tensor,
+    v: torch.Tensor,
+    threshold: torch.Tensor,
+    *,
+    reset: str = "subtract",
+    spike_condition: str = "ge",
+    v_reset: torch.Tensor | float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""One step of an integrate-and-fire neuron.
+
+    .. math::
+        m = v + I, \qquad
+        s = [m \ge \theta] \;(\text{or } [m > \theta]), \qquad
+        v' = \begin{cases} m - \theta s & \text{reset = subtract} \\
+                           m (1 - s) + v_{reset} s & \text{reset = zero (hard)} \end{cases}
+
+    ``current`` is the input already multiplied by the neuron's gain r. Returns
+    ``(s, v')`` with ``s`` in {0, 1} and the dtype of ``current``.
+    """
+    m = v + current
+    fired = m >= threshold if spike_condition == "ge" else m > threshold
+    s = fired.to(m.dtype)
+    if reset == "subtract":
+        return s, m - threshold * s
+    return s, torch.where(fired, torch.as_tensor(v_reset, dtype=m.dtype, device=m.device), m)
+
+
+def if_constant_input_spike_count(
+    current: torch.Tensor, threshold: torch.Tensor, v_init: torch.Tensor, steps: int
+) -> torch.Tensor:
+    r"""Closed form of :func:`if_step` (subtract reset, ``>=``) under a constant current z.
+
+    .. math:: N_T = \mathrm{clip}\big(\lfloor (T z + v_0) / \theta \rfloor, 0, T\big)
+
+    valid when ``0 <= v_0 < theta`` (the potential never needs more than one spike per
+    step to come back under threshold). This is the quantiser that the optimal initial
+    potential ``v_0 = theta / 2`` turns from floor into rounding.
+    """
+    return torch.clamp(torch.floor((steps * current + v_init) / threshold), 0, steps)

@@ -1,0 +1,83 @@
+"""Reading and writing NIR files: atomic, deterministic, with clear errors.
+
+The data model lives in ``nir`` and the extension keys in :mod:`bridge.extension`; this
+module only moves graphs between memory and disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import nir
+
+from bridge.errors import BridgeError
+from bridge.extension import graph_semantics
+
+
+def check_output_path(path: str | Path, *, force: bool = False) -> Path:
+    """Refuse to overwrite an existing file unless ``force`` (nothing the user had is lost)."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise BridgeError(f"{path} already exists; choose another output path or pass --force")
+    if path.parent != Path("") and not path.parent.exists():
+        raise BridgeError(f"the folder {path.parent} does not exist; create it first")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    A crash or an error leaves no partial output behind and never touches an existing
+    file until the new one is complete.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent or ".")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_graph(graph: nir.NIRGraph, path: str | Path, *, force: bool = False) -> Path:
+    """Write ``graph`` to ``path`` atomically; the same graph gives a byte-identical file."""
+    path = check_output_path(path, force=force)
+    with atomic_path(path, ".nir") as tmp:
+        nir.write(tmp, graph)
+    return path
+
+
+def _read(path: Path) -> nir.NIRGraph:
+    try:
+        return nir.read(path)
+    except Exception as exc:  # h5py/nir raise many types on a damaged or foreign file
+        raise BridgeError(
+            f"{path} is not a readable NIR file ({exc.__class__.__name__}: {exc}); "
+            "write it with `bridge export --to nir` or nir.write"
+        ) from None
+
+
+def read_graph(path: str | Path) -> nir.NIRGraph:
+    """Read a NIR file; refuse one whose bridge extension version this bridge does not know."""
+    path = Path(path)
+    if not path.is_file():
+        raise BridgeError(f"no such file: {path}; check the path")
+    graph = _read(path)
+    graph_semantics(graph)  # raises on an unknown extension version
+    return graph
+
+
+def write_with(path: str | Path, writer: Callable[[Path], None], *, force: bool = False) -> Path:
+    """Atomically write any file: ``writer(tmp_path)`` fills a temp file that becomes ``path``."""
+    path = check_output_path(path, force=force)
+    with atomic_path(path, path.suffix) as tmp:
+        writer(tmp)
+    return path
