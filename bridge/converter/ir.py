@@ -1,0 +1,130 @@
+"""The converter's internal layer graph, between the front-ends and the NIR builder.
+
+Two front-ends produce a :class:`LayerGraph`: one traces ``nn.Module`` s with torch.fx at
+module level, the other reads ``torch.export`` programs at ATen level. Everything after
+(BatchNorm folding, thresholds, initial potentials, NIR building) works on this one
+representation, so each conversion rule is written once.
+
+Tensors are float64 and detached. ``inputs`` name the producing ops; an op with several
+inputs other than :class:`AddOp` is not allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+
+@dataclass
+class Op:
+    name: str
+    inputs: list[str]
+    source: str = ""  # "file.py:123 (the source line)" for error messages, where known
+
+
+@dataclass
+class InputOp(Op):
+    shape: tuple[int, ...] = ()  # one sample, no batch
+
+
+@dataclass
+class ConvOp(Op):
+    """N-d convolution (N = 1 or 2), PyTorch semantics, explicit integer padding."""
+
+    weight: torch.Tensor = None  # type: ignore[assignment]  (Cout, Cin/groups, *kernel)
+    bias: torch.Tensor = None  # type: ignore[assignment]  (Cout,) - zeros when absent
+    stride: tuple[int, ...] = (1,)
+    padding: tuple[int, ...] = (0,)
+    dilation: tuple[int, ...] = (1,)
+    groups: int = 1
+
+
+@dataclass
+class LinearOp(Op):
+    weight: torch.Tensor = None  # type: ignore[assignment]  (out, in)
+    bias: torch.Tensor = None  # type: ignore[assignment]  (out,) - zeros when absent
+
+
+@dataclass
+class BatchNormOp(Op):
+    """Inference BatchNorm: y = (x - mean) / sqrt(var + eps) * weight + bias, per channel."""
+
+    mean: torch.Tensor = None  # type: ignore[assignment]
+    var: torch.Tensor = None  # type: ignore[assignment]
+    weight: torch.Tensor = None  # type: ignore[assignment]
+    bias: torch.Tensor = None  # type: ignore[assignment]
+    eps: float = 1e-5
+
+
+ActivationKind = Literal["relu", "clip", "qcfs"]
+
+
+@dataclass
+class ActivationOp(Op):
+    """A ReLU-family activation that becomes an IF layer.
+
+    ``kind="relu"``: no upper bound (threshold from calibration data);
+    ``"clip"``: clip(z, 0, bound) (ClippedReLU, ReLU6, Hardtanh(0, a), clamp(0, a));
+    ``"qcfs"``: the QCFS quantised clip with ``levels`` steps (bound = lambda).
+    """
+
+    kind: ActivationKind = "relu"
+    bound: float | None = None
+    levels: int | None = None
+
+
+@dataclass
+class AvgPoolOp(Op):
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class MaxPoolOp(Op):
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class FlattenOp(Op):
+    """torch.flatten(x, 1): everything but the batch dimension into one."""
+
+
+@dataclass
+class AddOp(Op):
+    """Element-wise sum of all inputs (residual additions)."""
+
+
+@dataclass
+class OutputOp(Op):
+    """The network output (the readout); exactly one input."""
+
+
+@dataclass
+class LayerGraph:
+    """Ops in topological order, keyed by name (the fx node names)."""
+
+    ops: dict[str, Op] = field(default_factory=dict)
+
+    def add(self, op: Op) -> Op:
+        if op.name in self.ops:
+            raise ValueError(f"duplicate op name {op.name!r}")
+        self.ops[op.name] = op
+        return op
+
+    @property
+    def input(self) -> InputOp:
+        (op,) = [o for o in self.ops.values() if isinstance(o, InputOp)]
+        return op
+
+    @property
+    def output(self) -> OutputOp:
+        (op,) = [o for o in self.ops.values() if isinstance(o, OutputOp)]
+        return op
+
+    def consumers(self, name: str) -> list[Op]:
+        return [o for o in self.ops.values() if name in o.inputs]
