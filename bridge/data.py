@@ -97,3 +97,200 @@ def load_tensor_file(path: str | Path, key: str | None = None) -> torch.Tensor:
     if arr.dtype.kind not in "fiub":
         raise BridgeError(f"{path} holds {arr.dtype} data; save numbers")
     return torch.from_numpy(np.ascontiguousarray(arr)).float()
+
+
+# --- labelled data sets for validation and evaluation -------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class _ArraysOnlyUnpickler:
+    """A restricted unpickler for the CIFAR python format: dicts, lists, bytes, str, numbers
+    and numpy arrays only. Any other global (``os.system``, ``builtins.eval``...) is refused,
+    so a malicious file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("builtins", "dict"), ("builtins", "list"), ("builtins", "bytes"),
+        ("_codecs", "encode"),
+    }
+
+    @classmethod
+    def load(cls, path: Path) -> object:
+        import pickle
+
+        allowed = cls.ALLOWED
+
+        class Restricted(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> object:
+                if (module, name) not in allowed:
+                    raise BridgeError(
+                        f"{path} asks to load {module}.{name}: refused (only arrays, lists and "
+                        "dicts are read from data pickles); use the official CIFAR files"
+                    )
+                return super().find_class(module, name)
+
+        with open(path, "rb") as fh:
+            try:
+                return Restricted(fh, encoding="bytes").load()
+            except BridgeError:
+                raise
+            except Exception as exc:
+                raise BridgeError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
+
+
+def _key(d: dict, name: str) -> object:
+    for k in (name.encode(), name):
+        if k in d:
+            return d[k]
+    raise KeyError(name)
+
+
+def load_cifar(folder: str | Path, *, classes: int = 10, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10/100 in the official python (pickle) format from a local folder.
+
+    CIFAR-10: ``data_batch_1..5`` (train) and ``test_batch``; CIFAR-100: ``train`` and
+    ``test``. Each holds ``data`` (N x 3072 uint8, channel-major 3 x 32 x 32) and ``labels``
+    (CIFAR-10) or ``fine_labels`` (CIFAR-100). The folder may be the extracted
+    ``cifar-10-batches-py`` / ``cifar-100-python`` or its parent. Returns x in [0, 1],
+    ``(N, 3, 32, 32)``. Files are read with a restricted unpickler (no code runs).
+    """
+    root = Path(folder)
+    sub = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
+    if (root / sub).is_dir():
+        root = root / sub
+    if classes == 10:
+        names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+        label_key = "labels"
+    else:
+        names, label_key = [split], "fine_labels"
+    files = [root / n for n in names]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise BridgeError(
+            f"{root} is not a CIFAR-{classes} python folder (missing {', '.join(missing)}); "
+            f"extract the official cifar-{classes}-python.tar.gz there"
+        )
+    xs, ys = [], []
+    for f in files:
+        d = _ArraysOnlyUnpickler.load(f)
+        try:
+            data = np.asarray(_key(d, "data"), dtype=np.uint8)  # type: ignore[arg-type]
+            labels = np.asarray(_key(d, label_key), dtype=np.int64)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError):
+            raise BridgeError(f"{f} has no 'data' and '{label_key}' entries; is it CIFAR-{classes}?") from None
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(labels)
+    x = torch.from_numpy(np.concatenate(xs).astype(np.float32) / 255.0)
+    return x, torch.from_numpy(np.concatenate(ys))
+
+
+def load_image_folder(folder: str | Path, *, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """An ImageFolder tree ``folder/<class>/<image>``: classes are the sorted sub-folder names.
+
+    Images are read with PIL as grey (``channels == 1``) or RGB, scaled to [0, 1]; they must
+    all have one size (resize with :func:`fit_images`). Returns ``(x, y, class_names)``.
+    """
+    from PIL import Image
+
+    root = Path(folder)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not class_dirs:
+        raise BridgeError(f"{root} has no class sub-folders; lay images out as {root}/<class>/<image>.png")
+    xs, ys = [], []
+    for label, d in enumerate(class_dirs):
+        for f in sorted(d.iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(f) as im:
+                    arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+            except Exception as exc:
+                raise BridgeError(f"cannot read image {f}: {exc}") from None
+            xs.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+            ys.append(label)
+    if not xs:
+        raise BridgeError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}); add some")
+    sizes = {a.shape for a in xs}
+    if len(sizes) > 1:
+        target = max(sizes)
+        xs = [fit_images(torch.from_numpy(a)[None], target)[0].numpy() for a in xs]
+    return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64), [d.name for d in class_dirs]
+
+
+def fit_images(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Make images ``(N, C, H, W)`` fit a graph's input shape.
+
+    ``(C, H, W)``: resized bilinearly to H, W; one channel is repeated to C = 3 and three
+    channels are averaged to C = 1. ``(F,)``: grey images are resized to a square of side
+    sqrt(F) and flattened. Anything else: BridgeError.
+    """
+    if len(shape) == 1:
+        side = int(round(float(shape[0]) ** 0.5))
+        if side * side != shape[0] or x.shape[1] != 1:
+            raise BridgeError(
+                f"the graph takes {shape[0]} features, the data are {tuple(x.shape[1:])} images; "
+                "give data shaped like the model's input (e.g. a .npz with x of shape (N, F))"
+            )
+        return fit_images(x, (1, side, side)).flatten(1)
+    if len(shape) != 3:
+        raise BridgeError(f"cannot fit images to the input shape {shape}; give a .npz with x of that shape")
+    c, h, w = shape
+    if x.shape[1] != c:
+        if x.shape[1] == 1 and c == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] == 3 and c == 1:
+            x = x.mean(dim=1, keepdim=True)
+        else:
+            raise BridgeError(f"the data have {x.shape[1]} channels, the graph wants {c}; give matching data")
+    if tuple(x.shape[2:]) != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return x.contiguous()
+
+
+def load_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A labelled data set that fits ``input_shape`` (one sample, no batch): ``(x, y)``.
+
+    ``spec``:
+
+    - ``digits``: the 360 test images of :func:`digits_split` (scaled to [0, 1]), resized
+      to the graph's H, W (or flattened for a feature input);
+    - ``path.npz``: arrays ``x`` (already shaped like the input) and ``y``;
+    - ``cifar10:DIR`` / ``cifar100:DIR``, or a folder holding the official python files:
+      the test split;
+    - a folder ``DIR/<class>/<image>``: an ImageFolder tree.
+
+    Images are in [0, 1]: a model trained on normalised inputs must carry its normalisation.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    kind, _, rest = spec.partition(":")
+    if spec == "digits":
+        # the held-out split of digits_split (the images a digits model was not trained on)
+        split = digits_split(size=8)
+        return fit_images(split.test_x, shape), split.test_y
+    if kind in ("cifar10", "cifar100") and rest:
+        x, y = load_cifar(rest, classes=10 if kind == "cifar10" else 100)
+        return fit_images(x, shape), y
+    path = Path(spec)
+    if path.suffix.lower() == ".npz":
+        x = load_tensor_file(path, "x")
+        y = load_tensor_file(path, "y").long()
+        if len(y) != len(x):
+            raise BridgeError(f"{path}: x has {len(x)} samples, y {len(y)}; save one label per sample")
+        if tuple(x.shape[1:]) != shape:
+            x = fit_images(x, shape) if x.dim() == 4 else x
+        return x, y
+    if path.is_dir():
+        for classes, marker in ((10, "test_batch"), (100, "meta"), (10, "cifar-10-batches-py"), (100, "cifar-100-python")):
+            if (path / marker).exists():
+                x, y = load_cifar(path, classes=classes)
+                return fit_images(x, shape), y
+        channels = shape[0] if len(shape) == 3 else 1
+        x, y, _ = load_image_folder(path, channels=channels)
+        return fit_images(x, shape), y
+    raise BridgeError(
+        f"unknown data {spec!r}: use digits, a .npz with x and y, cifar10:DIR, cifar100:DIR "
+        "or an ImageFolder directory"
+    )

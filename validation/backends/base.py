@@ -13,9 +13,15 @@ from typing import ClassVar
 import nir
 import torch
 
+from bridge.errors import BridgeError
 from bridge.reference.result import NodeTrace, SimulationResult
 
-__all__ = ["Backend", "NodeTrace", "SimulationResult"]
+__all__ = ["Backend", "BackendRefused", "NodeTrace", "SimulationResult"]
+
+
+class BackendRefused(BridgeError):
+    """A backend cannot run this graph (e.g. a third-party importer rejects a node or
+    parameter). The validation suite records the message as the backend's result."""
 
 
 class Backend(ABC):

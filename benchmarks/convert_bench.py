@@ -1,0 +1,236 @@
+"""Conversion time and peak memory for VGG-16 and ResNet-18 (CIFAR shape, 3x32x32).
+
+Targets (issue #2): under 5 s and under 1.5 GB per model on this machine. Each case runs in
+a fresh subprocess so that peak memory is that case's own: peak RSS (``resource.getrusage``
+``ru_maxrss``; tracemalloc does not see torch's tensor allocations) minus the RSS baseline
+measured after imports. Baselines measured in the same run: one forward pass of the model
+(batch 1, and batch 256 for the calibration case) and ``torch.fx.symbolic_trace``.
+
+Cases: ``trained`` (thresholds = the ClippedReLU bounds), ``p99.99`` (thresholds from the
+99.99th percentile of the activations on 256 random images), ``pt2`` (the same model
+saved as a torch.export program and converted through the ATen front-end).
+
+    python benchmarks/convert_bench.py            # all models and cases
+    python benchmarks/convert_bench.py --models vgg16 --cases trained
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+TIME_TARGET_S = 5.0
+MEMORY_TARGET_MB = 1536.0
+CALIBRATION_IMAGES = 256
+INPUT_SHAPE = (3, 32, 32)
+VGG16_CFG = [64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A"]
+
+
+def _rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux: the peak resident set of this process so far
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def vgg16():  # noqa: ANN201 - built inside the worker after the imports
+    """VGG-16 for CIFAR: 13 conv3x3 + BN + ClippedReLU, average pooling, linear readout."""
+    from torch import nn
+
+    from bridge.activations import ClippedReLU
+
+    layers: list[nn.Module] = []
+    cin = 3
+    for v in VGG16_CFG:
+        if v == "A":
+            layers.append(nn.AvgPool2d(2))
+        else:
+            layers += [nn.Conv2d(cin, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)),
+                       ClippedReLU(4.0)]
+            cin = int(v)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512, 512), ClippedReLU(4.0),
+                         nn.Dropout(0.5), nn.Linear(512, 10))
+
+
+def resnet18():  # noqa: ANN201
+    """ResNet-18 for CIFAR: conv3x3 stem, 4 stages of 2 basic blocks, 1x1-conv shortcuts."""
+    from torch import nn
+
+    from bridge.activations import ClippedReLU
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.act1 = ClippedReLU(4.0)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.shortcut = nn.Sequential()
+            if stride != 1 or cin != cout:
+                self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                              nn.BatchNorm2d(cout))
+            self.act2 = ClippedReLU(4.0)
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            y = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+            return self.act2(y + self.shortcut(x))
+
+    class ResNet18(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.act1 = ClippedReLU(4.0)
+            blocks, cin = [], 64
+            for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+                blocks += [Block(cin, cout, stride), Block(cout, cout, 1)]
+                cin = cout
+            self.layers = nn.Sequential(*blocks)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(512, 10)
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            x = self.layers(self.act1(self.bn1(self.conv1(x))))
+            return self.fc(self.pool(x).flatten(1))
+
+    return ResNet18()
+
+
+MODELS = {"vgg16": vgg16, "resnet18": resnet18}
+CASES = ("trained", "p99.99", "pt2")
+
+
+def _randomise_bn(model) -> None:  # noqa: ANN001
+    """Non-trivial inference statistics, as after training."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def worker(model_name: str, case: str) -> dict:
+    """One measurement in this (fresh) process; returns the numbers as a dict."""
+    import torch
+    import torch.fx
+
+    import bridge.converter as converter
+    from bridge.activations import ClippedReLU, QCFS
+    from bridge.converter.aten_frontend import exported_to_layer_graph
+
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    base_rss = _rss_mb()
+    model = MODELS[model_name]().eval()
+    _randomise_bn(model)
+    params = sum(p.numel() for p in model.parameters())
+    x1 = torch.rand(1, *INPUT_SHAPE)
+    calib = torch.rand(CALIBRATION_IMAGES, *INPUT_SHAPE) if case == "p99.99" else None
+
+    # baselines: forward passes and the fx trace of the same model
+    with torch.no_grad():
+        model(x1)  # warm-up
+        t = time.perf_counter()
+        model(x1)
+        forward_1 = time.perf_counter() - t
+        forward_calib = None
+        if calib is not None:
+            t = time.perf_counter()
+            model(calib)
+            forward_calib = time.perf_counter() - t
+
+    class _Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, name):  # noqa: ANN001, ANN202
+            return isinstance(m, (ClippedReLU, QCFS)) or super().is_leaf_module(m, name)
+
+    t = time.perf_counter()
+    _Tracer().trace(model)
+    fx_trace = time.perf_counter() - t
+    model_rss = _rss_mb()
+
+    program_path = None
+    if case == "pt2":
+        fd, program_path = tempfile.mkstemp(suffix=".pt2")
+        os.close(fd)
+        torch.export.save(torch.export.export(model, (x1,)), program_path)
+        del model  # the pt2 case converts from the file alone
+        import gc
+
+        gc.collect()
+
+    t = time.perf_counter()
+    if case == "pt2":
+        program = torch.export.load(program_path)
+        graph = converter.convert_layer_graph(exported_to_layer_graph(program))
+    elif case == "trained":
+        graph = converter.convert(model, INPUT_SHAPE, thresholds="trained")
+    else:
+        graph = converter.convert(model, INPUT_SHAPE, thresholds="p99.99", calibration=calib)
+    elapsed = time.perf_counter() - t
+    peak = _rss_mb()
+    if program_path:
+        os.unlink(program_path)
+    return {
+        "model": model_name, "case": case, "params": params, "nodes": len(graph.nodes),
+        "time_s": elapsed, "peak_mb": peak - base_rss, "model_mb": model_rss - base_rss,
+        "forward_1_s": forward_1, "forward_calib_s": forward_calib, "fx_trace_s": fx_trace,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "CASE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker)))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bridge conversion benchmark (targets: < {TIME_TARGET_S:g} s, "
+                        f"< {MEMORY_TARGET_MB:g} MB; {os.cpu_count()} CPU)")
+    for col in ("model", "case", "params", "nodes", "time s", "x target", "x forward(1)",
+                "x fx trace", "peak MB", "x target", "model MB"):
+        table.add_column(col, justify="left" if col in ("model", "case") else "right")
+    ok = True
+    for model_name in args.models.split(","):
+        for case in args.cases.split(","):
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", model_name, case],
+                capture_output=True, text=True, check=False,
+            )
+            if proc.returncode != 0:
+                print(proc.stderr, file=sys.stderr)
+                raise SystemExit(f"{model_name}/{case} failed")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            ok &= r["time_s"] < TIME_TARGET_S and r["peak_mb"] < MEMORY_TARGET_MB
+            extra = (f" (fwd {CALIBRATION_IMAGES}: {r['time_s'] / r['forward_calib_s']:.1f})"
+                     if r["forward_calib_s"] else "")
+            table.add_row(
+                model_name, case, f"{r['params'] / 1e6:.1f} M", str(r["nodes"]),
+                f"{r['time_s']:.2f}", f"{r['time_s'] / TIME_TARGET_S:.2f}",
+                f"{r['time_s'] / r['forward_1_s']:.0f}{extra}",
+                f"{r['time_s'] / r['fx_trace_s']:.0f}",
+                f"{r['peak_mb']:.0f}", f"{r['peak_mb'] / MEMORY_TARGET_MB:.2f}", f"{r['model_mb']:.0f}",
+            )
+    Console(width=160).print(table)
+    print("all cases within the targets" if ok else "SOME CASES MISS THE TARGETS")
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

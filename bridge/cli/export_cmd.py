@@ -1,0 +1,339 @@
+"""``bridge export``: a trained model (or a NIR file) -> NIR, SpikingJelly or Norse.
+
+The command only parses options, loads and hands over: loading is :mod:`bridge.loading`,
+conversion :mod:`bridge.converter`, initial-potential optimisation :mod:`bridge.optimize`,
+writing :mod:`bridge.nirio` (atomic) and :mod:`exporters` (framework artifacts). Every user
+error is a :class:`BridgeError` (one line, exit 2) raised before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bridge.errors import BridgeError
+
+TARGETS = ("nir", "spikingjelly", "norse")
+DEFAULT_CALIBRATION_SAMPLES = 512
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """``"1,16,16"`` -> ``(1, 16, 16)``: one sample, no batch dimension."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise BridgeError(
+            f"--input-shape {text!r} is not a shape; give positive integers without the batch "
+            "dimension, e.g. --input-shape 3,32,32"
+        )
+    return shape
+
+
+def parse_v_init(text: str) -> str | float:
+    """``half``, ``zero``, ``optimized`` or a fraction of theta in [0, 1)."""
+    if text in ("half", "zero", "optimized"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0.0 <= value < 1.0):
+        raise BridgeError(
+            f"--v-init {text!r} must be half, zero, optimized or a fraction of the threshold "
+            "in [0, 1) (0.5 = half)"
+        )
+    return value
+
+
+def parse_thresholds(text: str) -> str:
+    """``auto``, ``trained``, ``max`` or a percentile ``pNN.N`` (0 < NN.N <= 100)."""
+    if text in ("auto", "trained", "max"):
+        return text
+    ok = text.startswith("p")
+    if ok:
+        try:
+            ok = 0.0 < float(text[1:]) <= 100.0
+        except ValueError:
+            ok = False
+    if not ok:
+        raise BridgeError(
+            f"--thresholds {text!r} must be auto, trained, max or a percentile such as p99.9"
+        )
+    return text
+
+
+def digits_calibration(input_shape: tuple[int, ...], samples: int) -> Any:
+    """The embedded digits shaped for the model: (N, 1, H, W), or (N, s*s) for a flat input."""
+    import torch
+    import torch.nn.functional as F
+
+    from bridge.data import digits_arrays
+
+    if len(input_shape) == 1:
+        side = math.isqrt(input_shape[0])
+        if side * side != input_shape[0]:
+            raise BridgeError(
+                f"--calibration digits needs a square image input; the model takes "
+                f"{input_shape[0]} features; pass a .npy/.npz/.pt calibration file instead"
+            )
+        x, _ = digits_arrays(side)
+        return x[:samples].flatten(1)
+    if len(input_shape) != 3 or input_shape[0] != 1:
+        raise BridgeError(
+            f"--calibration digits gives 1-channel images; the model takes input shape "
+            f"{list(input_shape)}; pass a .npy/.npz/.pt calibration file instead"
+        )
+    h, w = input_shape[1:]
+    if h == w:
+        x, _ = digits_arrays(h)
+    else:
+        x, _ = digits_arrays(8)
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return x[:samples].to(torch.float32).contiguous()
+
+
+def load_calibration(spec: str | None, input_shape: tuple[int, ...], samples: int) -> Any:
+    """``digits``, a tensor file, or None; the first ``samples`` rows, shaped (N, *input_shape)."""
+    if spec is None:
+        return None
+    if samples < 1:
+        raise BridgeError(f"--calibration-samples must be >= 1, got {samples}")
+    if spec == "digits":
+        return digits_calibration(input_shape, samples)
+    from bridge.data import load_tensor_file
+
+    x = load_tensor_file(spec)[:samples]
+    if tuple(x.shape[1:]) != input_shape:
+        raise BridgeError(
+            f"the calibration data in {spec} has samples of shape {list(x.shape[1:])}, the model "
+            f"takes {list(input_shape)}; save an array (N, {', '.join(map(str, input_shape))})"
+        )
+    return x
+
+
+def _summary(path: Path, graph: Any, target: str) -> None:
+    from rich.console import Console
+
+    from bridge.inspect import inspect_graph
+
+    info = inspect_graph(graph)
+    tot = info["totals"]
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    theta = (
+        f"{tot['threshold_min']:.4g} .. {tot['threshold_max']:.4g}"
+        if tot["threshold_min"] is not None else "-"
+    )
+    Console().print(
+        f"[bold green]wrote[/] {path} ({target}, {size / 1024:.1f} KiB): {tot['nodes']} nodes, "
+        f"{tot['if_nodes']} IF layers, {tot['neurons']:,} neurons, {tot['params']:,} parameters, "
+        f"thresholds {theta}",
+        highlight=False, soft_wrap=True,
+    )
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show bridge's own warnings (e.g. --maxpool avg) as one line each on stderr;
+    library deprecation noise raised while tracing is dropped."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    shown: set[str] = set()
+    for w in caught:
+        message = " ".join(str(w.message).split())
+        if issubclass(w.category, UserWarning) and "/bridge/" in w.filename and message not in shown:
+            shown.add(message)
+            click.echo(f"bridge: warning: {message}", err=True)
+
+
+def _write_artifact(graph: Any, target: str, out: Path, force: bool) -> Path:
+    try:
+        from exporters import write_artifact
+    except ImportError:
+        try:  # an editable install made before exporters/__init__.py existed sees a namespace
+            from exporters.artifact import write_artifact
+        except ImportError as exc:
+            raise BridgeError(
+                f"--to {target} needs the exporters package, which this installation lacks "
+                f"({exc}); reinstall bridge with its exporters (pip install -e .)"
+            ) from None
+    return write_artifact(graph, target, out, force=force)
+
+
+def _check_output(out: Path, target: str, force: bool) -> None:
+    """Refuse before any work: an existing output without --force, or a missing folder."""
+    from bridge.nirio import check_output_path
+
+    if target == "nir":
+        if out.is_dir():
+            raise BridgeError(f"{out} is a folder; --to nir writes one file, e.g. -o model.nir")
+        check_output_path(out, force=force)
+    else:
+        if out.exists() and not force:
+            raise BridgeError(f"{out} already exists; choose another output folder or pass --force")
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.is_dir():
+            raise BridgeError(f"the folder {parent} does not exist; create it first")
+
+
+def _optimize(graph: Any, calibration: Any, timesteps: int, channel_wise: bool) -> Any:
+    try:
+        from bridge.optimize import optimize_initial_potentials
+    except ImportError:
+        raise BridgeError(
+            "--v-init optimized is not available in this build of bridge; use --v-init half"
+        ) from None
+    import torch
+
+    return optimize_initial_potentials(
+        graph, torch.as_tensor(calibration, dtype=torch.float64), timesteps,
+        channel_wise=channel_wise, progress=True,
+    )
+
+
+@click.command(
+    name="export",
+    epilog="""\b
+Examples:
+  bridge export model.pt2 --to nir -o model.nir
+  bridge export weights.pt --arch mypkg.nets:vgg16 --input-shape 3,32,32 --to nir -o model.nir
+  bridge export weights.pt --arch mypkg.nets:vgg16 --input-shape 3,32,32 \\
+      --thresholds p99.99 --calibration images.npy --to nir -o model.nir
+  bridge export model.pt2 --v-init optimized --timesteps 8 --calibration digits --to nir -o m.nir
+  bridge export whole_model.pt --trust-pickle --input-shape 1,16,16 --to nir -o model.nir
+  bridge export model.nir --to spikingjelly -o sj_model/
+  bridge export model.nir --to norse -o norse_model/
+
+\b
+MODEL is detected from its content: a torch.export program (.pt2, recommended), a
+state_dict (needs --arch), a TorchScript archive, a pickled module (needs --trust-pickle),
+or a NIR file (for --to spikingjelly/norse).""",
+)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--to", "target", type=click.Choice(TARGETS), required=True,
+              help="Output format: a NIR file, or a SpikingJelly / Norse model folder.")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="Output file (nir) or folder (spikingjelly, norse).")
+@click.option("--arch", metavar="PKG.MOD:FACTORY",
+              help="Code that builds the architecture for a state_dict file.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow unpickling a whole pickled module (runs code from the file).")
+@click.option("--input-shape", metavar="C,H,W",
+              help="Shape of one input sample without batch (default: the .pt2's example input).")
+@click.option("--thresholds", default="auto", show_default=True, metavar="auto|trained|max|pNN.N",
+              help="Threshold source: the trained clip bounds, or calibration max / percentile.")
+@click.option("--channel-wise", is_flag=True, help="Calibrate one threshold per channel.")
+@click.option("--calibration", metavar="digits|FILE",
+              help="Calibration inputs: the embedded digits or a .npy/.npz/.pt tensor file.")
+@click.option("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES,
+              show_default=True, help="Use the first N calibration samples.")
+@click.option("--v-init", default="half", show_default=True, metavar="half|zero|FLOAT|optimized",
+              help="Initial potential: theta/2, 0, a fraction of theta, or optimised on data.")
+@click.option("--timesteps", type=int, help="T to optimise for (with --v-init optimized).")
+@click.option("--maxpool", type=click.Choice(["error", "avg"]), default="error", show_default=True,
+              help="MaxPool2d: refuse (default) or replace by average pooling (accuracy changes).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: bool,
+           input_shape: str | None, thresholds: str, channel_wise: bool, calibration: str | None,
+           calibration_samples: int, v_init: str, timesteps: int | None, maxpool: str,
+           force: bool) -> None:
+    """Convert a trained PyTorch model to a spiking network (NIR), or a NIR file to a
+    SpikingJelly or Norse model.
+
+    Each clipped activation becomes an IF neuron (threshold = clip bound, reset by
+    subtraction, spike when v >= theta, initial potential theta/2 by default).
+    """
+    from bridge.loading import check_finite, is_nir_file, load_model
+
+    shape = parse_input_shape(input_shape)
+    thresholds = parse_thresholds(thresholds)
+    v = parse_v_init(v_init)
+    if v == "optimized" and (timesteps is None or calibration is None):
+        raise BridgeError("--v-init optimized needs --timesteps T and --calibration data")
+    if timesteps is not None and timesteps < 1:
+        raise BridgeError(f"--timesteps must be >= 1, got {timesteps}")
+    if not model.is_file():
+        raise BridgeError(f"no such file: {model}; check the path")
+    _check_output(out, target, force)
+
+    if is_nir_file(model):
+        if target == "nir":
+            raise BridgeError(f"{model} is already a NIR file; use --to spikingjelly or --to norse")
+        from bridge.nirio import read_graph
+
+        graph = read_graph(model)
+        _summary(_write_artifact(graph, target, out, force), graph, target)
+        return
+
+    loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    check_finite(loaded.named_tensors(), str(model))
+    if shape is None:
+        shape = loaded.input_shape
+    elif loaded.program is not None and loaded.input_shape is not None and shape != loaded.input_shape:
+        raise BridgeError(
+            f"{model} was exported for input shape {list(loaded.input_shape)}, not "
+            f"{list(shape)}; drop --input-shape or export the program again for that shape"
+        )
+    if shape is None:
+        raise BridgeError(
+            f"the input shape of {model} is unknown; pass --input-shape (one sample without "
+            "batch, e.g. --input-shape 1,16,16)"
+        )
+    calib = load_calibration(calibration, shape, calibration_samples)
+    with _one_line_warnings():
+        graph = convert_loaded(
+            loaded, shape, thresholds=thresholds, channel_wise=channel_wise, calibration=calib,
+            v_init="half" if v == "optimized" else v, maxpool=maxpool, timesteps=timesteps,
+        )
+        if v == "optimized":
+            assert timesteps is not None
+            graph = _optimize(graph, calib, timesteps, channel_wise)
+
+    if target == "nir":
+        from bridge.nirio import write_graph
+
+        written = write_graph(graph, out, force=force)
+    else:
+        written = _write_artifact(graph, target, out, force)
+    _summary(written, graph, target)
+
+
+def convert_loaded(loaded: Any, input_shape: tuple[int, ...], **options: Any) -> Any:
+    """Convert a :class:`bridge.loading.LoadedModel`: modules through torch.fx, programs
+    (and TorchScript, converted to a program) through the ATen front-end."""
+    from bridge import converter
+
+    if loaded.module is not None:
+        check_runs(loaded.module, input_shape)
+        return converter.convert(loaded.module, input_shape, **options)
+    from bridge.converter.aten_frontend import exported_to_layer_graph
+
+    program = loaded.exported_program(input_shape)
+    return converter.convert_layer_graph(exported_to_layer_graph(program), **options)
+
+
+def check_runs(module: Any, input_shape: tuple[int, ...]) -> None:
+    """Run the model once on zeros: a wrong --input-shape fails here with one clear line."""
+    import torch
+
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    try:
+        with torch.no_grad():
+            module.eval()(torch.zeros((2, *input_shape), dtype=dtype))
+    except Exception as exc:  # any layer may raise (shape mismatch, reshape, ...)
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        cause = lines[-1].strip()[:200] if lines else type(exc).__name__
+        raise BridgeError(
+            f"the model does not run on an input of shape {list(input_shape)} ({cause}); pass "
+            "the shape of one sample without batch dimension as --input-shape, e.g. 3,32,32"
+        ) from None

@@ -1,0 +1,139 @@
+"""Run a :class:`~bridge.converter.ir.LayerGraph` as the ANN it describes (float64).
+
+Used for calibration (activation statistics of every pre-activation ``z``), for shape
+inference in the NIR builder, and by tests. Activations compute
+
+* ``relu``: ``max(z, 0)``;  ``clip``: ``clip(z, 0, bound)``;
+* ``qcfs``: ``bound / L * clip(floor(z L / bound + 1/2), 0, L)``;
+
+or, when ``thresholds`` gives a per-neuron ``theta`` for an activation, ``clip(z, 0, theta)``:
+the rate function of the IF neuron the activation becomes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bridge.converter.ir import (
+    ActivationOp,
+    AddOp,
+    AvgPoolOp,
+    BatchNormOp,
+    ConvOp,
+    FlattenOp,
+    InputOp,
+    LayerGraph,
+    LinearOp,
+    MaxPoolOp,
+    Op,
+    OutputOp,
+)
+
+Recorder = Callable[[ActivationOp, torch.Tensor], None]
+
+
+def activation(op: ActivationOp, z: torch.Tensor) -> torch.Tensor:
+    """The ANN activation of ``op`` applied to its pre-activation ``z``."""
+    if op.kind == "relu":
+        return torch.relu(z)
+    if op.kind == "clip":
+        return torch.clamp(z, 0.0, float(op.bound))  # type: ignore[arg-type]
+    lam, levels = float(op.bound), int(op.levels)  # type: ignore[arg-type]
+    return torch.clamp(torch.floor(z * levels / lam + 0.5), 0, levels) * lam / levels
+
+
+def _conv(op: ConvOp, x: torch.Tensor) -> torch.Tensor:
+    fn = F.conv1d if op.weight.dim() == 3 else F.conv2d
+    return fn(x, op.weight, op.bias, op.stride, op.padding, op.dilation, op.groups)
+
+
+def _batchnorm(op: BatchNormOp, x: torch.Tensor) -> torch.Tensor:
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    scale = (op.weight / torch.sqrt(op.var + op.eps)).reshape(shape)
+    return (x - op.mean.reshape(shape)) * scale + op.bias.reshape(shape)
+
+
+def run_op(op: Op, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """One op of the ANN on a batch (activations use their own ANN function)."""
+    x = inputs[0] if inputs else None
+    if isinstance(op, ConvOp):
+        return _conv(op, x)  # type: ignore[arg-type]
+    if isinstance(op, LinearOp):
+        return F.linear(x, op.weight, op.bias)  # type: ignore[arg-type]
+    if isinstance(op, BatchNormOp):
+        return _batchnorm(op, x)  # type: ignore[arg-type]
+    if isinstance(op, ActivationOp):
+        return activation(op, x)  # type: ignore[arg-type]
+    if isinstance(op, AvgPoolOp):
+        return F.avg_pool2d(x, op.kernel, op.stride, op.padding)  # type: ignore[arg-type]
+    if isinstance(op, MaxPoolOp):
+        return F.max_pool2d(x, op.kernel, op.stride, op.padding)  # type: ignore[arg-type]
+    if isinstance(op, FlattenOp):
+        return torch.flatten(x, 1)  # type: ignore[arg-type]
+    if isinstance(op, AddOp):
+        return torch.stack(inputs).sum(0)
+    if isinstance(op, OutputOp):
+        return x  # type: ignore[return-value]
+    raise TypeError(f"unknown layer op {type(op).__name__}")
+
+
+def evaluate(
+    graph: LayerGraph,
+    x: torch.Tensor,
+    *,
+    thresholds: Mapping[str, np.ndarray] | None = None,
+    record: Recorder | None = None,
+) -> torch.Tensor:
+    """Output of the ANN for a batch ``x`` (N, *input_shape), in float64.
+
+    ``record(op, z)`` is called with the pre-activation of every activation op.
+    ``thresholds`` (name -> per-neuron theta) replaces those activations by ``clip(z, 0, theta)``.
+    """
+    values: dict[str, torch.Tensor] = {}
+    for op in graph.ops.values():
+        if isinstance(op, InputOp):
+            values[op.name] = x.to(torch.float64)
+            continue
+        inputs = [values[i] for i in op.inputs]
+        if isinstance(op, ActivationOp):
+            if record is not None:
+                record(op, inputs[0])
+            if thresholds is not None and op.name in thresholds:
+                theta = torch.as_tensor(thresholds[op.name], dtype=torch.float64)
+                values[op.name] = torch.minimum(torch.relu(inputs[0]), theta)
+                continue
+        values[op.name] = run_op(op, inputs)
+    return values[graph.output.name]
+
+
+def _spatial(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def shapes(graph: LayerGraph) -> dict[str, tuple[int, ...]]:
+    """The output shape of every op for one sample (no batch dimension), computed from the
+    ops' parameters with PyTorch's size formulas (no tensor is run)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for op in graph.ops.values():
+        x = out[op.inputs[0]] if op.inputs else ()
+        if isinstance(op, InputOp):
+            shape = tuple(op.shape)
+        elif isinstance(op, ConvOp):
+            kernel = op.weight.shape[2:]
+            shape = (op.weight.shape[0],) + tuple(
+                _spatial(x[1 + i], kernel[i], op.stride[i], op.padding[i], op.dilation[i]) for i in range(len(kernel)))
+        elif isinstance(op, LinearOp):
+            shape = x[:-1] + (op.weight.shape[0],)
+        elif isinstance(op, (AvgPoolOp, MaxPoolOp)):
+            shape = (x[0],) + tuple(_spatial(x[1 + i], op.kernel[i], op.stride[i], op.padding[i]) for i in range(2))
+        elif isinstance(op, FlattenOp):
+            shape = (math.prod(x),)
+        else:  # BatchNorm, activations, Add, Output keep the shape
+            shape = x
+        out[op.name] = tuple(int(s) for s in shape)
+    return out

@@ -1,0 +1,174 @@
+"""A summary of a NIR graph: nodes, shapes, thresholds, initial potentials, semantics.
+
+:func:`inspect_graph` returns plain Python data (the ``--json`` output of ``bridge
+inspect``); :func:`render` draws it as rich tables. Both read the graph only through
+:mod:`bridge.extension`, so a plain NIR graph (no bridge metadata) is described with the
+NIR-text semantics (hard reset to ``v_reset``, spike when ``v > theta``, ``v(0) = 0``).
+
+``v_init`` is reported as a fraction of the threshold, ``v_init / theta`` (0.5 for the
+paper's optimum ``theta / 2``), over the neurons of a layer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import nir
+import numpy as np
+
+from bridge.extension import graph_semantics, if_semantics
+
+# array fields that hold a layer's parameters (weights, biases, scales)
+_PARAM_FIELDS = ("weight", "bias", "scale")
+
+
+def _shape(types: dict[str, Any] | None, key: str) -> list[int] | None:
+    if not types or key not in types or types[key] is None:
+        return None
+    return [int(s) for s in np.asarray(types[key]).reshape(-1)]
+
+
+def _topological(graph: nir.NIRGraph) -> list[str]:
+    """Node names in data-flow order (Kahn; ties keep the file's order); cycles last."""
+    names = list(graph.nodes)
+    incoming = {n: 0 for n in names}
+    for _, dst in graph.edges:
+        if dst in incoming:
+            incoming[dst] += 1
+    ready = deque(n for n in names if incoming[n] == 0)
+    order: list[str] = []
+    while ready:
+        n = ready.popleft()
+        order.append(n)
+        for src, dst in graph.edges:
+            if src == n and dst in incoming:
+                incoming[dst] -= 1
+                if incoming[dst] == 0:
+                    ready.append(dst)
+    order += [n for n in names if n not in order]  # nodes on a cycle
+    return order
+
+
+def _params(node: nir.NIRNode) -> int:
+    total = 0
+    for name in _PARAM_FIELDS:
+        value = getattr(node, name, None)
+        if value is not None and not isinstance(value, str):
+            total += int(np.asarray(value).size)
+    return total
+
+
+def _float(x: Any) -> float:
+    return float(np.asarray(x, dtype=np.float64))
+
+
+def inspect_graph(graph: nir.NIRGraph) -> dict[str, Any]:
+    """Describe ``graph`` as JSON-ready data.
+
+    Returns ``{"semantics": {...}, "nodes": [...], "totals": {...}}``. Each node entry has
+    ``name``, ``type``, ``input_shape``, ``output_shape``, ``params`` and, for IF nodes,
+    ``neurons``, ``threshold_min/max``, ``v_init_min/max`` (fractions of theta), ``reset``
+    and ``spike_condition``.
+    """
+    sem = graph_semantics(graph)
+    nodes: list[dict[str, Any]] = []
+    thresholds: list[np.ndarray] = []
+    resets: set[str] = set()
+    conditions: set[str] = set()
+    for name in _topological(graph):
+        node = graph.nodes[name]
+        entry: dict[str, Any] = {
+            "name": name,
+            "type": type(node).__name__,
+            "input_shape": _shape(getattr(node, "input_type", None), "input"),
+            "output_shape": _shape(getattr(node, "output_type", None), "output"),
+            "params": _params(node),
+        }
+        if isinstance(node, nir.IF):
+            rule = if_semantics(node, name)
+            theta = rule.threshold
+            with np.errstate(divide="ignore", invalid="ignore"):
+                frac = np.where(theta != 0, rule.v_init / theta, 0.0)
+            entry.update(
+                neurons=int(theta.size),
+                threshold_min=_float(theta.min()),
+                threshold_max=_float(theta.max()),
+                v_init_min=_float(frac.min()),
+                v_init_max=_float(frac.max()),
+                reset=rule.reset,
+                spike_condition=rule.spike_condition,
+            )
+            thresholds.append(theta.reshape(-1))
+            resets.add(rule.reset)
+            conditions.add(rule.spike_condition)
+        nodes.append(entry)
+    all_theta = np.concatenate(thresholds) if thresholds else np.zeros(0)
+    semantics: dict[str, Any] = {
+        "bridge_extension": sem.is_bridge,
+        "version": sem.version,
+        "input_encoding": sem.input_encoding,
+        "readout": sem.readout,
+        "timesteps": sem.timesteps,
+        "reset": "/".join(sorted(resets)) or None,
+        "spike_condition": "/".join(sorted(conditions)) or None,
+    }
+    totals = {
+        "nodes": len(nodes),
+        "edges": len(graph.edges),
+        "if_nodes": len(thresholds),
+        "neurons": int(all_theta.size),
+        "params": sum(n["params"] for n in nodes),
+        "threshold_min": _float(all_theta.min()) if all_theta.size else None,
+        "threshold_max": _float(all_theta.max()) if all_theta.size else None,
+    }
+    return {"semantics": semantics, "nodes": nodes, "totals": totals}
+
+
+def _fmt_shape(shape: list[int] | None) -> str:
+    return "?" if shape is None else "(" + ", ".join(map(str, shape)) + ")"
+
+
+def _fmt_range(lo: float | None, hi: float | None) -> str:
+    if lo is None or hi is None:
+        return ""
+    return f"{lo:.4g}" if np.isclose(lo, hi, rtol=1e-9, atol=0) else f"{lo:.4g} .. {hi:.4g}"
+
+
+def render(info: dict[str, Any], title: str = "") -> Any:
+    """The summary as a rich renderable: the node table, then semantics and totals."""
+    from rich.console import Group
+    from rich.table import Table
+
+    table = Table(title=title or None, title_justify="left")
+    for col, justify in (("node", "left"), ("type", "left"), ("input -> output", "left"),
+                         ("threshold", "right"), ("v_init / theta", "right"), ("params", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for n in info["nodes"]:
+        shapes = f"{_fmt_shape(n['input_shape'])} -> {_fmt_shape(n['output_shape'])}"
+        table.add_row(n["name"], n["type"], shapes,
+                      _fmt_range(n.get("threshold_min"), n.get("threshold_max")),
+                      _fmt_range(n.get("v_init_min"), n.get("v_init_max")),
+                      f"{n['params']:,}" if n["params"] else "")
+    sem, tot = info["semantics"], info["totals"]
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    if sem["bridge_extension"]:
+        facts.add_row("semantics", f"bridge NIR extension {sem['version']}")
+    else:
+        facts.add_row("semantics", "plain NIR (no bridge metadata): NIR-text rules")
+    facts.add_row("reset", {"subtract": "by subtraction (v <- m - theta s)",
+                            "zero": "hard, to v_reset"}.get(sem["reset"] or "", sem["reset"] or "-"))
+    facts.add_row("spike condition", {"ge": "m >= theta", "gt": "m > theta"}.get(
+        sem["spike_condition"] or "", sem["spike_condition"] or "-"))
+    facts.add_row("input encoding", {"constant": "the same analog input at every step",
+                                     "per_step": "one input per step"}[sem["input_encoding"]])
+    facts.add_row("readout", f"{sem['readout']} of the output over T")
+    if sem["timesteps"] is not None:
+        facts.add_row("optimised for", f"T = {sem['timesteps']}")
+    facts.add_row("totals", f"{tot['nodes']} nodes, {tot['edges']} edges, {tot['if_nodes']} IF "
+                  f"layers, {tot['neurons']:,} neurons, {tot['params']:,} parameters")
+    if tot["threshold_min"] is not None:
+        facts.add_row("thresholds", _fmt_range(tot["threshold_min"], tot["threshold_max"]))
+    return Group(table, facts)

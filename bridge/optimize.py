@@ -1,0 +1,330 @@
+r"""Data-driven initial potentials (and thresholds) for a target number of time-steps T.
+
+theta/2 is the best initial potential when a layer's input current is constant and spread
+uniformly inside each quantisation step (Bu et al., 2022). Real currents are neither: past
+the first layer they arrive as spikes, and at T = 1 or 2 one quantisation step spans half
+the range. This module fits, on calibration data, per channel (or per layer) a threshold
+scale ``a`` and an initial-potential fraction ``f`` that minimise the conversion error of
+each IF layer at the target T, greedily from the input to the output:
+
+for IF layer l (in topological order), with the layers before it already optimised,
+
+.. math::
+    I_l(t) &= \text{the current reaching } l \text{ at step } t \text{ in the SNN (reference simulator)} \\
+    y_l &= \theta_l\,\mathrm{clip}(z_l / \theta_l, 0, 1) \quad \text{(the ANN view of the original graph)} \\
+    (a_c, f_c) &= \arg\min_{a, f} \sum_{b, i \in c} \Big( a\theta_l \frac{N_T(I_l;\, a\theta_l,\, f a\theta_l)}{T} - y_l \Big)^2
+
+where :math:`N_T(I; \theta, v_0)` is the spike count of the IF rule (subtract reset,
+``m >= theta``) started at ``v_0``. The search is a coarse grid refined once around each
+channel's best point.
+
+Writing the result keeps the graph a valid bridge graph: the new threshold
+:math:`\theta' = a\theta` goes into ``v_threshold`` and :math:`v_{init} = f\theta'` into the
+metadata (:func:`bridge.extension.make_if`). A spike now stands for :math:`\theta'`, not
+:math:`\theta`, and the consumers' weights hold the old :math:`\theta` (the converter
+absorbed it), so each consumer's weights for that channel are multiplied by ``a`` (through
+average/sum pooling and flatten, into the next Conv/Affine/Linear/Scale). Where a consumer
+cannot absorb the factor, that layer keeps ``a = 1`` and only its initial potential moves.
+In the ANN view the layer becomes :math:`\mathrm{clip}(z, 0, a\theta)`, consistently.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nir
+import numpy as np
+import torch
+
+from bridge.errors import BridgeError
+from bridge.extension import NAMESPACE, TIMESTEPS, graph_metadata, if_semantics, make_if
+
+OUTPUT = "__bridge_optimize_output__"
+_PASS_THROUGH = (nir.AvgPool2d, nir.SumPool2d, nir.Flatten)
+_WEIGHTED = (nir.Conv1d, nir.Conv2d, nir.Affine, nir.Linear, nir.Scale)
+
+
+@dataclass
+class LayerFit:
+    """What the search chose for one IF layer (per channel, or one value per layer)."""
+
+    name: str
+    threshold_scale: np.ndarray  # a, per channel
+    v_init_fraction: np.ndarray  # f, per channel
+    mse_half: float  # the layer's error with a = 1, f = 1/2
+    mse_best: float  # the layer's error after the search
+
+
+# --- graph surgery -------------------------------------------------------------------------
+
+def _predecessors(graph: nir.NIRGraph, name: str) -> list[str]:
+    return [s for s, d in graph.edges if d == name]
+
+
+def _successors(graph: nir.NIRGraph, name: str) -> list[str]:
+    return [d for s, d in graph.edges if s == name]
+
+
+def _topological_if_nodes(graph: nir.NIRGraph) -> list[str]:
+    order: list[str] = []
+    indeg = {n: 0 for n in graph.nodes}
+    for _, d in graph.edges:
+        indeg[d] += 1
+    ready = sorted(n for n, k in indeg.items() if k == 0)
+    while ready:
+        n = ready.pop(0)
+        order.append(n)
+        for d in _successors(graph, n):
+            indeg[d] -= 1
+            if indeg[d] == 0:
+                ready.append(d)
+    if len(order) != len(graph.nodes):
+        raise BridgeError("the graph has a cycle; initial potentials can be optimised on feed-forward graphs only")
+    return [n for n in order if isinstance(graph.nodes[n], nir.IF)]
+
+
+def current_subgraph(graph: nir.NIRGraph, name: str) -> nir.NIRGraph:
+    """The part of ``graph`` upstream of node ``name``, whose Output is the current into ``name``.
+
+    The Output node receives the sum of ``name``'s incoming edges, i.e. exactly the input
+    current I(t) of that node; the graph metadata (input encoding, readout) is kept.
+    """
+    keep: set[str] = set()
+    stack = _predecessors(graph, name)
+    while stack:
+        n = stack.pop()
+        if n not in keep:
+            keep.add(n)
+            stack.extend(_predecessors(graph, n))
+    shape = np.asarray(np.asarray(graph.nodes[name].v_threshold).shape)
+    nodes = {n: graph.nodes[n] for n in graph.nodes if n in keep}
+    nodes[OUTPUT] = nir.Output(output_type={"output": shape})
+    edges = [(s, d) for s, d in graph.edges if s in keep and d in keep]
+    edges += [(s, OUTPUT) for s in _predecessors(graph, name)]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=copy.deepcopy(graph.metadata))
+
+
+def _feature_factors(channel: np.ndarray, per: int) -> np.ndarray:
+    """Per-channel factors spread over ``per`` flattened features each (channel first, as torch.flatten)."""
+    return np.repeat(channel, per)
+
+
+def _flatten_per_channel(node: nir.Flatten) -> int:
+    """How many features of a flattened ``(C, ...)`` tensor belong to one channel."""
+    shape = np.asarray(node.input_type["input"]).astype(int)
+    return int(np.prod(shape[1:])) if shape.size > 1 else 1
+
+
+def _scale_targets(graph: nir.NIRGraph, name: str) -> list[tuple[str, int]] | None:
+    """Consumers that absorb a per-channel factor of node ``name``: [(node, per)].
+
+    ``per = 0``: the consumer sees channels; ``per > 0``: it sees a flattened tensor with
+    ``per`` features per channel.
+
+    None when some path from ``name`` reaches a node that cannot absorb it (another IF, the
+    Output, a pass-through node that also sums other inputs).
+    """
+    found: list[tuple[str, int]] = []
+    stack = [(d, 0) for d in _successors(graph, name)]
+    while stack:
+        n, mode = stack.pop()
+        node = graph.nodes[n]
+        if len(_predecessors(graph, n)) != 1:
+            if isinstance(node, nir.Scale) or not isinstance(node, _WEIGHTED):
+                return None
+            # a weighted node with several inputs sums them first: the factor would leak
+            return None
+        if isinstance(node, _WEIGHTED):
+            found.append((n, mode))
+        elif isinstance(node, _PASS_THROUGH):
+            if isinstance(node, nir.Flatten):
+                mode = _flatten_per_channel(node)
+            stack.extend((d, mode) for d in _successors(graph, n))
+        else:
+            return None
+    return found
+
+
+def _rescale_consumer(node: nir.NIRNode, factors: np.ndarray, per: int,
+                      if_shape: tuple[int, ...]) -> nir.NIRNode:
+    """A copy of ``node`` whose input channel ``c`` is multiplied by ``factors[c]``.
+
+    ``per > 0``: the node sees the channels flattened, ``per`` features each.
+    """
+    node = copy.deepcopy(node)
+    if isinstance(node, nir.Scale):
+        scale = np.asarray(node.scale, dtype=np.float64)
+        if per:
+            vec = _feature_factors(factors, per)
+            node.scale = np.broadcast_to(scale, vec.shape) * vec
+        else:
+            if scale.size == 1:
+                scale = np.broadcast_to(scale.reshape(()), if_shape)
+            node.scale = scale * factors.reshape((-1,) + (1,) * (scale.ndim - 1))
+        return node
+    weight = np.asarray(node.weight, dtype=np.float64).copy()
+    if isinstance(node, (nir.Affine, nir.Linear)):
+        vec = _feature_factors(factors, per) if per else factors
+        if vec.shape[0] != weight.shape[1]:
+            raise BridgeError(f"cannot rescale a consumer of shape {weight.shape} by {vec.shape[0]} factors")
+        node.weight = weight * vec[None, :]
+        return node
+    # convolution: weight (Cout, Cin/groups, *k); input channel c sits in group c // cpg
+    groups = int(getattr(node, "groups", 1))
+    cpg = weight.shape[1]
+    opg = weight.shape[0] // groups
+    for c, f in enumerate(factors):
+        g, j = divmod(c, cpg)
+        weight[g * opg:(g + 1) * opg, j] *= f
+    node.weight = weight
+    return node
+
+
+def apply_fit(graph: nir.NIRGraph, name: str, scale: np.ndarray, fraction: np.ndarray) -> nir.NIRGraph:
+    """A copy of ``graph`` with IF ``name`` at threshold ``a theta``, v_init ``f a theta`` (per channel).
+
+    The consumers' weights are multiplied by ``a`` per channel so that a spike still reaches
+    them with its new value ``a theta``. ``scale`` must be all ones where the consumers cannot
+    absorb it (see :func:`_scale_targets`).
+    """
+    node = graph.nodes[name]
+    sem = if_semantics(node, name)
+    theta = sem.threshold
+    shape = theta.shape
+    bshape = (-1,) + (1,) * (len(shape) - 1)
+    a = np.asarray(scale, dtype=np.float64).reshape(bshape)
+    f = np.asarray(fraction, dtype=np.float64).reshape(bshape)
+    new_theta = theta * a
+    nodes = dict(graph.nodes)
+    new_if = make_if(new_theta, f * new_theta)
+    new_if.metadata = {**copy.deepcopy({k: v for k, v in (node.metadata or {}).items() if k != NAMESPACE}),
+                       **new_if.metadata}
+    nodes[name] = new_if
+    if not np.allclose(scale, 1.0):
+        targets = _scale_targets(graph, name)
+        if targets is None:
+            raise BridgeError(f"the consumers of {name!r} cannot absorb a threshold change")
+        for target, mode in targets:
+            nodes[target] = _rescale_consumer(nodes[target], np.asarray(scale, dtype=np.float64), mode, shape)
+    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=copy.deepcopy(graph.metadata))
+
+
+# --- the search ----------------------------------------------------------------------------
+
+def _if_rate(current: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
+    """``theta * N_T / T`` of the IF rule (subtract reset, m >= theta) on currents [T, B, ...]."""
+    v = v0.expand_as(current[0]).clone()
+    count = torch.zeros_like(v)
+    for t in range(current.shape[0]):
+        m = v + current[t]
+        s = (m >= theta).to(m.dtype)
+        v = m - theta * s
+        count += s
+    return theta * count / current.shape[0]
+
+
+def _fit_layer(current: torch.Tensor, target: torch.Tensor, theta: torch.Tensor, *,
+               channel_wise: bool, thresholds: bool) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Grid search (coarse, then refined per channel) of (a, f) for one IF layer.
+
+    ``current`` [T, B, C, ...], ``target`` [B, C, ...], ``theta`` [C, ...].
+    Returns per-channel a, f and the layer's MSE at (1, 1/2) and at the optimum.
+    """
+    channels = theta.shape[0]
+    view = (-1,) + (1,) * (theta.dim() - 1)
+
+    def errors(a: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        th = theta * a.view(view)
+        rate = _if_rate(current, th, f.view(view) * th)
+        err = (rate - target) ** 2
+        per_channel = err.transpose(0, 1).reshape(channels, -1).sum(1)
+        return per_channel if channel_wise else per_channel.sum().expand(channels)
+
+    ones = torch.ones(channels, dtype=theta.dtype)
+    base = errors(ones, ones * 0.5)
+    best_err, best_a, best_f = base.clone(), ones.clone(), ones * 0.5
+    a_grid = np.linspace(0.4, 1.3, 10) if thresholds else np.array([1.0])
+    f_grid = np.linspace(0.0, 0.9, 10)
+    for rounds, (a_step, f_step) in enumerate(((None, None), (0.05, 0.05))):
+        if rounds == 0:
+            cands = [(ones * a, ones * f) for a in a_grid for f in f_grid]
+        else:
+            da = np.array([-1.0, 0.0, 1.0]) * (a_step if thresholds else 0.0)
+            df = np.array([-1.0, -0.5, 0.0, 0.5, 1.0]) * f_step
+            ca, cf = best_a.clone(), best_f.clone()
+            cands = [((ca + x).clamp(min=0.1), (cf + y).clamp(0.0, 0.99)) for x in np.unique(da) for y in df]
+        for a, f in cands:
+            e = errors(a, f)
+            better = e < best_err
+            best_err = torch.where(better, e, best_err)
+            best_a = torch.where(better, a, best_a)
+            best_f = torch.where(better, f, best_f)
+    n = float(target.numel())
+    total = lambda e: float(e.sum() / n) if channel_wise else float(e[0] / n)  # noqa: E731
+    return best_a.numpy(), best_f.numpy(), total(base), total(best_err)
+
+
+def _as_tensor(result: object) -> torch.Tensor:
+    """``ann_view`` may return a tensor or a result object with ``outputs``/``readout``."""
+    if isinstance(result, torch.Tensor):
+        return result
+    for attr in ("outputs", "readout", "output"):
+        if hasattr(result, attr):
+            value = getattr(result, attr)
+            return value if value.dim() else value
+    raise TypeError(f"unexpected ANN view result {type(result).__name__}")
+
+
+def optimize_initial_potentials(
+    graph: nir.NIRGraph,
+    calibration: torch.Tensor,
+    timesteps: int,
+    *,
+    channel_wise: bool = True,
+    thresholds: bool = True,
+    progress: bool | Callable[[int, int], None] = False,
+    fits: list[LayerFit] | None = None,
+) -> nir.NIRGraph:
+    """A copy of ``graph`` with v_init (and thresholds) fitted on ``calibration`` for T = ``timesteps``.
+
+    Greedy, input to output (see the module docstring). ``channel_wise=False`` fits one
+    (a, f) per layer; ``thresholds=False`` keeps every threshold (a = 1) and fits only the
+    initial potentials. The graph's metadata records ``timesteps``. ``progress`` may be a
+    callable ``(done, total)``; ``True`` prints one line per layer. ``fits``, when given, is
+    filled with a :class:`LayerFit` per IF layer.
+    """
+    from bridge.reference import ann_view, simulate
+
+    if timesteps < 1:
+        raise BridgeError(f"timesteps must be >= 1, got {timesteps}")
+    if calibration.shape[0] < 1:
+        raise BridgeError("the calibration data is empty; pass at least one sample")
+    original = graph
+    names = _topological_if_nodes(graph)
+    x = calibration.to(torch.float64)
+    for i, name in enumerate(names):
+        sem = if_semantics(original.nodes[name], name)
+        theta = torch.as_tensor(if_semantics(graph.nodes[name], name).threshold)
+        sub_orig = current_subgraph(original, name)
+        z = _as_tensor(ann_view(sub_orig, x)).to(torch.float64)
+        theta0 = torch.as_tensor(sem.threshold)
+        target = torch.minimum(torch.relu(z), theta0)  # the ANN view's activation, value units
+        current = simulate(current_subgraph(graph, name), x, timesteps, dtype=torch.float64).outputs
+        can_scale = thresholds and _scale_targets(graph, name) is not None
+        a, f, e_half, e_best = _fit_layer(current, target, theta, channel_wise=channel_wise,
+                                          thresholds=can_scale)
+        graph = apply_fit(graph, name, a, f)
+        if fits is not None:
+            fits.append(LayerFit(name, a, f, e_half, e_best))
+        if callable(progress):
+            progress(i + 1, len(names))
+        elif progress:
+            print(f"{name}: mse {e_half:.4g} (theta/2) -> {e_best:.4g}; a in [{a.min():.2f}, {a.max():.2f}], "
+                  f"f in [{f.min():.2f}, {f.max():.2f}]")
+    meta = copy.deepcopy(graph.metadata) if graph.metadata else {}
+    bridge_meta = dict(meta.get(NAMESPACE) or graph_metadata()[NAMESPACE])
+    bridge_meta[TIMESTEPS] = int(timesteps)
+    meta[NAMESPACE] = bridge_meta
+    return nir.NIRGraph(nodes=dict(graph.nodes), edges=list(graph.edges), metadata=meta)

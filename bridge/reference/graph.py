@@ -1,0 +1,137 @@
+"""The graph walker's plan: nodes in execution order, forward and feedback edges.
+
+NIR subgraphs (``NIRGraph`` nodes) are inlined first: their nodes are renamed
+``outer.inner``, an edge into the subgraph goes to its ``Input`` node and an edge out of
+it leaves from its ``Output`` node.
+
+A depth-first search from the ``Input`` node, following edges in the order the graph
+lists them, marks every edge that closes a cycle (it points back to a node on the
+search stack) as a *feedback* edge: it delivers the value its source had one step
+earlier (zero before the first step). The remaining edges form a DAG that is executed in
+topological order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import nir
+import numpy as np
+
+from bridge.errors import BridgeError
+
+
+@dataclass
+class Plan:
+    """Execution order and edges of a flattened graph."""
+
+    nodes: dict[str, nir.NIRNode]
+    order: list[str]
+    input_name: str
+    output_name: str
+    inputs: dict[str, list[str]]  # forward (same-step) predecessors, in edge order
+    feedback: dict[str, list[str]] = field(default_factory=dict)  # one-step-delayed ones
+
+    @property
+    def has_cycles(self) -> bool:
+        return any(self.feedback.values())
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in np.asarray(self.nodes[self.input_name].input_type["input"]))
+
+
+def _inline(graph: nir.NIRGraph, prefix: str = "") -> tuple[dict[str, nir.NIRNode], list[tuple[str, str]]]:
+    """Nodes and edges with every NIRGraph node replaced by its (renamed) contents."""
+    nodes: dict[str, nir.NIRNode] = {}
+    edges: list[tuple[str, str]] = []
+    entry: dict[str, str] = {}  # subgraph name -> its Input node's new name
+    exit_: dict[str, str] = {}  # subgraph name -> its Output node's new name
+    for name, node in graph.nodes.items():
+        full = prefix + name
+        if isinstance(node, nir.NIRGraph):
+            inner_nodes, inner_edges = _inline(node, full + ".")
+            ins = [n for n, v in node.nodes.items() if isinstance(v, nir.Input)]
+            outs = [n for n, v in node.nodes.items() if isinstance(v, nir.Output)]
+            if len(ins) != 1 or len(outs) != 1:
+                raise BridgeError(
+                    f"subgraph {full!r} has {len(ins)} Input and {len(outs)} Output nodes; the "
+                    "reference runs subgraphs with exactly one of each"
+                )
+            entry[name], exit_[name] = f"{full}.{ins[0]}", f"{full}.{outs[0]}"
+            nodes.update(inner_nodes)
+            edges.extend(inner_edges)
+        else:
+            nodes[full] = node
+    for src, dst in graph.edges:
+        edges.append((exit_[src] if src in exit_ else prefix + src,
+                      entry[dst] if dst in entry else prefix + dst))
+    return nodes, edges
+
+
+def plan_graph(graph: nir.NIRGraph) -> Plan:
+    """Flatten, find Input/Output, split edges into forward and feedback, order the nodes."""
+    nodes, edges = _inline(graph)
+    for src, dst in edges:
+        for end in (src, dst):
+            if end not in nodes:
+                raise BridgeError(f"edge ({src!r}, {dst!r}) names a node {end!r} that the graph "
+                                  "does not have; fix the graph's edges")
+    # the graph's own Input/Output (a subgraph's inner ones are plain pass-through nodes)
+    ins = [n for n, v in graph.nodes.items() if isinstance(v, nir.Input)]
+    outs = [n for n, v in graph.nodes.items() if isinstance(v, nir.Output)]
+    if len(ins) != 1 or len(outs) != 1:
+        raise BridgeError(
+            f"the graph has {len(ins)} Input and {len(outs)} Output nodes; the reference "
+            "simulator runs graphs with exactly one of each"
+        )
+    succ: dict[str, list[str]] = {n: [] for n in nodes}
+    for src, dst in edges:
+        succ[src].append(dst)
+
+    # iterative DFS from the Input: an edge to a node still on the stack closes a cycle
+    feedback_edges: set[tuple[str, str]] = set()
+    state: dict[str, int] = {}  # 1 = on stack, 2 = done
+    stack: list[tuple[str, int]] = [(ins[0], 0)]
+    state[ins[0]] = 1
+    while stack:
+        node, i = stack[-1]
+        if i < len(succ[node]):
+            stack[-1] = (node, i + 1)
+            nxt = succ[node][i]
+            if state.get(nxt) == 1:
+                feedback_edges.add((node, nxt))
+            elif nxt not in state:
+                state[nxt] = 1
+                stack.append((nxt, 0))
+        else:
+            state[node] = 2
+            stack.pop()
+    unreachable = [n for n in nodes if n not in state]
+    if unreachable:
+        raise BridgeError(
+            f"nodes {unreachable} cannot be reached from the Input node {ins[0]!r}; connect "
+            "them or remove them from the graph"
+        )
+    if outs[0] not in state:
+        raise BridgeError(f"the Output node {outs[0]!r} is not reachable from the Input node")
+
+    inputs: dict[str, list[str]] = {n: [] for n in nodes}
+    feedback: dict[str, list[str]] = {n: [] for n in nodes}
+    for src, dst in edges:
+        (feedback if (src, dst) in feedback_edges else inputs)[dst].append(src)
+
+    # Kahn's algorithm on the forward edges, stable in the graph's node order
+    pending = {n: len(inputs[n]) for n in nodes}
+    ready = [n for n in nodes if pending[n] == 0]
+    order: list[str] = []
+    while ready:
+        node = ready.pop(0)
+        order.append(node)
+        for dst in succ[node]:
+            if (node, dst) in feedback_edges:
+                continue
+            pending[dst] -= 1
+            if pending[dst] == 0:
+                ready.append(dst)
+    return Plan(nodes, order, ins[0], outs[0], inputs, feedback)

@@ -1,0 +1,71 @@
+"""Conv1d and Conv2d nodes (PyTorch cross-correlation, NIR padding int/tuple/'same'/'valid')."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nir
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bridge.reference.ops.base import StatelessOp, param
+
+
+def _padding(value: Any, ndim: int) -> str | tuple[int, ...]:
+    """NIR padding -> torch padding: 'same'/'valid' stay strings, ints become a tuple."""
+    if isinstance(value, (str, bytes, np.str_)):
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        return text
+    arr = np.atleast_1d(np.asarray(value)).astype(int)
+    if arr.size == 1:
+        return tuple([int(arr[0])] * ndim)
+    return tuple(int(v) for v in arr)
+
+
+def _ints(value: Any, ndim: int) -> tuple[int, ...]:
+    arr = np.atleast_1d(np.asarray(value)).astype(int)
+    return tuple([int(arr[0])] * ndim) if arr.size == 1 else tuple(int(v) for v in arr)
+
+
+class Conv2d(StatelessOp):
+    r"""NIR ``Conv2d``: :math:`y_{o} = b_o + \sum_{c,k} W_{o,c,k}\, x_{c,\,s p + d k - pad}`.
+
+    Weight ``(Cout, Cin/groups, kH, kW)``; stride, padding, dilation and groups as in
+    ``torch.nn.functional.conv2d`` (zero padding; 'same' needs stride 1).
+    """
+
+    batch_invariant = False  # a GEMM/convolution kernel may depend on the batch size
+
+    def __init__(self, name: str, node: nir.Conv2d, dtype: torch.dtype, device: torch.device):
+        super().__init__(name)
+        self.weight = param(node.weight, dtype, device)
+        self.bias = param(node.bias, dtype, device) if node.bias is not None else None
+        self.stride = _ints(node.stride, 2)
+        self.padding = _padding(node.padding, 2)
+        self.dilation = _ints(node.dilation, 2)
+        self.groups = int(node.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Conv1d(StatelessOp):
+    r"""NIR ``Conv1d``: :math:`y_{o} = b_o + \sum_{c,k} W_{o,c,k}\, x_{c,\,s p + d k - pad}`.
+
+    Weight ``(Cout, Cin/groups, k)``; the rest as in ``torch.nn.functional.conv1d``.
+    """
+
+    batch_invariant = False  # a GEMM/convolution kernel may depend on the batch size
+
+    def __init__(self, name: str, node: nir.Conv1d, dtype: torch.dtype, device: torch.device):
+        super().__init__(name)
+        self.weight = param(node.weight, dtype, device)
+        self.bias = param(node.bias, dtype, device) if node.bias is not None else None
+        self.stride = _ints(node.stride, 1)
+        self.padding = _padding(node.padding, 1)
+        self.dilation = _ints(node.dilation, 1)
+        self.groups = int(node.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -1,0 +1,61 @@
+"""The IF node: the one place the simulator applies :func:`bridge.neurons.if_step`."""
+
+from __future__ import annotations
+
+import nir
+import torch
+
+from bridge.extension import if_semantics
+from bridge.neurons import if_step
+from bridge.reference.ops.base import NeuronOp, param
+
+
+class IF(NeuronOp):
+    r"""NIR ``IF`` read through :func:`bridge.extension.if_semantics`.
+
+    One step with input current I(t) (the sum of the incoming edges) and gain r:
+
+    .. math::
+        m(t) = v(t-1) + r\,I(t), \qquad s(t) = [m(t) \ge \theta] \text{ (bridge) or }
+        [m(t) > \theta] \text{ (NIR text)},
+
+    .. math::
+        v(t) = m(t) - \theta s(t) \text{ (subtract) or } v_{reset} \text{ where } s(t) = 1
+        \text{ (zero/hard reset)}, \qquad v(0) = v_{init}\ (\text{NIR text: } 0).
+
+    The output is the unit spike s(t). Its ANN view (rate) is
+    :math:`\mathrm{clip}(r I / \theta, 0, 1)`, the spike rate under a constant current.
+    """
+
+    traceable = True
+
+    def __init__(self, name: str, node: nir.IF, dtype: torch.dtype, device: torch.device):
+        super().__init__(name)
+        sem = if_semantics(node, name)
+        self.semantics = sem
+        self.threshold = param(sem.threshold, dtype, device)
+        self.v_init = param(sem.v_init, dtype, device)
+        self.v_reset = param(sem.v_reset, dtype, device)
+        r = param(sem.r, dtype, device)
+        # r = 1 (every bridge file) is skipped: 1 * I == I exactly, and it saves a pass
+        self.r = None if bool((r == 1).all()) else r
+
+    def init_state(self, like: torch.Tensor) -> torch.Tensor:
+        # empty_like + copy_ keeps the batch's memory layout (channels_last stays so)
+        return torch.empty_like(like).copy_(self.v_init.expand_as(like))
+
+    def gain(self, current: torch.Tensor) -> torch.Tensor:
+        return current if self.r is None else current * self.r
+
+    def step(self, current: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return if_step(
+            self.gain(current), state, self.threshold,
+            reset=self.semantics.reset, spike_condition=self.semantics.spike_condition,
+            v_reset=self.v_reset,
+        )
+
+    def potential(self, state: torch.Tensor) -> torch.Tensor:
+        return state
+
+    def rate(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(self.gain(x) / self.threshold, 0.0, 1.0)

@@ -1,0 +1,125 @@
+"""Exported artifacts: a folder that runs the model where bridge is not installed.
+
+Layout of ``out_dir``::
+
+    model.py      the framework runtime (exporters/runtime_<target>.py, copied unchanged)
+    spec.json     the network structure (export spec, see exporters.graph_spec)
+    tensors.pt    weights, thresholds, initial potentials: a dict of tensors, loadable
+                  with torch.load(weights_only=True) (no code is unpickled)
+    model.nir     the NIR graph it was exported from (provenance; not needed to load)
+    README.md     how to load and run it
+
+The folder is written beside ``out_dir`` under a temporary name and renamed at the end,
+so a failure leaves nothing behind; an existing ``out_dir`` is refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import nir
+import torch
+
+from bridge.errors import BridgeError
+from exporters.graph_spec import graph_to_spec
+
+Target = Literal["spikingjelly", "norse"]
+_RUNTIMES: dict[str, str] = {"spikingjelly": "runtime_spikingjelly.py", "norse": "runtime_norse.py"}
+
+_README = """\
+# {target} model exported by bridge
+
+Needs only `torch` and `{package}` (plus this folder); bridge is not needed.
+
+```python
+import sys; sys.path.insert(0, "{folder}"); import model      # this folder's model.py
+net = model.load(); y = net.predict(x, steps={steps})          # x: [B, {shape}] -> y: [B, ...]
+```
+
+{usage}
+
+- Input encoding: `{encoding}`{encoding_note}, readout: `{readout}` over T.
+- The network is float64; `net.float()` runs it in float32.
+- `model.py` holds the network classes; `spec.json` the structure; `tensors.pt` the weights,
+  loaded with `torch.load(..., weights_only=True)`; `model.nir` the source NIR graph.
+"""
+
+_USAGE = {
+    "spikingjelly": (
+        "`net` is a SpikingJelly module (step mode 'm': `net(x_seq)` maps `[T, B, ...]` to the\n"
+        "output at every step; reset with `spikingjelly.activation_based.functional.reset_net(net)`;\n"
+        "`model.load(step_mode='s')` for single-step mode). Submodules are named after the NIR nodes."
+    ),
+    "norse": (
+        "`net` is a Norse-style module: `out, state = net(x, state)` runs one step (`state=None`\n"
+        "starts every neuron at its initial potential); states are Norse `IAFFeedForwardState`s."
+    ),
+}
+
+
+def write_artifact(graph: nir.NIRGraph, target: Target, out_dir: str | Path, *, force: bool = False) -> Path:
+    """Write the ``target`` model of ``graph`` to the folder ``out_dir``; returns ``out_dir``.
+
+    Raises :class:`BridgeError` for an unknown target, an existing ``out_dir`` (unless
+    ``force``), a missing parent folder, or graph content the target cannot reproduce.
+    """
+    if target not in _RUNTIMES:
+        raise BridgeError(f"unknown export target {target!r}; choose one of {', '.join(_RUNTIMES)}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise BridgeError(f"{out_dir} already exists; choose another output folder or pass --force")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BridgeError(f"{out_dir} exists and is not a folder; choose another output path")
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    if not parent.is_dir():
+        raise BridgeError(f"the folder {parent} does not exist; create it first")
+    spec, tensors = graph_to_spec(graph)  # refuses unsupported content before touching disk
+    # Check that the runtime really builds (the target framework imports, the spec is whole).
+    _build_in_process(target, spec, tensors)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+    try:
+        shutil.copyfile(Path(__file__).with_name(_RUNTIMES[target]), tmp / "model.py")
+        (tmp / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
+        torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp / "tensors.pt")
+        nir.write(tmp / "model.nir", graph)
+        shape = ", ".join(str(d) for d in next(n for n in spec["nodes"] if n["op"] == "input")["shape"])
+        (tmp / "README.md").write_text(_README.format(
+            target="SpikingJelly" if target == "spikingjelly" else "Norse",
+            package="spikingjelly" if target == "spikingjelly" else "norse",
+            folder=str(out_dir.resolve()), steps=spec.get("timesteps") or 32, shape=shape,
+            usage=_USAGE[target], encoding=spec["input_encoding"], readout=spec["readout"],
+            encoding_note=" (x is the input current at every step)" if spec["input_encoding"] == "constant"
+            else " (x holds one input per step, [T, B, ...])",
+        ))
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():  # force: replace the old folder only now that the new one is whole
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
+            os.replace(out_dir, old / "x")
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp)
+    return out_dir
+
+
+def _build_in_process(target: str, spec: dict, tensors: dict[str, torch.Tensor]) -> None:
+    try:
+        if target == "spikingjelly":
+            from exporters.runtime_spikingjelly import build_from_spec
+        else:
+            from exporters.runtime_norse import build_from_spec  # type: ignore[assignment]
+    except ImportError as exc:
+        raise BridgeError(
+            f"cannot export to {target}: {exc}; install it with `pip install {target}`"
+        ) from None
+    build_from_spec(spec, tensors)

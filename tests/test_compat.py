@@ -1,0 +1,147 @@
+"""The compatibility matrix and the nir-compat export profile, on real importers."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from bridge.converter import convert
+from bridge.errors import BridgeError
+from bridge.neurons import if_step
+from bridge.reference import simulate
+from exporters.nir_profiles import apply_profile, unit_thresholds
+from tests.zoo import resnet_small, sample_input, vgg_bn
+from validation import compat
+from validation.suite import input_shape, validate
+
+T = 8
+
+
+def closed_form_strings(v0: Fraction) -> list[str]:
+    """The method's spikes from its closed form: N_t = floor(t z + v0) (theta = 1), s_t = N_t - N_{t-1}."""
+    out = []
+    for z in compat.CURRENTS:
+        zq = Fraction(str(z))
+        counts = [int(np.floor(t * zq + v0)) for t in range(T + 1)]
+        out.append("".join(str(counts[t] - counts[t - 1]) for t in range(1, T + 1)))
+    return out
+
+
+def rule_strings(*, reset: str, condition: str, leak: float = 1.0) -> list[str]:
+    """Spike strings of an IF rule (``bridge.neurons.if_step``) with an optional leak, in float32."""
+    z = torch.tensor(compat.CURRENTS, dtype=torch.float32)
+    v = torch.zeros(4)
+    theta = torch.ones(4)
+    rows = []
+    for _ in range(T):
+        s, v = if_step(z, leak * v, theta, reset=reset, spike_condition=condition)
+        rows.append(s)
+    s = torch.stack(rows)
+    return ["".join(str(int(b)) for b in s[:, i]) for i in range(4)]
+
+
+def test_exact_strings_follow_the_closed_form():
+    assert compat.exact_strings(0.0) == closed_form_strings(Fraction(0))
+    assert compat.exact_strings(0.5) == closed_form_strings(Fraction(1, 2))
+
+
+@pytest.mark.parametrize("v0", [0.0, 0.5])
+def test_importers_on_the_single_if_graph(v0):
+    g = compat.single_if_graph(v0)
+    # no importer reads the initial potential: their strings do not depend on v0
+    assert compat.spike_strings("norse-nir", g) == rule_strings(reset="zero", condition="gt")
+    assert compat.spike_strings("spikingjelly-nir", g) == rule_strings(reset="zero", condition="ge")
+    assert compat.spike_strings("snntorch-nir", g) == rule_strings(reset="subtract", condition="gt", leak=0.9)
+    assert compat.spike_strings("sinabs-nir", g).startswith("not installed (pip install --no-deps sinabs")
+    ref = compat.spike_strings("reference", g)
+    exact = compat.exact_strings(v0)
+    # float64 differs from exact arithmetic only where exact arithmetic lands on theta
+    diff = [i for i in range(4) if ref[i] != exact[i]]
+    assert diff in ([], [2])
+
+
+@pytest.fixture(scope="module")
+def channel_wise_graph():
+    model, shape = vgg_bn(act="relu")
+    return convert(model, shape, thresholds="max", channel_wise=True, calibration=sample_input(shape, 32))
+
+
+def test_nir_compat_profile_is_exact_and_unlocks_spikingjelly(channel_wise_graph):
+    g = channel_wise_graph
+    p = unit_thresholds(g)
+    ifs = [n for n, node in p.nodes.items() if type(node).__name__ == "IF"]
+    assert ifs and all(np.all(np.asarray(p.nodes[n].v_threshold) == 1.0) for n in ifs)
+    assert any(np.unique(np.asarray(g.nodes[n].v_threshold)).size > 1 for n in ifs)
+    x = sample_input(input_shape(g), 4)
+    a, b = simulate(g, x, 16, trace=True), simulate(p, x, 16, trace=True)
+    for n in ifs:
+        assert torch.equal(a.traces[n].spikes, b.traces[n].spikes), n
+    assert torch.allclose(a.outputs, b.outputs, atol=1e-12)
+    before = validate(g, ["spikingjelly-nir"], x, steps=8).backends[0]
+    after = validate(p, ["spikingjelly-nir"], x, steps=8).backends[0]
+    assert before.status == "refused" and "uniform" in before.message
+    assert after.status == "ok" and after.comparison.layers
+
+
+def test_nir_compat_profile_refusals():
+    model, shape = resnet_small()
+    g = convert(model, shape)
+    with pytest.raises(BridgeError, match="Scale"):
+        apply_profile(g, "nir-compat")
+    assert apply_profile(g, "exact") is g
+    with pytest.raises(BridgeError, match="unknown NIR profile"):
+        apply_profile(g, "loihi")
+
+
+def test_markdown_page(channel_wise_graph):
+    g = channel_wise_graph
+    x = sample_input(input_shape(g), 3)
+    y = torch.tensor([0, 1, 2])
+    case = compat.Case("tiny", g, x, y, 0.5, "a test network")
+    m = compat.Matrix(cases=[case])
+    m.strings["v_init = 0"] = {"bridge rule, exact arithmetic": compat.exact_strings(0.0),
+                               "reference": compat.exact_strings(0.0),
+                               "norse-nir": compat.spike_strings("norse-nir", compat.single_if_graph(0.0))}
+    m.runs[("tiny", "exact")] = validate(g, ["spikingjelly-nir"], x, y, steps=4, timesteps=[1, 4])
+    m.runs[("tiny", "nir-compat")] = validate(unit_thresholds(g), ["spikingjelly-nir"], x, y, steps=4,
+                                              timesteps=[1, 4])
+    md = compat.markdown(m, "python -m validation.compat")
+    assert "| norse-nir | 00001000 00010001 01010101 01010101 | 0/4 neurons |" in md
+    assert "| spikingjelly-nir | exact | refused: " in md
+    assert "| spikingjelly-nir | nir-compat | runs |" in md
+    assert "acc T=4 (%)" in md
+
+
+def test_compat_cli_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "c.md"
+    out.write_text("mine")
+    assert compat.main(["-o", str(out)]) == 2
+    assert out.read_text() == "mine"
+
+
+def test_rate_headroom_profile():
+    from exporters.nir_profiles import rate_headroom
+
+    g = compat.single_if_graph(0.5)
+    x = torch.tensor([[0.25, 0.3, 0.6, 0.2]], dtype=torch.float64)  # no neuron saturates
+    # IF -> Output has no weighted layer to carry the factor: refused, nothing silently changed
+    with pytest.raises(BridgeError, match="cannot carry the factor"):
+        rate_headroom(g, 2.0)
+    # with a consumer layer: the same mean output as the original for inputs below theta
+    from tests.test_validation import two_layer_graph
+
+    g2 = two_layer_graph(theta2=0.9)
+    h2 = apply_profile(g2, "nir-compat-k2")
+    assert np.allclose(h2.nodes["fc1"].weight, np.eye(4) / 2)
+    assert np.allclose(h2.nodes["a"].metadata["bridge"]["v_init"], 0.0)
+    unit = unit_thresholds(g2)
+    assert np.allclose(h2.nodes["fc2"].weight, unit.nodes["fc2"].weight)  # x 2 (consumer of a), / 2 (feeds b)
+    assert np.allclose(h2.nodes["fc3"].weight, 2 * unit.nodes["fc3"].weight)
+    steps = 400
+    a, b = simulate(g2, x, steps), simulate(h2, x, steps)
+    assert torch.allclose(a.readout, b.readout, atol=4 * 2 / steps)
+    assert not torch.equal(a.outputs, b.outputs)  # a different (coarser) spike code
+

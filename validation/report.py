@@ -1,0 +1,255 @@
+"""Presenting a :class:`~validation.suite.ValidationReport`: terminal tables (rich),
+Markdown, and PNG plots (matplotlib, Agg): accuracy vs T per backend, a per-layer spike
+agreement heat map, per-layer firing rates."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bridge.errors import BridgeError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from validation.suite import BackendReport, ValidationReport
+
+PLOTS = {"accuracy": "accuracy_vs_T.png", "agreement": "layer_agreement.png", "rates": "firing_rates.png"}
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
+
+
+def _status(b: BackendReport) -> str:
+    return "measured" if b.status == "ok" and not b.faithful else b.status
+
+
+def _curve(b: BackendReport, what: str) -> dict[int, float] | None:
+    if b.accuracy is None:
+        return None
+    return b.accuracy.accuracy() if what == "accuracy" else b.accuracy.ann_agreement()
+
+
+# -- terminal ------------------------------------------------------------------------------
+def render(report: ValidationReport, console: Console) -> None:
+    """Tables: one summary row per backend, then one table per compared backend and layer."""
+    from rich.table import Table
+
+    summary = Table(title=f"bridge validate: {report.samples} samples, T = {report.steps}, "
+                          f"{report.dtype}, {report.semantics}")
+    for col in ("backend", "status", "agree", "first divergence", "unexpl.",
+                "max|dv|", "same pred", f"acc T={report.steps}"):
+        summary.add_column(col)
+    listed = any(b.name == "reference" for b in report.backends)
+    for b in ([] if listed else [report.reference]) + report.backends:
+        c = b.comparison
+        acc = _curve(b, "accuracy")
+        first = c.first_divergence if c else None
+        total = sum(l.neuron_steps for l in c.layers.values()) if c else 0
+        agree = (1 - sum(l.mismatches for l in c.layers.values()) / total) if c and total else None
+        vmax = max((l.max_v_diff for l in c.layers.values() if l.max_v_diff is not None), default=None) if c else None
+        summary.add_row(
+            b.name,
+            _status(b) if b is not report.reference else "-",
+            _pct(agree), f"{first[0]} {first[1]}" if first else ("none" if c else "-"),
+            str(c.unexplained) if c else "-", _num(vmax),
+            _pct(c.outputs.prediction_agreement) if c else "-",
+            _pct(acc[report.steps]) if acc and report.steps in acc else "-",
+        )
+    console.print(summary)
+    for b in report.backends:
+        if b.message:
+            console.print(f"[bold]{b.name}[/bold]: {b.message}")
+        if b.comparison is None or b.name == "reference":
+            continue
+        t = Table(title=f"{b.name}: per layer (tie epsilon {b.comparison.relative_epsilon:g} x max(1, |theta|))")
+        for col in ("layer", "neurons", "agree", "ties", "propag.", "unexpl.",
+                    "first divergence", "max|dv|", "rate", "ref rate"):
+            t.add_column(col)
+        for name, l in b.comparison.layers.items():
+            t.add_row(name, str(l.neurons), _pct(l.agreement), str(l.ties), str(l.propagated),
+                      f"[red]{l.unexplained}[/red]" if l.unexplained and b.faithful else str(l.unexplained),
+                      str(l.first_divergence) if l.first_divergence else "none", _num(l.max_v_diff),
+                      f"{l.firing_rate:.3f}", f"{l.ref_firing_rate:.3f}")
+        console.print(t)
+    acc_table = Table(title="accuracy (top) and agreement with the ANN (bottom) vs T")
+    acc_table.add_column("backend")
+    for ts in report.timesteps:
+        acc_table.add_column(f"T={ts}")
+    for b in ([] if listed else [report.reference]) + report.backends:
+        acc, agr = _curve(b, "accuracy"), _curve(b, "agreement")
+        if acc is None and agr is None:
+            continue
+        cells = [f"{_pct(acc.get(ts) if acc else None)}\n{_pct(agr.get(ts) if agr else None)}" for ts in report.timesteps]
+        acc_table.add_row(b.name, *cells)
+    console.print(acc_table)
+    for note in report.notes:
+        console.print(f"note: {note}")
+
+
+# -- markdown ------------------------------------------------------------------------------
+def markdown(report: ValidationReport, images: dict[str, str]) -> str:
+    """The whole report as Markdown (``images``: plot kind -> relative file name)."""
+    lines = [
+        "# bridge validation report", "",
+        f"- samples: {report.samples}, T = {report.steps}, dtype {report.dtype}, semantics: {report.semantics}",
+        f"- result: **{'PASS' if report.ok else 'FAIL'}**", "",
+        "A mismatch is a neuron-step whose spike differs from the reference's. *tie*: the reference's "
+        "pre-reset potential was within epsilon of the threshold (a rounding tie); *propagated*: the sample "
+        "had already diverged upstream or earlier in that neuron; *unexplained*: anything else (a semantic "
+        "difference; fails a faithful backend).", "",
+        "| backend | faithful | status | spike agreement | first divergence | unexplained | max abs v diff | "
+        "same prediction | max readout diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b in report.backends:
+        c = b.comparison
+        if c is None:
+            lines.append(f"| {b.name} | {b.faithful} | {b.status}: {b.message or ''} | - | - | - | - | - | - |")
+            continue
+        total = sum(l.neuron_steps for l in c.layers.values())
+        agree = 1 - sum(l.mismatches for l in c.layers.values()) / total if total else None
+        first = c.first_divergence
+        vmax = max((l.max_v_diff for l in c.layers.values() if l.max_v_diff is not None), default=None)
+        lines.append(
+            f"| {b.name} | {b.faithful} | {_status(b)} | {_pct(agree)} | "
+            f"{f'{first[0]} {first[1]}' if first else 'none'} | {c.unexplained} | {_num(vmax)} | "
+            f"{_pct(c.outputs.prediction_agreement)} | {_num(c.outputs.max_readout_diff)} |")
+    for b in report.backends:
+        if b.comparison is None or not b.comparison.layers:
+            continue
+        lines += ["", f"## {b.name}: per layer", "",
+                  f"Tie epsilon: {b.comparison.relative_epsilon:g} x max(1, |theta|).", "",
+                  "| layer | neurons | agreement | ties | propagated | unexplained | first divergence | "
+                  "max abs v diff (before divergence) | firing rate | reference rate |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, l in b.comparison.layers.items():
+            lines.append(f"| {name} | {l.neurons} | {_pct(l.agreement)} | {l.ties} | {l.propagated} | "
+                         f"{l.unexplained} | {l.first_divergence or 'none'} | {_num(l.max_v_diff)} | "
+                         f"{l.firing_rate:.4f} | {l.ref_firing_rate:.4f} |")
+        if b.comparison.unobserved:
+            lines.append(f"\nNot observed by this backend: {', '.join(b.comparison.unobserved)}.")
+    lines += ["", "## Accuracy / agreement with the ANN vs T", "",
+              "| backend | " + " | ".join(f"T={t}" for t in report.timesteps) + " |",
+              "|---|" + "---|" * len(report.timesteps)]
+    listed = any(b.name == "reference" for b in report.backends)
+    for b in ([] if listed else [report.reference]) + report.backends:
+        acc, agr = _curve(b, "accuracy"), _curve(b, "agreement")
+        if acc is None and agr is None:
+            continue
+        cells = [f"{_pct(acc.get(t) if acc else None)} / {_pct(agr.get(t) if agr else None)}" for t in report.timesteps]
+        lines.append(f"| {b.name} | " + " | ".join(cells) + " |")
+    lines.append("\nEach cell: accuracy on the labels / agreement with the ANN's prediction.")
+    for kind, title in (("accuracy", "Accuracy vs T"), ("agreement", "Per-layer spike agreement"),
+                        ("rates", "Per-layer firing rates")):
+        if kind in images:
+            lines += ["", f"## {title}", "", f"![{title}]({images[kind]})"]
+    if report.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+# -- plots ---------------------------------------------------------------------------------
+def plot(report: ValidationReport, kind: str, path: Path) -> bool:
+    """Draw one plot into ``path`` (PNG); False when there is nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    compared = [b for b in report.backends if b.comparison is not None and b.comparison.layers]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    try:
+        if kind == "accuracy":
+            drawn = False
+            listed = any(b.name == "reference" for b in report.backends)
+            for b in ([] if listed else [report.reference]) + report.backends:
+                curve = _curve(b, "accuracy") or _curve(b, "agreement")
+                if curve:
+                    ax.plot(list(curve), [100 * v for v in curve.values()], marker="o", label=b.name)
+                    drawn = True
+            if not drawn:
+                return False
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("time-steps T")
+            ax.set_ylabel("accuracy (%)" if report.reference.accuracy and report.reference.accuracy.labelled
+                          else "agreement with the ANN (%)")
+            ax.legend()
+            ax.grid(alpha=0.3)
+        elif kind == "agreement":
+            if not compared:
+                return False
+            data = np.array([[100 * b.comparison.layers[l].agreement if l in b.comparison.layers else np.nan
+                              for l in report.layers] for b in compared])
+            im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=min(90.0, float(np.nanmin(data))), vmax=100)
+            ax.set_yticks(range(len(compared)), [b.name for b in compared])
+            ax.set_xticks(range(len(report.layers)), report.layers, rotation=45, ha="right")
+            fig.colorbar(im, ax=ax, label="spike agreement (%)")
+            for (i, j), v in np.ndenumerate(data):
+                if not np.isnan(v):
+                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white" if v < 97 else "black")
+        elif kind == "rates":
+            if not compared:
+                return False
+            base = compared[0].comparison
+            xs = np.arange(len(report.layers))
+            width = 0.8 / (len(compared) + 1)
+            ax.bar(xs, [base.layers[l].ref_firing_rate if l in base.layers else np.nan for l in report.layers],
+                   width, label="reference")
+            for i, b in enumerate(compared, 1):
+                ax.bar(xs + i * width, [b.comparison.layers[l].firing_rate if l in b.comparison.layers else np.nan
+                                        for l in report.layers], width, label=b.name)
+            ax.set_xticks(xs + width * len(compared) / 2, report.layers, rotation=45, ha="right")
+            ax.set_ylabel("spikes per neuron per step")
+            ax.legend()
+        else:
+            raise ValueError(kind)
+        ax.set_title({"accuracy": "accuracy vs T", "agreement": "per-layer spike agreement",
+                      "rates": "per-layer firing rates"}[kind])
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return True
+    finally:
+        plt.close(fig)
+
+
+def write_report(report: ValidationReport, folder: str | Path, *, force: bool = False) -> Path:
+    """Write ``report.md`` and its PNG plots into ``folder`` (created if missing).
+
+    Existing files are replaced only with ``force``; each file is written atomically.
+    """
+    from bridge.nirio import atomic_path, check_output_path
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise BridgeError(f"{folder} exists and is not a folder; choose another --report path")
+    if not folder.parent.exists():
+        raise BridgeError(f"the folder {folder.parent} does not exist; create it first")
+    folder.mkdir(exist_ok=True)
+    targets = [folder / "report.md", *(folder / n for n in PLOTS.values())]
+    for t in targets:
+        check_output_path(t, force=force)
+    images: dict[str, str] = {}
+    for kind, name in PLOTS.items():
+        try:
+            with atomic_path(folder / name, ".png") as tmp:
+                if not plot(report, kind, tmp):
+                    raise _Skip  # nothing to draw: leave no (empty) file behind
+            images[kind] = name
+        except _Skip:
+            pass
+    md = folder / "report.md"
+    with atomic_path(md, ".md") as tmp:
+        tmp.write_text(report.to_markdown(images))
+    return md
+
+
+class _Skip(Exception):
+    pass
