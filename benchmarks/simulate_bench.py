@@ -246,8 +246,8 @@ def main() -> None:
     xs = x_d.repeat(T, 1, 1, 1)
     t_big = best_time(lambda: ann_d(xs), args.repeats, sync)
     print(f"  ANN, {T} forward passes          {t_ann:8.2f} s")
-    print(f"  ANN, one pass on the T*B batch   {t_big:8.2f} s   (the convolutions' share of the "
-          "simulator)")
+    print(f"  ANN, one pass on the T*B batch   {t_big:8.2f} s   (the simulator's convolution work "
+          "in one batch)")
     print(f"  reference simulator (layers)    {t_ref:8.2f} s   ratio vs ANN {t_ref / t_ann:5.2f} "
           "(target <= 1.0)")
     print(f"  hand-written step loop          {t_loop:8.2f} s   reference / loop {t_ref / t_loop:5.2f}")

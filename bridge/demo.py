@@ -101,7 +101,14 @@ class Results:
     layers: dict[str, list[dict]] = field(default_factory=dict)  # per model, first seed
     validation: dict[str, dict] = field(default_factory=dict)  # per model, first seed
     train_seconds: dict[str, list[float]] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # where the time went
     seconds: float = 0.0
+
+    def clock(self, stage: str, since: float) -> float:
+        """Add the time since ``since`` to ``stage``; return now."""
+        now = time.perf_counter()
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + now - since
+        return now
 
     def add(self, table: str, model: str, method: str, per_t: dict[int, float]) -> None:
         target = getattr(self, table).setdefault(model, {}).setdefault(method, {})
@@ -128,7 +135,8 @@ class Results:
         return {"steps": list(self.steps), "seeds": self.seeds, "ann": self.ann,
                 "accuracy": conv(self.accuracy), "agreement": conv(self.agreement),
                 "layers": self.layers, "validation": self.validation,
-                "train_seconds": self.train_seconds, "seconds": self.seconds}
+                "train_seconds": self.train_seconds, "stage_seconds": self.stage_seconds,
+                "seconds": self.seconds}
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -302,6 +310,7 @@ def run_demo(config: DemoConfig, console=None) -> Results:
             for spec in MODELS:
                 epochs = max(1, round(spec.epochs * config.epochs_scale))
                 bar = progress.task(f"split {seed}: {spec.label}", epochs + 3 + len(config.steps))
+                t0 = time.perf_counter()
                 trained = train_model(spec.build(), split, epochs=epochs, seed=seed,
                                       progress=lambda d, n: bar(done=d))
                 model = trained.model
@@ -310,6 +319,7 @@ def run_demo(config: DemoConfig, console=None) -> Results:
                 with torch.no_grad():
                     ann_pred = model(x).argmax(1)
                 cal = split.train_x[:config.calibration_samples]
+                t0 = res.clock("train", t0)
                 graphs = {v: convert(model, INPUT_SHAPE, calibration=cal, v_init=v)
                           for v in ("zero", "half")}
                 bar()
@@ -319,6 +329,7 @@ def run_demo(config: DemoConfig, console=None) -> Results:
                     res.add("accuracy", spec.key, v, acc)
                     res.add("agreement", spec.key, v, agree)
                 bar()
+                t0 = res.clock("convert + simulate", t0)
                 optimized_graphs = {}
                 for t in config.steps:
                     go = optimize_initial_potentials(graphs["half"], calibration_for(t, split, config.calibration_samples), t)
@@ -328,13 +339,16 @@ def run_demo(config: DemoConfig, console=None) -> Results:
                     res.add("accuracy", spec.key, "optimized", acc)
                     res.add("agreement", spec.key, "optimized", agree)
                     bar()
+                t0 = res.clock("optimize + simulate", t0)
                 if seed == seeds[0]:
                     t_layer = 4 if 4 in config.steps else config.steps[0]
                     res.layers[spec.key] = layer_analysis(graphs["half"], optimized_graphs[t_layer], x[:128], t_layer)
+                    t0 = res.clock("layer analysis", t0)
                     if config.export_and_validate:
                         res.validation[spec.key] = validate_exports(
                             graphs["half"], out / "models" / spec.key, x[:64], y[:64],
                             min(16, tmax), config.force)
+                        t0 = res.clock("export + validate", t0)
                 bar()
                 if spec.key == "relu":
                     sj_bar = progress.task(f"split {seed}: SpikingJelly ann2snn", len(config.sj_settings))
@@ -345,6 +359,7 @@ def run_demo(config: DemoConfig, console=None) -> Results:
                         res.add("accuracy", spec.key, setting.label, acc)
                         res.add("agreement", spec.key, setting.label, agree)
                         sj_bar()
+                    res.clock("SpikingJelly ann2snn", t0)
     res.seconds = time.perf_counter() - start
     from bridge.demo_report import write_report
 

@@ -243,7 +243,9 @@ def markdown(res: Results, config: DemoConfig) -> str:
         for name, b in v["backends"].items():
             lines.append(f"| {model} | {name} | {b['status']} | {100 * b['spike_agreement']:.4f}% | {b['unexplained']} |")
     lines += ["", "Training time per model (s, mean over splits): " +
-              ", ".join(f"{k} {np.mean(v):.1f}" for k, v in res.train_seconds.items()), ""]
+              ", ".join(f"{k} {np.mean(v):.1f}" for k, v in res.train_seconds.items()),
+              "", "Where the run time went (s): " +
+              ", ".join(f"{k} {v:.1f}" for k, v in res.stage_seconds.items()), ""]
     return "\n".join(lines)
 
 

@@ -179,18 +179,17 @@ class SpikingJellyNetwork(nn.Module, base.StepModule):
     """A NIR graph as a SpikingJelly network; submodules are named after the NIR nodes.
 
     ``forward`` follows SpikingJelly: in step mode ``'m'`` it maps ``[T, B, ...]`` to the
-    Output node's values ``[T, B, ...]``; in ``'s'`` one step ``[B, ...]`` to ``[B, ...]``.
-    ``exact_batching`` (None: True for float64 input) runs the weighted layers of step mode
-    ``'m'`` on each step's slice (see :func:`_per_step`);
+    Output node's values ``[T, B, ...]``; in ``'s'`` one step ``[B, ...]`` to ``[B, ...]``;
     state lives in the neurons (``functional.reset_net`` starts afresh). A node with
-    several inputs receives their sum. :meth:`simulate` and :meth:`predict` add the graph's
+    several inputs receives their sum. ``exact_batching`` (attribute; None: True for float64
+    input) runs the weighted layers of step mode ``'m'`` on each step's slice
+    (see :func:`_per_step`). :meth:`simulate` and :meth:`predict` add the graph's
     input encoding (the same input current every step) and readout (mean over T).
     """
 
     def __init__(self, spec: dict[str, Any], tensors: dict[str, torch.Tensor], step_mode: str = "m",
                  exact_batching: bool | None = None) -> None:
         super().__init__()
-        # None: weighted layers run step by step on float64 input (bit-exact), batched otherwise
         self.exact_batching = exact_batching
         if spec.get("format") != SPEC_FORMAT:
             raise ValueError(f"unknown export spec format {spec.get('format')!r}, expected {SPEC_FORMAT}")

@@ -230,6 +230,13 @@ def test_float32_fast_path_matches_float64_reference() -> None:
     assert torch.allclose(r32.readout.double(), r64.readout, atol=1e-4)
 
 
+def test_progress_bar_does_not_change_results() -> None:
+    graph, x = cnn_graph(), torch.rand(2, 2, 6, 6, dtype=F64)
+    assert torch.equal(simulate(graph, x, 5, progress=True).outputs, simulate(graph, x, 5).outputs)
+    assert torch.equal(simulate(graph, x, 5, progress=True, mode="step").outputs,
+                       simulate(graph, x, 5).outputs)
+
+
 def test_only_requested_traces_are_kept() -> None:
     sim = ReferenceSimulator(cnn_graph())
     x = torch.rand(2, 2, 6, 6, dtype=F64)
@@ -413,3 +420,25 @@ def test_errors_name_cause_and_fix() -> None:
                            edges=[("input", "o1"), ("input", "o2")])
     with pytest.raises(BridgeError, match="exactly one"):
         ReferenceSimulator(two_out)
+
+
+# ---------------------------------------------------------------- the converter's zoo
+@pytest.mark.parametrize("name", ["mlp", "vgg_bn", "resnet_small"])
+def test_zoo_snn_approaches_its_ann_and_fast_path_equals_step_loop(name: str) -> None:
+    """Graphs from bridge.converter (tests/zoo.py): the ANN view is the ANN, the readout
+    error falls as T grows, and the fast path equals the step loop bit for bit."""
+    from bridge.converter import convert
+    from tests import zoo
+
+    model, shape = getattr(zoo, name)()
+    graph = convert(model, shape)
+    x = zoo.sample_input(shape, 8)
+    with torch.no_grad():
+        ann = model.double()(x)
+    assert torch.allclose(ann_view(graph, x), ann, rtol=0, atol=1e-9)
+    sim = ReferenceSimulator(graph)
+    errors = [float((sim.run(x, steps).readout - ann).abs().mean()) for steps in (4, 64)]
+    assert errors[1] < errors[0]
+    layer, step = sim.run(x, 6, trace=True), sim.run(x, 6, trace=True, mode="step")
+    assert layer.traces and torch.equal(layer.outputs, step.outputs)
+    assert all(torch.equal(layer.traces[n].v, step.traces[n].v) for n in layer.traces)

@@ -1,0 +1,112 @@
+"""bridge demo: the targets' logic, the SpikingJelly baseline, and one end-to-end --quick run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from bridge import ann2snn_baseline as sj
+from bridge.data import digits_split
+from bridge.demo import DemoConfig, Results
+from bridge.demo_report import check_targets, table_rows
+from bridge.errors import BridgeError
+from bridge.train import DigitsCNN, train_model
+
+
+def _results(half_t4: float, opt_t1: float) -> Results:
+    res = Results((1, 2, 4, 8), [0, 1])
+    for model in ("clip", "qcfs", "relu", "resnet"):
+        res.ann[model] = [0.99, 0.99]
+        for method, per_t in (("zero", {1: 0.1, 2: 0.5, 4: 0.9, 8: 0.97}),
+                              ("half", {1: 0.8, 2: 0.95, 4: half_t4, 8: 0.988}),
+                              ("optimized", {1: opt_t1, 2: 0.986, 4: 0.99, 8: 0.99})):
+            for _ in range(2):
+                res.add("accuracy", model, method, per_t)
+                res.add("agreement", model, method, {t: 0.996 for t in per_t})
+    for _ in range(2):
+        res.add("accuracy", "relu", "SJ ann2snn max layer", {1: 0.1, 2: 0.9, 4: 0.97, 8: 0.98})
+    return res
+
+
+def test_targets_pass_and_fail_on_the_means():
+    good = {t.text: t.passed for t in check_targets(_results(half_t4=0.985, opt_t1=0.975))}
+    assert all(good.values()), good
+    bad = {t.text: t for t in check_targets(_results(half_t4=0.97, opt_t1=0.95))}
+    assert not bad["theta/2, best of clipped/QCFS: T=4 within 1.0 pt of its ANN"].passed
+    assert "2.00 pt below" in bad["theta/2, best of clipped/QCFS: T=4 within 1.0 pt of its ANN"].detail
+    assert not bad["relu: optimized T=1 within 2.0 pt of the ANN"].passed
+    assert bad["resnet: >= 95% at T=4 (theta/2)"].passed
+
+
+def test_table_marks_sj_not_applicable_for_clipped_models():
+    header, rows = table_rows(_results(0.985, 0.975))
+    assert header[:3] == ["model", "method", "ANN"] and header[3:] == ["T=1", "T=2", "T=4", "T=8"]
+    na = [r for r in rows if r[1].startswith("SJ ann2snn (all")]
+    assert len(na) == 3 and all("not applicable" in r[3] for r in na)
+    assert any(r[1] == "SJ ann2snn max layer" for r in rows)
+    assert "99.00 ± 0.00" in rows[0][2]
+
+
+def test_config_and_output_folder_errors(tmp_path):
+    from bridge.demo import run_demo
+
+    with pytest.raises(BridgeError, match="--seeds"):
+        DemoConfig.make(tmp_path / "x", seeds=0)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(BridgeError, match="already exists"):
+        run_demo(DemoConfig.make(tmp_path / "full", seeds=1, quick=True))
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_spikingjelly_baseline_converts_relu_models_only():
+    split = digits_split(0)
+    trained = train_model(DigitsCNN("relu", channels=(4, 8), hidden=16), split, epochs=4, seed=0)
+    assert sj.applicable(trained.model)
+    assert not sj.applicable(DigitsCNN("clip")) and not sj.applicable(DigitsCNN("qcfs"))
+    x, y = split.test_x[:100], split.test_y[:100]
+    setting = sj.SJSetting("99.9%", channel_wise=True, half_threshold=True)
+    snn = sj.convert(trained.model, split.train_x[:128], setting)
+    assert any(type(m).__name__ == "HalfThresholdIFNode" for m in snn.modules())
+    acc = sj.accuracy_vs_steps(trained.model, split.train_x[:128], x, y, [1, 4, 32], setting)
+    assert acc[32] > 0.7 and acc[32] >= acc[1]
+    # the running readout is the mean of the outputs: its last step equals a manual T-step mean
+    running = sj.run(snn, x[:5], 3)
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(snn)
+    manual = sum(snn(x[:5]) for _ in range(3)) / 3
+    torch.testing.assert_close(running[-1], manual)
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    from bridge.cli import main
+    from bridge.demo_report import PLOTS
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--seeds", "1", "--out", str(out)]) == 0
+    for name in ("report.md", "results.json", *PLOTS):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for model in ("clip", "qcfs", "relu", "resnet"):
+        assert (out / "models" / model / "model.nir").is_file()
+        assert (out / "models" / model / "spikingjelly").is_dir()
+        assert (out / "models" / model / "norse").is_dir()
+    data = json.loads((out / "results.json").read_text())
+    for model in ("clip", "qcfs", "relu", "resnet"):
+        assert data["ann"][model][0] > 0.9
+        acc = data["accuracy"][model]
+        assert acc["half"]["16"][0] > 0.9  # near the ANN at T = 16
+        assert acc["zero"]["1"][0] <= acc["half"]["1"][0]
+        assert acc["optimized"]["1"][0] > 0.5
+        for b in data["validation"][model]["backends"].values():
+            assert b["status"] == "ok" and b["unexplained"] == 0
+    assert any(k.startswith("SJ ") for k in data["accuracy"]["relu"])
+    assert not any(k.startswith("SJ ") for k in data["accuracy"]["clip"])
+    report = (out / "report.md").read_text()
+    assert "## Targets" in report and "not applicable" in report
+    # a second run refuses to overwrite the report folder
+    assert main(["demo", "--quick", "--seeds", "1", "--out", str(out)]) == 2
