@@ -271,9 +271,9 @@ def load_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Ten
         split = digits_split(size=8)
         return fit_images(split.test_x, shape), split.test_y
     if kind in ("cifar10", "cifar100") and rest:
-        x, y = load_cifar(rest, classes=10 if kind == "cifar10" else 100)
+        x, y = load_cifar(Path(rest).expanduser(), classes=10 if kind == "cifar10" else 100)
         return fit_images(x, shape), y
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if path.suffix.lower() == ".npz":
         x = load_tensor_file(path, "x")
         y = load_tensor_file(path, "y").long()

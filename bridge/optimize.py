@@ -218,11 +218,11 @@ def _if_rate(current: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor) -> to
     v = v0.expand_as(current[0]).clone()
     count = torch.zeros_like(v)
     for t in range(current.shape[0]):
-        m = v + current[t]
-        s = (m >= theta).to(m.dtype)
-        v = m - theta * s
+        v += current[t]  # m(t)
+        s = (v >= theta).to(v.dtype)
+        v -= theta * s  # v(t) = m(t) - theta s(t)
         count += s
-    return theta * count / current.shape[0]
+    return count.mul_(theta / current.shape[0])
 
 
 def _fit_layer(current: torch.Tensor, target: torch.Tensor, theta: torch.Tensor, *,
@@ -245,9 +245,9 @@ def _fit_layer(current: torch.Tensor, target: torch.Tensor, theta: torch.Tensor,
     ones = torch.ones(channels, dtype=theta.dtype)
     base = errors(ones, ones * 0.5)
     best_err, best_a, best_f = base.clone(), ones.clone(), ones * 0.5
-    a_grid = np.linspace(0.4, 1.3, 10) if thresholds else np.array([1.0])
-    f_grid = np.linspace(0.0, 0.9, 10)
-    for rounds, (a_step, f_step) in enumerate(((None, None), (0.05, 0.05))):
+    a_grid = np.linspace(0.4, 1.3, 8) if thresholds else np.array([1.0])
+    f_grid = np.linspace(0.0, 0.875, 8)
+    for rounds, (a_step, f_step) in enumerate(((None, None), (0.06, 0.06))):
         if rounds == 0:
             cands = [(ones * a, ones * f) for a in a_grid for f in f_grid]
         else:
@@ -286,6 +286,7 @@ def optimize_initial_potentials(
     thresholds: bool = True,
     progress: bool | Callable[[int, int], None] = False,
     fits: list[LayerFit] | None = None,
+    search_budget: int = 4_000_000,
 ) -> nir.NIRGraph:
     """A copy of ``graph`` with v_init (and thresholds) fitted on ``calibration`` for T = ``timesteps``.
 
@@ -293,7 +294,9 @@ def optimize_initial_potentials(
     (a, f) per layer; ``thresholds=False`` keeps every threshold (a = 1) and fits only the
     initial potentials. The graph's metadata records ``timesteps``. ``progress`` may be a
     callable ``(done, total)``; ``True`` prints one line per layer. ``fits``, when given, is
-    filled with a :class:`LayerFit` per IF layer.
+    filled with a :class:`LayerFit` per IF layer. ``search_budget`` bounds the neuron-steps
+    (samples x neurons x T) one candidate of the grid costs: wide layers and large T are fitted
+    on the first samples of ``calibration`` only (each channel still sees many positions).
     """
     from bridge.reference import ann_view, simulate
 
@@ -313,7 +316,8 @@ def optimize_initial_potentials(
         target = torch.minimum(torch.relu(z), theta0)  # the ANN view's activation, value units
         current = simulate(current_subgraph(graph, name), x, timesteps, dtype=torch.float64).outputs
         can_scale = thresholds and _scale_targets(graph, name) is not None
-        a, f, e_half, e_best = _fit_layer(current, target, theta, channel_wise=channel_wise,
+        n = max(8, min(len(x), search_budget // max(1, theta.numel() * timesteps)))
+        a, f, e_half, e_best = _fit_layer(current[:, :n], target[:n], theta, channel_wise=channel_wise,
                                           thresholds=can_scale)
         graph = apply_fit(graph, name, a, f)
         if fits is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bridge.errors import BridgeError, ValidationFailed
+from exporters.nir_profiles import PROFILES
 
 DTYPES = ("float64", "float32")
 
@@ -37,7 +38,7 @@ mismatch that no numerical tie explains, 2 on bad input.""",
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--tie-epsilon", type=float, default=None,
               help="Relative tolerance of a numerical tie (default 1e-9 in float64, 1e-4 in float32).")
-@click.option("--profile", type=click.Choice(["exact", "nir-compat", "nir-compat-k2", "nir-compat-k4"]),
+@click.option("--profile", type=click.Choice(PROFILES),
               default="exact", show_default=True,
               help="Validate the graph re-encoded by an export profile (see docs/compatibility.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")

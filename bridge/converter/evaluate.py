@@ -1,6 +1,6 @@
-"""Run a :class:`~bridge.converter.ir.LayerGraph` as the ANN it describes (float64).
+"""Run a :class:`~bridge.converter.ir.LayerGraph` as the ANN it describes (float64 by default).
 
-Used for calibration (activation statistics of every pre-activation ``z``), for shape
+Used for calibration (in the calibration data's precision, see :mod:`bridge.converter.calibration`) (activation statistics of every pre-activation ``z``), for shape
 inference in the NIR builder, and by tests. Activations compute
 
 * ``relu``: ``max(z, 0)``;  ``clip``: ``clip(z, 0, bound)``;
@@ -12,6 +12,7 @@ the rate function of the IF neuron the activation becomes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 
@@ -88,27 +89,52 @@ def evaluate(
     *,
     thresholds: Mapping[str, np.ndarray] | None = None,
     record: Recorder | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """Output of the ANN for a batch ``x`` (N, *input_shape), in float64.
+    """Output of the ANN for a batch ``x`` (N, *input_shape), in ``dtype`` (float64 by default).
 
     ``record(op, z)`` is called with the pre-activation of every activation op.
     ``thresholds`` (name -> per-neuron theta) replaces those activations by ``clip(z, 0, theta)``.
+    The op parameters must already be in ``dtype`` (:func:`cast_graph`). Each intermediate value
+    is dropped after its last consumer ran, so memory holds only the live activations.
     """
+    last_use: dict[str, int] = {}
+    for i, op in enumerate(graph.ops.values()):
+        for name in op.inputs:
+            last_use[name] = i
     values: dict[str, torch.Tensor] = {}
-    for op in graph.ops.values():
+    for i, op in enumerate(graph.ops.values()):
         if isinstance(op, InputOp):
-            values[op.name] = x.to(torch.float64)
+            values[op.name] = x.to(dtype)
             continue
-        inputs = [values[i] for i in op.inputs]
+        inputs = [values[name] for name in op.inputs]
+        for name in set(op.inputs):
+            if last_use[name] == i:
+                del values[name]
         if isinstance(op, ActivationOp):
             if record is not None:
                 record(op, inputs[0])
             if thresholds is not None and op.name in thresholds:
-                theta = torch.as_tensor(thresholds[op.name], dtype=torch.float64)
+                theta = torch.as_tensor(thresholds[op.name], dtype=dtype)
                 values[op.name] = torch.minimum(torch.relu(inputs[0]), theta)
                 continue
         values[op.name] = run_op(op, inputs)
+        del inputs
     return values[graph.output.name]
+
+
+def cast_graph(graph: LayerGraph, dtype: torch.dtype) -> LayerGraph:
+    """A copy of ``graph`` whose parameter tensors are in ``dtype`` (``graph`` itself if they are)."""
+    tensors = [(op, f.name) for op in graph.ops.values() for f in dataclasses.fields(op)
+               if isinstance(getattr(op, f.name), torch.Tensor)]
+    if all(getattr(op, name).dtype == dtype for op, name in tensors):
+        return graph
+    out = LayerGraph()
+    for op in graph.ops.values():
+        changes = {f.name: getattr(op, f.name).to(dtype) for f in dataclasses.fields(op)
+                   if isinstance(getattr(op, f.name), torch.Tensor)}
+        out.add(dataclasses.replace(op, **changes))
+    return out
 
 
 def _spatial(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
