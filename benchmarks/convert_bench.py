@@ -12,6 +12,11 @@ saved as a torch.export program and converted through the ATen front-end).
 
     python benchmarks/convert_bench.py            # all models and cases
     python benchmarks/convert_bench.py --models vgg16 --cases trained
+    python benchmarks/convert_bench.py --threads 1   # torch intra-op threads (default: all CPUs)
+
+On a machine shared with other jobs (load above the core count) torch's OpenMP threads wait
+for each other: there one thread can be several times faster than two. Compare the ratios
+against the baselines of the same run, and give the thread count with any number.
 """
 
 from __future__ import annotations
@@ -120,7 +125,7 @@ def _randomise_bn(model) -> None:  # noqa: ANN001
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
-def worker(model_name: str, case: str) -> dict:
+def worker(model_name: str, case: str, threads: int) -> dict:
     """One measurement in this (fresh) process; returns the numbers as a dict."""
     import torch
     import torch.fx
@@ -130,7 +135,7 @@ def worker(model_name: str, case: str) -> dict:
     from bridge.converter.aten_frontend import exported_to_layer_graph
 
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
     base_rss = _rss_mb()
     model = MODELS[model_name]().eval()
     _randomise_bn(model)
@@ -192,17 +197,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1),
+                    help="torch intra-op threads (default: the CPU count)")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "CASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker)))
+        print(json.dumps(worker(*args.worker, args.threads)))
         return
 
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"bridge conversion benchmark (targets: < {TIME_TARGET_S:g} s, "
-                        f"< {MEMORY_TARGET_MB:g} MB; {os.cpu_count()} CPU)")
+                        f"< {MEMORY_TARGET_MB:g} MB; {os.cpu_count()} CPU, {args.threads} torch threads)")
     for col in ("model", "case", "params", "nodes", "time s", "x target", "x forward(1)",
                 "x fx trace", "peak MB", "x target", "model MB"):
         table.add_column(col, justify="left" if col in ("model", "case") else "right")
@@ -210,7 +217,7 @@ def main() -> None:
     for model_name in args.models.split(","):
         for case in args.cases.split(","):
             proc = subprocess.run(
-                [sys.executable, __file__, "--worker", model_name, case],
+                [sys.executable, __file__, "--threads", str(args.threads), "--worker", model_name, case],
                 capture_output=True, text=True, check=False,
             )
             if proc.returncode != 0:

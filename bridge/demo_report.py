@@ -50,7 +50,7 @@ def check_targets(res: Results) -> list[Target]:
         targets.append(Target(
             f"theta/2, best of clipped/QCFS: T={t} within {100 * limit:.1f} pt of its ANN",
             gaps[best] <= limit + 1e-12,
-            "; ".join(f"{m}: {100 * g:+.2f} pt below ANN" for m, g in gaps.items())))
+            "; ".join(f"{m}: {100 * g:.2f} pt below ANN" for m, g in gaps.items())))
     if 8 in steps and clipped:
         agr = {m: res.mean(m, "half", 8, "agreement") for m in clipped}
         best = max(agr, key=agr.get)
@@ -71,7 +71,7 @@ def check_targets(res: Results) -> list[Target]:
             if t in steps:
                 g = gap(model, "optimized", t)
                 targets.append(Target(f"{model}: optimized T={t} within {100 * limit:.1f} pt of the ANN",
-                                      g <= limit + 1e-12, f"{100 * g:+.2f} pt below ANN"))
+                                      g <= limit + 1e-12, f"{100 * g:.2f} pt below ANN"))
     if "resnet" in res.ann and 4 in steps:
         a = res.mean("resnet", "half", 4)
         targets.append(Target("resnet: >= 95% at T=4 (theta/2)", a >= 0.95, f"{_pts(a)}%"))

@@ -267,3 +267,34 @@ def test_python_m_bridge_subprocess(files, tmp_path):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "--trust-pickle" in proc.stderr
     assert not (tmp_path / "p.nir").exists()
+
+
+def test_nir_compat_profile_writes_unit_thresholds(tmp_path):
+    """--profile nir-compat: thresholds normalised to 1 (weight normalisation), same ANN view."""
+    import numpy as np
+    import torch
+
+    from bridge.nirio import read_graph
+    from bridge.reference import ann_view
+    from tests import zoo
+
+    model, shape = zoo.vgg_bn()
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    exact, compat = tmp_path / "exact.nir", tmp_path / "compat.nir"
+    base = ["export", str(weights), "--arch", "tests.zoo:vgg_bn", "--input-shape", ",".join(map(str, shape)),
+            "--to", "nir"]
+    assert main([*base, "-o", str(exact)]) == 0
+    assert main([*base, "-o", str(compat), "--profile", "nir-compat"]) == 0
+    g_exact, g_compat = read_graph(exact), read_graph(compat)
+    thresholds = [n.v_threshold for n in g_compat.nodes.values() if type(n).__name__ == "IF"]
+    assert thresholds and all(np.all(t == 1.0) for t in thresholds)
+    x = torch.rand(4, *shape, dtype=torch.float64)
+    torch.testing.assert_close(ann_view(g_compat, x), ann_view(g_exact, x), rtol=1e-9, atol=1e-9)
+
+
+def test_profile_is_refused_for_framework_targets(tmp_path, capsys):
+    src = tmp_path / "m.pt"
+    src.write_bytes(b"x")
+    assert main(["export", str(src), "--to", "norse", "-o", str(tmp_path / "o"), "--profile", "nir-compat"]) == 2
+    assert "--profile applies to --to nir" in capsys.readouterr().err

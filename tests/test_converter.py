@@ -418,3 +418,87 @@ def test_reference_ann_view_agrees_with_the_test_evaluator():
         shape = tuple(int(s) for s in graph.nodes["input"].input_type["input"])
         x = zoo.sample_input(shape, 4)
         torch.testing.assert_close(reference_ann_view(graph, x), ann_view(graph, x), rtol=0, atol=1e-12, msg=name)
+
+
+class _GlobalMean(nn.Module):
+    """conv -> clip -> conv -> relu6 -> global average by ``mean`` (spelling given) -> linear."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.act1 = ClippedReLU(1.5)
+        self.c2 = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self.c2(self.act1(self.c1(x))))
+        if self.spelling == "method":
+            y = y.mean(dim=(2, 3))
+        elif self.spelling == "negative":
+            y = y.mean((-2, -1))
+        elif self.spelling == "function_keepdim":
+            y = torch.mean(y, dim=[2, 3], keepdim=True).flatten(1)
+        else:  # keepdim then the readout on the 4-d tensor flattened by view
+            y = y.mean(dim=[3, 2], keepdim=True)
+            y = y.view(y.size(0), -1)
+        return self.fc(y)
+
+
+@pytest.mark.parametrize("spelling", ["method", "negative", "function_keepdim", "method_keepdim_view"])
+def test_global_mean_pooling_becomes_a_full_average_pool(spelling, tmp_path):
+    model = zoo._randomize(_GlobalMean(spelling), 21)
+    shape = (2, 6, 6)
+    x = zoo.sample_input(shape, 12)
+    graph = _roundtrip(convert(model, shape), tmp_path)
+    _assert_ann_view(graph, model, x)
+    pools = [n for n in graph.nodes.values() if isinstance(n, nir.AvgPool2d)]
+    assert len(pools) == 1 and list(np.asarray(pools[0].kernel_size)) == [3, 3]  # 6x6 stride 2 -> 3x3
+    assert list(np.asarray(graph.nodes["output"].output_type["output"])) == [3]
+
+
+@pytest.mark.parametrize("spelling", ["method", "function_keepdim"])
+def test_global_mean_pooling_through_torch_export(spelling, tmp_path):
+    from bridge.converter.aten_frontend import exported_to_layer_graph
+
+    model = zoo._randomize(_GlobalMean(spelling), 22).eval()
+    shape = (2, 6, 6)
+    ep = torch.export.export(model, (torch.zeros(1, *shape),))
+    graph = _roundtrip(convert_layer_graph(exported_to_layer_graph(ep)), tmp_path)
+    _assert_ann_view(graph, model, zoo.sample_input(shape, 12))
+    assert sum(isinstance(n, nir.AvgPool2d) for n in graph.nodes.values()) == 1
+
+
+@pytest.mark.parametrize("dims", [(1,), (1, 2, 3), (3,)])
+def test_mean_over_other_dims_is_refused(dims):
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.c(x)).mean(dim=dims)
+
+    with pytest.raises(BridgeError, match=r"mean.*only the global average over the spatial dimensions"):
+        convert(Net(), (1, 6, 6))
+
+
+def test_wrong_input_shape_is_one_error_line_and_prints_nothing(capfd):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), ClippedReLU(1.0), nn.Flatten(), nn.Linear(4 * 30 * 30, 2))
+    with pytest.raises(BridgeError) as err:
+        convert(model, (1, 32, 32))
+    msg = str(err.value)
+    assert "\n" not in msg and err.value.__cause__ is None and err.value.__suppress_context__
+    assert "input of shape [1, 32, 32]" in msg  # given
+    assert "layer '0' (Conv2d) expects input (batch, 3, H, W), got [2, 1, 32, 32]" in msg  # expected
+    assert "--input-shape 3,H,W / input_shape=(3, H, W)" in msg  # the fix
+    with pytest.raises(BridgeError, match=r"layer '3' \(Linear\) expects input \(batch, \.\.\., 3600\), "
+                       r"got \[2, 784\].*--input-shape / input_shape="):
+        convert(model, (3, 16, 16))
+    with pytest.raises(BridgeError, match=r"--input-shape 8 / input_shape=\(8,\)"):
+        convert(nn.Sequential(nn.Linear(8, 3), nn.ReLU()), (1, 9, 9))
+    # an fx GraphModule as the model: fx's own error printing is held back too
+    with pytest.raises(BridgeError, match=r"does not run on an input of shape \[7\]"):
+        convert(torch.fx.symbolic_trace(nn.Sequential(nn.Linear(8, 3), nn.ReLU())), (7,))
+    out, errout = capfd.readouterr()
+    assert out == "" and errout == ""

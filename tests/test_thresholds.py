@@ -209,3 +209,23 @@ def test_threshold_errors(kwargs, pattern):
     kwargs.setdefault("calibration", zoo.sample_input((4,), 8))
     with pytest.raises(BridgeError, match=pattern):
         convert(net, (4,), **kwargs)
+
+
+@pytest.mark.parametrize("channel_wise", [False, True])
+def test_float32_calibration_agrees_with_float64(channel_wise):
+    """Float32 data runs the calibration in float32: the same thresholds up to float32 rounding."""
+    from bridge.converter.calibration import compute_dtype
+
+    model, shape = zoo.resnet_small(act="relu")
+    x64 = zoo.sample_input(shape, 100)  # > one chunk of CALIBRATION_BATCH
+    x32 = x64.float()
+    assert compute_dtype([x32]) == torch.float32 and compute_dtype([x64]) == torch.float64
+    assert compute_dtype([x64, x32]) == torch.float32
+    for source in ("max", "p99"):
+        t64 = _if_thresholds(convert(model, shape, thresholds=source, channel_wise=channel_wise, calibration=x64))
+        t32 = _if_thresholds(convert(model, shape, thresholds=source, channel_wise=channel_wise,
+                                     calibration=DataLoader(TensorDataset(x32), batch_size=33)))
+        assert set(t32) == set(t64) and len(t64) >= 3
+        for name in t64:
+            assert t32[name].dtype == np.float64
+            np.testing.assert_allclose(t32[name], t64[name], rtol=2e-5, atol=0)

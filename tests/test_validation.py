@@ -245,6 +245,7 @@ def test_json_markdown_and_report_folder(tmp_path, stand_ins):
     for name in ("report.md", "accuracy_vs_T.png", "layer_agreement.png", "firing_rates.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 100
     assert "![Accuracy vs T](accuracy_vs_T.png)" in out.read_text()
+    assert out.stat().st_mode & 0o044  # readable by others like any file the user writes
     with pytest.raises(BridgeError, match="already exists"):
         write_report(report, tmp_path / "rep")
     write_report(report, tmp_path / "rep", force=True)

@@ -301,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from bridge.nirio import atomic_path, check_output_path
+    from validation.report import default_mode
 
     parser = argparse.ArgumentParser(prog="python -m validation.compat", description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", "--output", default="docs/compatibility.md")
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         m = build_matrix(steps=args.steps, epochs=args.epochs, limit=args.limit, log=console.print)
         with atomic_path(path, ".md") as tmp:
             tmp.write_text(markdown(m, "python -m validation.compat -o docs/compatibility.md --force"))
+        default_mode(path)
     except BridgeError as exc:
         console.print(f"error: {exc}")
         return exc.exit_code

@@ -248,7 +248,19 @@ def write_report(report: ValidationReport, folder: str | Path, *, force: bool = 
     md = folder / "report.md"
     with atomic_path(md, ".md") as tmp:
         tmp.write_text(report.to_markdown(images))
+    for t in targets:
+        if t.exists():
+            default_mode(t)
     return md
+
+
+def default_mode(path: Path) -> None:
+    """Give ``path`` the mode a plain ``open()`` would (atomic_path's temp files are 0600)."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 class _Skip(Exception):

@@ -106,12 +106,24 @@ class ValidationReport:
     def to_json(self, **kwargs) -> str:
         import json
 
-        return json.dumps(self.to_dict(), indent=kwargs.pop("indent", 2), default=_jsonable, **kwargs)
+        return json.dumps(_no_nan(self.to_dict()), indent=kwargs.pop("indent", 2), default=_jsonable,
+                          allow_nan=False, **kwargs)
 
     def to_markdown(self, images: dict[str, str] | None = None) -> str:
         from validation.report import markdown
 
         return markdown(self, images or {})
+
+
+def _no_nan(obj):
+    """NaN (nothing measured) becomes null: strict JSON for other tools."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    return obj
 
 
 def _jsonable(obj):
@@ -176,6 +188,9 @@ def validate(
             instances.append(cls(graph, dtype=dtype))
         except BackendRefused as exc:
             rep.status, rep.message = ("refused" if not cls.faithful else "error"), str(exc)
+            instances.append(None)
+        except Exception as exc:  # a backend that crashes while building: that is its result
+            rep.status, rep.message = "error", f"{exc.__class__.__name__}: {exc}"
             instances.append(None)
     ref_backend = ref_cls(graph, dtype=dtype)
     notes: list[str] = []

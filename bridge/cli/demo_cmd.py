@@ -23,12 +23,16 @@ def demo(out: Path, seeds: int, quick: bool, force: bool, threads: int | None) -
     sweeps T with initial potential 0, theta/2 and optimised, next to SpikingJelly's own
     ann2snn on the same ReLU weights; prints the table and the targets.
     """
+    import logging
+
     import torch
     from rich.console import Console
 
     from bridge.demo import DemoConfig, run_demo
     from bridge.demo_report import print_table
 
+    # SpikingJelly's import makes torch log that Triton (a GPU compiler) is absent: noise here
+    logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
     if threads is not None:
         torch.set_num_threads(max(1, threads))
     console = Console()

@@ -242,11 +242,15 @@ or a NIR file (for --to spikingjelly/norse).""",
 @click.option("--timesteps", type=int, help="T to optimise for (with --v-init optimized).")
 @click.option("--maxpool", type=click.Choice(["error", "avg"]), default="error", show_default=True,
               help="MaxPool2d: refuse (default) or replace by average pooling (accuracy changes).")
+@click.option("--profile", default="exact", show_default=True,
+              type=click.Choice(["exact", "nir-compat", "nir-compat-k2", "nir-compat-k4"]),
+              help="NIR encoding: exact (bridge metadata), or thresholds normalised to 1 for "
+                   "importers that need one scalar threshold (see docs/compatibility.md).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: bool,
            input_shape: str | None, thresholds: str, channel_wise: bool, calibration: str | None,
            calibration_samples: int, v_init: str, timesteps: int | None, maxpool: str,
-           force: bool) -> None:
+           profile: str, force: bool) -> None:
     """Convert a trained PyTorch model to a spiking network (NIR), or a NIR file to a
     SpikingJelly or Norse model.
 
@@ -260,6 +264,8 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     v = parse_v_init(v_init)
     if v == "optimized" and (timesteps is None or calibration is None):
         raise BridgeError("--v-init optimized needs --timesteps T and --calibration data")
+    if profile != "exact" and target != "nir":
+        raise BridgeError("--profile applies to --to nir; the exporters always build the exact graph")
     if timesteps is not None and timesteps < 1:
         raise BridgeError(f"--timesteps must be >= 1, got {timesteps}")
     if not model.is_file():
@@ -301,8 +307,9 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
 
     if target == "nir":
         from bridge.nirio import write_graph
+        from exporters.nir_profiles import apply_profile
 
-        written = write_graph(graph, out, force=force)
+        written = write_graph(apply_profile(graph, profile), out, force=force)
     else:
         written = _write_artifact(graph, target, out, force)
     _summary(written, graph, target)

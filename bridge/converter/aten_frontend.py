@@ -17,6 +17,8 @@ Rules:
   Without that metadata (TorchScript conversions) ``minimum(relu(z), c)`` with a constant
   ``c`` is the same clip and is recognised as such.
 * Dropout, clone, alias, contiguous and detach are identities in inference and vanish.
+* ``aten.mean.dim`` over the spatial dimensions (2, 3) of (N, C, H, W) is global average
+  pooling: an average pool with kernel = stride = (H, W), then a flatten unless ``keepdim``.
 * Op names follow the module-level front-end: the module path with ``.`` -> ``_``
   (``features.0`` -> ``features_0``) for a module's main op, the ATen node name otherwise.
 * An operator with no rule raises :class:`BridgeError` naming the node, the op and the
@@ -551,6 +553,35 @@ def _adaptive_avg_pool(r: _Reader, node: Node) -> None:
     r._add(node, op)
 
 
+def _mean(r: _Reader, node: Node) -> None:
+    """Global average pooling ``mean(x, dim=(2, 3), keepdim)`` on (N, C, H, W): an average pool
+    with kernel = stride = (H, W), then a flatten to (N, C) unless ``keepdim``."""
+    x = node.args[0]
+    shape = r._shape(x)
+    dim = _arg(node, 1, "dim")
+    dims = (dim,) if isinstance(dim, int) else tuple(dim or ())
+    keepdim = bool(_arg(node, 2, "keepdim", False))
+    if len(shape) != 4 or sorted(int(d) % 4 for d in dims) != [2, 3] or node.kwargs.get("dtype") is not None:
+        raise r._error(node, f"mean over dim={list(dims)} of a {len(shape)}-d tensor",
+                       "only the global average over the spatial dimensions of (N, C, H, W) converts: "
+                       "x.mean(dim=(2, 3)) or x.mean((-2, -1)), optionally keepdim=True")
+    kernel = (shape[2], shape[3])
+    name = r._name(node)
+    if keepdim:
+        r._add(node, AvgPoolOp(name=name, inputs=[r._data(node, x)], kernel=kernel, stride=kernel,
+                               padding=(0, 0)))
+        return
+    pool_name, i = f"{name}_pool", 0
+    while pool_name in r.names:
+        i += 1
+        pool_name = f"{name}_pool_{i}"
+    r.names.add(pool_name)
+    pool = AvgPoolOp(name=pool_name, inputs=[r._data(node, x)], kernel=kernel, stride=kernel, padding=(0, 0))
+    pool.source = _source(node)
+    r.graph.add(pool)
+    r._add(node, FlattenOp(name=name, inputs=[pool_name]))
+
+
 def _max_pool(r: _Reader, node: Node) -> None:
     kernel = _pair(node.args[1])
     stride = _pair(_arg(node, 2, "stride", []) or kernel)
@@ -609,6 +640,7 @@ _HANDLERS: dict[Any, Callable[[_Reader, Node], None]] = {
     aten.avg_pool2d.default: _avg_pool,
     aten.adaptive_avg_pool2d.default: _adaptive_avg_pool,
     aten._adaptive_avg_pool2d.default: _adaptive_avg_pool,
+    aten.mean.dim: _mean,
     aten.max_pool2d.default: _max_pool,
     aten.max_pool2d_with_indices.default: _max_pool,
     operator.getitem: _getitem,

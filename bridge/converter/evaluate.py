@@ -35,7 +35,7 @@ from bridge.converter.ir import (
     OutputOp,
 )
 
-Recorder = Callable[[ActivationOp, torch.Tensor], None]
+Recorder = Callable[[ActivationOp, torch.Tensor, torch.Tensor], None]
 
 
 def activation(op: ActivationOp, z: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,10 @@ def run_op(op: Op, inputs: list[torch.Tensor]) -> torch.Tensor:
     if isinstance(op, FlattenOp):
         return torch.flatten(x, 1)  # type: ignore[arg-type]
     if isinstance(op, AddOp):
-        return torch.stack(inputs).sum(0)
+        out = inputs[0] + inputs[1]  # a new tensor: the inputs may still be needed elsewhere
+        for other in inputs[2:]:
+            out += other
+        return out
     if isinstance(op, OutputOp):
         return x  # type: ignore[return-value]
     raise TypeError(f"unknown layer op {type(op).__name__}")
@@ -93,7 +96,8 @@ def evaluate(
 ) -> torch.Tensor:
     """Output of the ANN for a batch ``x`` (N, *input_shape), in ``dtype`` (float64 by default).
 
-    ``record(op, z)`` is called with the pre-activation of every activation op.
+    ``record(op, z, a)`` is called for every activation op with its pre-activation ``z`` and
+    its output ``a`` (the ANN activation, or ``clip(z, 0, theta)`` where ``thresholds`` has it).
     ``thresholds`` (name -> per-neuron theta) replaces those activations by ``clip(z, 0, theta)``.
     The op parameters must already be in ``dtype`` (:func:`cast_graph`). Each intermediate value
     is dropped after its last consumer ran, so memory holds only the live activations.
@@ -111,27 +115,32 @@ def evaluate(
         for name in set(op.inputs):
             if last_use[name] == i:
                 del values[name]
-        if isinstance(op, ActivationOp):
-            if record is not None:
-                record(op, inputs[0])
-            if thresholds is not None and op.name in thresholds:
-                theta = torch.as_tensor(thresholds[op.name], dtype=dtype)
-                values[op.name] = torch.minimum(torch.relu(inputs[0]), theta)
-                continue
-        values[op.name] = run_op(op, inputs)
+        if isinstance(op, ActivationOp) and thresholds is not None and op.name in thresholds:
+            theta = torch.as_tensor(thresholds[op.name], dtype=dtype)
+            values[op.name] = torch.minimum(torch.relu(inputs[0]), theta)
+        else:
+            values[op.name] = run_op(op, inputs)
+        if record is not None and isinstance(op, ActivationOp):
+            record(op, inputs[0], values[op.name])
         del inputs
     return values[graph.output.name]
 
 
-def cast_graph(graph: LayerGraph, dtype: torch.dtype) -> LayerGraph:
-    """A copy of ``graph`` whose parameter tensors are in ``dtype`` (``graph`` itself if they are)."""
+def cast_graph(graph: LayerGraph, dtype: torch.dtype, *, channels_last: bool = False) -> LayerGraph:
+    """A copy of ``graph`` whose parameter tensors are in ``dtype`` (``graph`` itself if nothing
+    changes). ``channels_last`` stores 4-d weights as NHWC: with an NHWC input, PyTorch's CPU
+    (oneDNN) float32 convolution runs about 1.6-1.9x faster here; the values are the same."""
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(dtype)
+        return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+
     tensors = [(op, f.name) for op in graph.ops.values() for f in dataclasses.fields(op)
                if isinstance(getattr(op, f.name), torch.Tensor)]
-    if all(getattr(op, name).dtype == dtype for op, name in tensors):
+    if not channels_last and all(getattr(op, name).dtype == dtype for op, name in tensors):
         return graph
     out = LayerGraph()
     for op in graph.ops.values():
-        changes = {f.name: getattr(op, f.name).to(dtype) for f in dataclasses.fields(op)
+        changes = {f.name: cast(getattr(op, f.name)) for f in dataclasses.fields(op)
                    if isinstance(getattr(op, f.name), torch.Tensor)}
         out.add(dataclasses.replace(op, **changes))
     return out

@@ -17,6 +17,9 @@ Mapping (PyTorch -> layer op):
   bound ``a`` (``lambda`` for ClippedReLU); ``QCFS`` -> ``kind="qcfs"``.
 * ``AvgPool2d`` -> :class:`AvgPoolOp`; ``AdaptiveAvgPool2d`` -> :class:`AvgPoolOp` with
   kernel = stride = ``(H / oh, W / ow)`` when they divide; ``MaxPool2d`` -> :class:`MaxPoolOp`.
+* global average pooling ``x.mean(dim=(2, 3))``, ``x.mean((-2, -1))``, ``torch.mean(x, [2, 3])``
+  on (N, C, H, W) -> :class:`AvgPoolOp` with kernel = stride = ``(H, W)`` followed by
+  :class:`FlattenOp` (no flatten with ``keepdim=True``): ``mean_{h,w} x = avgpool_{H x W}(x)``.
 * flatten / view / reshape to ``(batch, -1)`` -> :class:`FlattenOp` (dropped if already flat).
 * ``Dropout``, ``Identity``, ``contiguous``: removed (the model runs in eval mode).
 * ``+``, ``torch.add``, ``+=`` of two tensors -> :class:`AddOp`.
@@ -24,6 +27,8 @@ Mapping (PyTorch -> layer op):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import operator
 import os
@@ -36,7 +41,6 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
-from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from bridge.activations import QCFS, ClippedReLU
 from bridge.errors import BridgeError
@@ -117,10 +121,8 @@ def _f64(t: torch.Tensor | None, like_shape: int | None = None) -> torch.Tensor:
 
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta")
-    if meta is None or not hasattr(meta, "shape"):
-        return None
-    return tuple(int(s) for s in meta.shape)
+    shape = node.meta.get("bridge_shape")
+    return None if shape is None else tuple(shape)
 
 
 def _pair(v: Any, n: int) -> tuple[int, ...]:
@@ -234,6 +236,37 @@ class _Converter:
         self._add(node, AvgPoolOp(node.name, [self._ref(node, x)], kernel=kernel, stride=kernel,
                                   padding=(0, 0)))
 
+    def _mean(self, node: torch.fx.Node, x: Any, dim: Any, keepdim: Any, dtype: Any) -> None:
+        """Global average pooling ``x.mean(dim=(2, 3), keepdim=...)`` on (N, C, H, W):
+        an average pool over the whole H x W (kernel = stride = (H, W)), then a flatten to
+        (N, C) unless ``keepdim``."""
+        shape = _shape(x) if isinstance(x, torch.fx.Node) else None
+        dims = (dim,) if isinstance(dim, int) else tuple(dim) if isinstance(dim, (tuple, list)) else None
+        ok_dims = (shape is not None and dims is not None and all(isinstance(d, int) for d in dims)
+                   and len(shape) == 4 and sorted(d % 4 for d in dims) == [2, 3])
+        if not ok_dims or dtype is not None or not isinstance(keepdim, bool):
+            raise _fail(node, f"{self._what(node)} over dim={dim} of a "
+                        f"{len(shape) if shape else '?'}-d tensor" + (f" with dtype={dtype}" if dtype else ""),
+                        "only the global average over the spatial dimensions of (N, C, H, W) converts: "
+                        "x.mean(dim=(2, 3)) or x.mean((-2, -1)), optionally keepdim=True")
+        h, w = shape[2], shape[3]  # type: ignore[index]
+        ref = self._ref(node, x)
+        if keepdim:
+            return self._add(node, AvgPoolOp(node.name, [ref], kernel=(h, w), stride=(h, w), padding=(0, 0)))
+        pool = AvgPoolOp(self._fresh(f"{node.name}_pool"), [ref], kernel=(h, w), stride=(h, w), padding=(0, 0))
+        pool.source = _source(node)
+        self.lg.add(pool)
+        self._add(node, FlattenOp(node.name, [pool.name]))
+
+    def _fresh(self, base: str) -> str:
+        """An op name used neither by an fx node nor by an op."""
+        taken = {n.name for n in self.gm.graph.nodes} | set(self.lg.ops)
+        name, i = base, 0
+        while name in taken:
+            i += 1
+            name = f"{base}_{i}"
+        return name
+
     def _maxpool(self, node: torch.fx.Node, x: Any, kernel: Any, stride: Any, padding: Any,
                  dilation: Any, ceil_mode: bool) -> None:
         kernel = _pair(kernel, 2)
@@ -337,6 +370,9 @@ class _Converter:
                           _arg(args, kw, 6, "divisor_override", None))
         elif f is F.adaptive_avg_pool2d:
             self._adaptive(node, x, _arg(args, kw, 1, "output_size"))
+        elif f is torch.mean:
+            self._mean(node, x, _arg(args, kw, 1, "dim", None), _arg(args, kw, 2, "keepdim", False),
+                       kw.get("dtype"))
         elif f is F.max_pool2d or getattr(f, "__name__", "") in ("max_pool2d", "_max_pool2d"):
             self._maxpool(node, x, _arg(args, kw, 1, "kernel_size"), _arg(args, kw, 2, "stride", None),
                           _arg(args, kw, 3, "padding", 0), _arg(args, kw, 4, "dilation", 1),
@@ -371,6 +407,9 @@ class _Converter:
             self._add_op(node, x, args[1] if len(args) > 1 else kw.get("other"), kw.get("alpha", 1))
         elif name == "contiguous":
             self.alias[node.name] = self._ref(node, x)
+        elif name == "mean":
+            self._mean(node, x, _arg(args, kw, 1, "dim", None), _arg(args, kw, 2, "keepdim", False),
+                       kw.get("dtype"))
         elif not _is_tensor_node(node):
             return  # shape arithmetic
         else:
@@ -409,7 +448,7 @@ def _bound(m: ClippedReLU | QCFS) -> float:
 
 
 def _is_tensor_node(node: torch.fx.Node) -> bool:
-    return "tensor_meta" in node.meta
+    return "bridge_shape" in node.meta
 
 
 def _arg(args: tuple, kw: dict, i: int, name: str, default: Any = ...) -> Any:
@@ -423,17 +462,51 @@ def _arg(args: tuple, kw: dict, i: int, name: str, default: Any = ...) -> Any:
 
 
 class _ShapeRecorder(torch.fx.Interpreter):
-    """Runs the traced model once and stores each tensor result's metadata (shape) in the node."""
+    """Runs the traced model once and stores each tensor result's shape in the node.
+
+    A failing node raises :class:`_ShapeError` naming the layer, the input shape it expects
+    and the one it got (fx's own error decoration is switched off).
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.extra_traceback = False  # fx would append the graph's code to the message
+        self.suggestion = ""  # the --input-shape the first layer implies, where it tells
 
     def run_node(self, n: torch.fx.Node) -> Any:
         try:
             result = super().run_node(n)
         except Exception as exc:
             msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-            raise _ShapeError(f"at fx node {n.name!r}: {msg}") from None
+            raise _ShapeError(f"{self._expected(n)}: {msg}") from None
         if isinstance(result, torch.Tensor):
-            n.meta["tensor_meta"] = _extract_tensor_metadata(result)
+            # only the shape is needed (fx's ShapeProp metadata also checks memory formats: slow)
+            n.meta["bridge_shape"] = tuple(int(s) for s in result.shape)
         return result
+
+    def _expected(self, n: torch.fx.Node) -> str:
+        """'layer X (Linear) expects (batch, 3600), got [2, 784]' for the node that failed."""
+        try:
+            args, _ = self.fetch_args_kwargs_from_env(n)
+        except Exception:  # noqa: BLE001 - only for the message
+            args = ()
+        got = next((list(a.shape) for a in args if isinstance(a, torch.Tensor)), None)
+        got_text = f"got {got} on an example batch of {_EXAMPLE_BATCH}" if got is not None else ""
+        where = f"fx node {n.name!r}"
+        if n.op == "call_module":
+            m = self.module.get_submodule(str(n.target))
+            where = f"layer {n.target!r} ({type(m).__name__})"
+            first = any(isinstance(a, torch.fx.Node) and a.op == "placeholder" for a in n.args)
+            if isinstance(m, nn.Linear):
+                self.suggestion = str(m.in_features) if first else ""
+                return f"{where} expects input (batch, ..., {m.in_features}), {got_text}"
+            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+                spatial = ["L"] if isinstance(m, nn.Conv1d) else ["H", "W"]
+                self.suggestion = ",".join([str(m.in_channels)] + spatial) if first else ""
+                return f"{where} expects input ({', '.join(['batch', str(m.in_channels)] + spatial)}), {got_text}"
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                return f"{where} expects {m.num_features} channels in dimension 1, {got_text}"
+        return f"{where}, {got_text}" if got_text else where
 
 
 class _ShapeError(Exception):
@@ -462,12 +535,22 @@ def trace_module(model: nn.Module, input_shape: Sequence[int]) -> LayerGraph:
     example = torch.zeros((_EXAMPLE_BATCH, *input_shape),
                           dtype=param.dtype if param is not None else torch.float32,
                           device=param.device if param is not None else "cpu")
+    # fx prints the generated code of a failing GraphModule to stderr (torch.fx.graph_module.
+    # _WrappedCall) and ShapeProp prints a traceback: hold stderr back during the example run,
+    # pass it on when the run succeeds (the model's own warnings) and drop it when it fails.
+    held = io.StringIO()
+    recorder = _ShapeRecorder(gm)
     try:
-        with torch.no_grad():
-            _ShapeRecorder(gm).run(example)
+        with torch.no_grad(), contextlib.redirect_stderr(held):
+            recorder.run(example)
     except _ShapeError as exc:
-        msg = str(exc).splitlines()[0]  # fx appends the node's code on further lines
+        hint = recorder.suggestion
+        py = hint.replace(",", ", ") + ("," if "," not in hint else "")
+        example_text = f"--input-shape {hint} / input_shape=({py})" if hint else "--input-shape / input_shape="
         raise BridgeError(
-            f"the model does not run on an input of shape {list(input_shape)} ({msg}); "
-            "pass the shape of one sample without batch dimension as --input-shape") from None
+            f"the model does not run on an input of shape {list(input_shape)} (one sample, no batch "
+            f"dimension): {exc}; pass the shape of one sample the model takes, without the batch "
+            f"dimension, as {example_text}") from None
+    if held.getvalue():
+        sys.stderr.write(held.getvalue())
     return _Converter(gm, input_shape).run()

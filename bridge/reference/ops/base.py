@@ -20,7 +20,8 @@ State = Any
 
 def param(value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A NIR parameter (numpy array or number) as a tensor of the simulation's dtype/device."""
-    return torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=dtype, device=device)
+    # a copy: nir.read gives read-only arrays, which torch refuses to share without a warning
+    return torch.as_tensor(np.array(value, dtype=np.float64), dtype=dtype, device=device)
 
 
 class Op:
