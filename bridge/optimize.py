@@ -238,8 +238,8 @@ def _fit_layer(current: torch.Tensor, target: torch.Tensor, theta: torch.Tensor,
     def errors(a: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         th = theta * a.view(view)
         rate = _if_rate(current, th, f.view(view) * th)
-        err = (rate - target) ** 2
-        per_channel = err.transpose(0, 1).reshape(channels, -1).sum(1)
+        err = (rate - target).square_()
+        per_channel = err.sum(dim=[d for d in range(err.dim()) if d != 1])
         return per_channel if channel_wise else per_channel.sum().expand(channels)
 
     ones = torch.ones(channels, dtype=theta.dtype)
@@ -286,7 +286,7 @@ def optimize_initial_potentials(
     thresholds: bool = True,
     progress: bool | Callable[[int, int], None] = False,
     fits: list[LayerFit] | None = None,
-    search_budget: int = 4_000_000,
+    search_budget: int = 1_000_000,
 ) -> nir.NIRGraph:
     """A copy of ``graph`` with v_init (and thresholds) fitted on ``calibration`` for T = ``timesteps``.
 
@@ -310,14 +310,13 @@ def optimize_initial_potentials(
     for i, name in enumerate(names):
         sem = if_semantics(original.nodes[name], name)
         theta = torch.as_tensor(if_semantics(graph.nodes[name], name).threshold)
-        sub_orig = current_subgraph(original, name)
-        z = _as_tensor(ann_view(sub_orig, x)).to(torch.float64)
-        theta0 = torch.as_tensor(sem.threshold)
-        target = torch.minimum(torch.relu(z), theta0)  # the ANN view's activation, value units
-        current = simulate(current_subgraph(graph, name), x, timesteps, dtype=torch.float64).outputs
-        can_scale = thresholds and _scale_targets(graph, name) is not None
         n = max(8, min(len(x), search_budget // max(1, theta.numel() * timesteps)))
-        a, f, e_half, e_best = _fit_layer(current[:, :n], target[:n], theta, channel_wise=channel_wise,
+        xs = x[:n]
+        z = _as_tensor(ann_view(current_subgraph(original, name), xs)).to(torch.float64)
+        target = torch.minimum(torch.relu(z), torch.as_tensor(sem.threshold))  # ANN view, value units
+        current = simulate(current_subgraph(graph, name), xs, timesteps, dtype=torch.float64).outputs
+        can_scale = thresholds and _scale_targets(graph, name) is not None
+        a, f, e_half, e_best = _fit_layer(current, target, theta, channel_wise=channel_wise,
                                           thresholds=can_scale)
         graph = apply_fit(graph, name, a, f)
         if fits is not None:

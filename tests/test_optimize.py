@@ -96,7 +96,9 @@ def test_threshold_change_is_absorbed_by_the_consumers_through_pool_and_flatten(
     for name in [n for n, v in graph.nodes.items() if isinstance(v, nir.IF)]:
         c = np.asarray(graph.nodes[name].v_threshold).shape[0]
         graph = apply_fit(graph, name, rng.uniform(1.0, 2.0, c), np.full(c, 0.5))
-    torch.testing.assert_close(ann_view(graph, x.double()), before, rtol=1e-9, atol=1e-9)
+    # 1e-6: 'max' thresholds are float32-rounded maxima, so the largest activation may sit a
+    # rounding error above theta; a wrong rescale would be off by O(1)
+    torch.testing.assert_close(ann_view(graph, x.double()), before, rtol=1e-6, atol=1e-6)
 
 
 def test_apply_fit_spikes_follow_the_closed_form_with_new_threshold_and_v_init():

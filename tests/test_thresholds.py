@@ -229,3 +229,22 @@ def test_float32_calibration_agrees_with_float64(channel_wise):
         for name in t64:
             assert t32[name].dtype == np.float64
             np.testing.assert_allclose(t32[name], t64[name], rtol=2e-5, atol=0)
+
+
+def test_evaluation_frees_each_activation_after_its_last_use():
+    """Calibration memory: no pre-activation of an earlier layer is alive when the next is recorded."""
+    import weakref
+
+    from bridge.converter.evaluate import evaluate
+
+    model, shape = zoo.vgg_bn(act="relu")
+    layers = prepare(trace_module(model, shape))
+    refs: list[weakref.ref] = []
+    alive: list[int] = []
+
+    def record(op, z, a):  # noqa: ANN001, ANN202
+        alive.append(sum(r() is not None for r in refs))
+        refs.append(weakref.ref(z))
+
+    evaluate(layers, zoo.sample_input(shape, 4), record=record)
+    assert len(alive) >= 3 and max(alive) == 0

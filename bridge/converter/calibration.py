@@ -120,7 +120,10 @@ class TopK:
             flat = block.reshape(-1)
             block = flat[flat > self.buffer.min()].reshape(1, -1)
         block = _top(block, self.k)  # cut the block first: the merge below stays O(k)
-        both = block.copy() if self.buffer is None else np.concatenate([self.buffer, block.astype(self.buffer.dtype)], axis=1)
+        if self.buffer is None:
+            both = block.copy()  # own memory: ``block`` may view a whole chunk's partition
+        else:
+            both = np.concatenate([self.buffer, block.astype(self.buffer.dtype)], axis=1)
         self.buffer = _top(both, self.k)
 
     def result(self) -> np.ndarray:

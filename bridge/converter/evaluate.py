@@ -1,7 +1,8 @@
 """Run a :class:`~bridge.converter.ir.LayerGraph` as the ANN it describes (float64 by default).
 
-Used for calibration (in the calibration data's precision, see :mod:`bridge.converter.calibration`) (activation statistics of every pre-activation ``z``), for shape
-inference in the NIR builder, and by tests. Activations compute
+Used for calibration (activation statistics of every pre-activation ``z``, in the calibration
+data's precision: see :mod:`bridge.converter.calibration`) and by tests; :func:`shapes` gives the
+NIR builder every op's output shape without running anything. Activations compute
 
 * ``relu``: ``max(z, 0)``;  ``clip``: ``clip(z, 0, bound)``;
 * ``qcfs``: ``bound / L * clip(floor(z L / bound + 1/2), 0, L)``;

@@ -535,9 +535,10 @@ def trace_module(model: nn.Module, input_shape: Sequence[int]) -> LayerGraph:
     example = torch.zeros((_EXAMPLE_BATCH, *input_shape),
                           dtype=param.dtype if param is not None else torch.float32,
                           device=param.device if param is not None else "cpu")
-    # fx prints the generated code of a failing GraphModule to stderr (torch.fx.graph_module.
-    # _WrappedCall) and ShapeProp prints a traceback: hold stderr back during the example run,
-    # pass it on when the run succeeds (the model's own warnings) and drop it when it fails.
+    # The example run must fail as one BridgeError line and print nothing: the run uses its own
+    # interpreter (fx's ShapeProp calls traceback.print_exc on a failing node), and stderr is held
+    # back in case a module prints (fx's GraphModule.__call__ prints its code when it fails).
+    # A successful run passes what was held on (the model's own warnings).
     held = io.StringIO()
     recorder = _ShapeRecorder(gm)
     try:
@@ -551,6 +552,9 @@ def trace_module(model: nn.Module, input_shape: Sequence[int]) -> LayerGraph:
             f"the model does not run on an input of shape {list(input_shape)} (one sample, no batch "
             f"dimension): {exc}; pass the shape of one sample the model takes, without the batch "
             f"dimension, as {example_text}") from None
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
     if held.getvalue():
         sys.stderr.write(held.getvalue())
     return _Converter(gm, input_shape).run()
