@@ -19,8 +19,6 @@ are checked on the means and printed with pass/fail.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field

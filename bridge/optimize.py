@@ -266,17 +266,6 @@ def _fit_layer(current: torch.Tensor, target: torch.Tensor, theta: torch.Tensor,
     return best_a.numpy(), best_f.numpy(), total(base), total(best_err)
 
 
-def _as_tensor(result: object) -> torch.Tensor:
-    """``ann_view`` may return a tensor or a result object with ``outputs``/``readout``."""
-    if isinstance(result, torch.Tensor):
-        return result
-    for attr in ("outputs", "readout", "output"):
-        if hasattr(result, attr):
-            value = getattr(result, attr)
-            return value if value.dim() else value
-    raise TypeError(f"unexpected ANN view result {type(result).__name__}")
-
-
 def optimize_initial_potentials(
     graph: nir.NIRGraph,
     calibration: torch.Tensor,
@@ -312,7 +301,7 @@ def optimize_initial_potentials(
         theta = torch.as_tensor(if_semantics(graph.nodes[name], name).threshold)
         n = max(8, min(len(x), search_budget // max(1, theta.numel() * timesteps)))
         xs = x[:n]
-        z = _as_tensor(ann_view(current_subgraph(original, name), xs)).to(torch.float64)
+        z = ann_view(current_subgraph(original, name), xs)  # [n, *shape], float64
         target = torch.minimum(torch.relu(z), torch.as_tensor(sem.threshold))  # ANN view, value units
         current = simulate(current_subgraph(graph, name), xs, timesteps, dtype=torch.float64).outputs
         can_scale = thresholds and _scale_targets(graph, name) is not None

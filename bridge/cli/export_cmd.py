@@ -122,7 +122,7 @@ def load_calibration(spec: str | None, input_shape: tuple[int, ...], samples: in
 
 
 def _summary(path: Path, graph: Any, target: str) -> None:
-    from rich.console import Console
+    from bridge.cli.console import console
 
     from bridge.inspect import inspect_graph
 
@@ -133,7 +133,7 @@ def _summary(path: Path, graph: Any, target: str) -> None:
         f"{tot['threshold_min']:.4g} .. {tot['threshold_max']:.4g}"
         if tot["threshold_min"] is not None else "-"
     )
-    Console().print(
+    console().print(
         f"[bold green]wrote[/] {path} ({target}, {size / 1024:.1f} KiB): {tot['nodes']} nodes, "
         f"{tot['if_nodes']} IF layers, {tot['neurons']:,} neurons, {tot['params']:,} parameters, "
         f"thresholds {theta}",

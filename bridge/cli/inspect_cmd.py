@@ -30,9 +30,6 @@ def inspect(path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"file": str(path), **info}, indent=2))
         return
-    from rich.console import Console
+    from bridge.cli.console import console
 
-    console = Console()
-    if not console.is_terminal:  # piped: no terminal width to respect, keep rows unwrapped
-        console = Console(width=160)
-    console.print(render(info, title=str(path)))
+    console().print(render(info, title=str(path)))

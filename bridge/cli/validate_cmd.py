@@ -55,7 +55,7 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     plus accuracy and agreement with the ANN at every T of the list.
     """
     import torch
-    from rich.console import Console
+    from bridge.cli.console import console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bridge.data import load_labelled
@@ -80,7 +80,7 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     if limit is not None:
         x, y = x[:limit], y[:limit]
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
-    err = Console(stderr=True)
+    err = console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=len(x) * steps < 2000) as bar:
         # the reference runs once as the baseline (and once more if it is also listed)
@@ -92,7 +92,7 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     if as_json:
         click.echo(report.to_json())
     else:
-        render(report, Console())
+        render(report, console())
     if report_dir:
         path = write_report(report, report_dir, force=force)
         err.print(f"report written to {path}")
