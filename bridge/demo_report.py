@@ -35,7 +35,7 @@ def _pts(v: float) -> str:
 
 def _gap(g: float) -> str:
     """A gap ANN - SNN in points, worded by its sign."""
-    return f"{abs(100 * g):.2f} pt {'below' if g > 1e-12 else 'above' if g < -1e-12 else 'from'} ANN"
+    return f"{abs(100 * g):.2f} pt {'below' if g > 1e-9 else 'above' if g < -1e-9 else 'from'} ANN"
 
 
 def check_targets(res: Results) -> list[Target]:
