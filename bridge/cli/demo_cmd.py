@@ -26,7 +26,7 @@ def demo(out: Path, seeds: int, quick: bool, force: bool, threads: int | None) -
     import logging
 
     import torch
-    from rich.console import Console
+    from bridge.cli.console import console as make_console
 
     from bridge.demo import DemoConfig, run_demo
     from bridge.demo_report import print_table
@@ -35,7 +35,7 @@ def demo(out: Path, seeds: int, quick: bool, force: bool, threads: int | None) -
     logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
     if threads is not None:
         torch.set_num_threads(max(1, threads))
-    console = Console()
+    console = make_console()
     config = DemoConfig.make(out, seeds, quick, force)
     results = run_demo(config, console)
     print_table(results, console)

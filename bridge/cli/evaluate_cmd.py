@@ -92,7 +92,7 @@ def evaluate(model: Path, data: str, steps: str, batch_size: int, device: str, d
     `bridge export`). The readout after T steps is the mean of the output over the T steps.
     """
     import torch
-    from rich.console import Console
+    from bridge.cli.console import console as make_console
     from rich.progress import Progress
     from rich.table import Table
 
@@ -110,7 +110,7 @@ def evaluate(model: Path, data: str, steps: str, batch_size: int, device: str, d
         if limit < 1:
             raise BridgeError(f"--limit must be >= 1, got {limit}")
         x, y = x[:limit], y[:limit]
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     with Progress(console=console, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"simulating T={max(ts)}", total=len(x))
         result = evaluate_graph(graph, x, y, ts, batch_size=batch_size, device=device,
@@ -125,4 +125,4 @@ def evaluate(model: Path, data: str, steps: str, batch_size: int, device: str, d
     for t in ts:
         table.add_row(str(t), f"{100 * result.accuracy[t]:.2f}", f"{100 * result.ann_agreement[t]:.2f}")
     table.add_row("ANN", f"{100 * (result.ann_accuracy or 0):.2f}", "")
-    Console().print(table)
+    make_console().print(table)

@@ -186,18 +186,15 @@ def _check_output(out: Path, target: str, force: bool) -> None:
             raise BridgeError(f"the folder {parent} does not exist; create it first")
 
 
-def _optimize(graph: Any, calibration: Any, timesteps: int, channel_wise: bool) -> Any:
-    try:
-        from bridge.optimize import optimize_initial_potentials
-    except ImportError:
-        raise BridgeError(
-            "--v-init optimized is not available in this build of bridge; use --v-init half"
-        ) from None
+def _optimize(graph: Any, calibration: Any, timesteps: int) -> Any:
+    """--v-init optimized: fit initial potentials (and thresholds) per channel on the data."""
     import torch
+
+    from bridge.optimize import optimize_initial_potentials
 
     return optimize_initial_potentials(
         graph, torch.as_tensor(calibration, dtype=torch.float64), timesteps,
-        channel_wise=channel_wise, progress=True,
+        channel_wise=True, progress=True,
     )
 
 
@@ -303,7 +300,7 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
         )
         if v == "optimized":
             assert timesteps is not None
-            graph = _optimize(graph, calib, timesteps, channel_wise)
+            graph = _optimize(graph, calib, timesteps)
 
     if target == "nir":
         from bridge.nirio import write_graph
