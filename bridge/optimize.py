@@ -213,57 +213,93 @@ def apply_fit(graph: nir.NIRGraph, name: str, scale: np.ndarray, fraction: np.nd
 
 # --- the search ----------------------------------------------------------------------------
 
-def _if_rate(current: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
-    """``theta * N_T / T`` of the IF rule (subtract reset, m >= theta) on currents [T, B, ...]."""
-    v = v0.expand_as(current[0]).clone()
+_ELEMENTS_PER_CHUNK = 1 << 23  # ~32 MiB of float32 per [G, B, C, ...] work tensor
+
+
+def _spike_counts(current: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor,
+                  constant: bool) -> torch.Tensor:
+    """N_T of the IF rule (subtract reset, ``m >= theta``) for a batch of candidates.
+
+    ``current`` [T, B, C, ...]; ``theta`` and ``v0`` [G, 1, C, ...] (one row per candidate).
+    Returns [G, B, C, ...]. ``constant``: the current is the same at every step, so the
+    closed form :math:`\mathrm{clip}(\lfloor (T z + v_0)/\theta \rfloor, 0, T)` replaces
+    the T-step loop (exact for :math:`0 \le v_0 < \theta`, which the grid keeps).
+    """
+    steps = current.shape[0]
+    if constant:
+        return torch.clamp(torch.floor((steps * current[0] + v0) / theta), 0, steps)
+    v = v0 + torch.zeros_like(current[0])  # [G, B, C, ...]
     count = torch.zeros_like(v)
-    for t in range(current.shape[0]):
+    for t in range(steps):
         v += current[t]  # m(t)
         s = (v >= theta).to(v.dtype)
         v -= theta * s  # v(t) = m(t) - theta s(t)
         count += s
-    return count.mul_(theta / current.shape[0])
+    return count
+
+
+def _grid_errors(current: torch.Tensor, target: torch.Tensor, theta: torch.Tensor,
+                 a: torch.Tensor, f: torch.Tensor, constant: bool) -> torch.Tensor:
+    """Per-channel squared rate error of every candidate: ``a``, ``f`` [G, C] -> [G, C].
+
+    All G candidates of all channels run as one tensor computation, in chunks of G that
+    keep the work tensor near :data:`_ELEMENTS_PER_CHUNK` elements.
+    """
+    steps = current.shape[0]
+    view = (a.shape[0], 1) + tuple(theta.shape[:1]) + (1,) * (theta.dim() - 1)
+    per_candidate = max(1, current[0].numel())
+    chunk = max(1, _ELEMENTS_PER_CHUNK // per_candidate)
+    out = []
+    for g0 in range(0, a.shape[0], chunk):
+        sl = slice(g0, g0 + chunk)
+        th = theta * a[sl].reshape((-1,) + view[1:])  # [g, 1, C, ...]
+        counts = _spike_counts(current, th, f[sl].reshape(th.shape[:3] + (1,) * (th.dim() - 3)) * th,
+                               constant)
+        err = (counts.mul_(th / steps) - target).square_()  # [g, B, C, ...]
+        out.append(err.sum(dim=[d for d in range(err.dim()) if d != 2]))
+    return torch.cat(out)
 
 
 def _fit_layer(current: torch.Tensor, target: torch.Tensor, theta: torch.Tensor, *,
                channel_wise: bool, thresholds: bool) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Grid search (coarse, then refined per channel) of (a, f) for one IF layer.
 
-    ``current`` [T, B, C, ...], ``target`` [B, C, ...], ``theta`` [C, ...].
+    ``current`` [T, B, C, ...], ``target`` [B, C, ...], ``theta`` [C, ...] (float32 is
+    enough: the search only ranks candidates; the graph is written in float64).
     Returns per-channel a, f and the layer's MSE at (1, 1/2) and at the optimum.
     """
     channels = theta.shape[0]
-    view = (-1,) + (1,) * (theta.dim() - 1)
+    constant = bool((current == current[0]).all())
 
-    def errors(a: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        th = theta * a.view(view)
-        rate = _if_rate(current, th, f.view(view) * th)
-        err = (rate - target).square_()
-        per_channel = err.sum(dim=[d for d in range(err.dim()) if d != 1])
-        return per_channel if channel_wise else per_channel.sum().expand(channels)
+    def errors(a: torch.Tensor, f: torch.Tensor) -> torch.Tensor:  # [G, C] -> [G, C]
+        e = _grid_errors(current, target, theta, a, f, constant)
+        return e if channel_wise else e.sum(dim=1, keepdim=True).expand(-1, channels)
 
-    ones = torch.ones(channels, dtype=theta.dtype)
-    base = errors(ones, ones * 0.5)
-    best_err, best_a, best_f = base.clone(), ones.clone(), ones * 0.5
+    ones = torch.ones(1, channels, dtype=theta.dtype)
+    base = errors(ones, ones * 0.5)[0]
     a_grid = np.linspace(0.4, 1.3, 8) if thresholds else np.array([1.0])
     f_grid = np.linspace(0.0, 0.875, 8)
-    for rounds, (a_step, f_step) in enumerate(((None, None), (0.06, 0.06))):
-        if rounds == 0:
-            cands = [(ones * a, ones * f) for a in a_grid for f in f_grid]
-        else:
-            da = np.array([-1.0, 0.0, 1.0]) * (a_step if thresholds else 0.0)
-            df = np.array([-1.0, -0.5, 0.0, 0.5, 1.0]) * f_step
-            ca, cf = best_a.clone(), best_f.clone()
-            cands = [((ca + x).clamp(min=0.1), (cf + y).clamp(0.0, 0.99)) for x in np.unique(da) for y in df]
-        for a, f in cands:
-            e = errors(a, f)
-            better = e < best_err
-            best_err = torch.where(better, e, best_err)
-            best_a = torch.where(better, a, best_a)
-            best_f = torch.where(better, f, best_f)
+    ga, gf = np.meshgrid(a_grid, f_grid, indexing="ij")
+    a = torch.as_tensor(ga.ravel(), dtype=theta.dtype)[:, None].expand(-1, channels)
+    f = torch.as_tensor(gf.ravel(), dtype=theta.dtype)[:, None].expand(-1, channels)
+    best_err, best_a, best_f = base.clone(), ones[0].clone(), ones[0] * 0.5
+    for step in (None, 0.06):
+        if step is not None:  # refine around each channel's best point
+            da = torch.tensor([-step, 0.0, step] if thresholds else [0.0], dtype=theta.dtype)
+            df = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=theta.dtype) * step
+            a = (best_a[None, None] + da[:, None, None]).expand(-1, df.numel(), -1).reshape(-1, channels)
+            f = (best_f[None, None] + df[None, :, None]).expand(da.numel(), -1, -1).reshape(-1, channels)
+            a, f = a.clamp(min=0.1), f.clamp(0.0, 0.99)
+        e = errors(a, f)
+        idx = e.argmin(dim=0)  # the best candidate of each channel
+        cand = e.gather(0, idx[None])[0]
+        better = cand < best_err
+        best_err = torch.where(better, cand, best_err)
+        best_a = torch.where(better, a.gather(0, idx[None])[0], best_a)
+        best_f = torch.where(better, f.gather(0, idx[None])[0], best_f)
     n = float(target.numel())
     total = lambda e: float(e.sum() / n) if channel_wise else float(e[0] / n)  # noqa: E731
-    return best_a.numpy(), best_f.numpy(), total(base), total(best_err)
+    return (best_a.double().numpy(), best_f.double().numpy(), total(base), total(best_err))
 
 
 def optimize_initial_potentials(
@@ -305,8 +341,8 @@ def optimize_initial_potentials(
         target = torch.minimum(torch.relu(z), torch.as_tensor(sem.threshold))  # ANN view, value units
         current = simulate(current_subgraph(graph, name), xs, timesteps, dtype=torch.float64).outputs
         can_scale = thresholds and _scale_targets(graph, name) is not None
-        a, f, e_half, e_best = _fit_layer(current, target, theta, channel_wise=channel_wise,
-                                          thresholds=can_scale)
+        a, f, e_half, e_best = _fit_layer(current.float(), target.float(), theta.float(),
+                                          channel_wise=channel_wise, thresholds=can_scale)
         graph = apply_fit(graph, name, a, f)
         if fits is not None:
             fits.append(LayerFit(name, a, f, e_half, e_best))

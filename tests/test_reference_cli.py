@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bridge.cli import main
-from bridge.data import digits_arrays
+from bridge.data import digits_arrays, load_labelled
 from bridge.extension import graph_metadata, make_if
 from bridge.reference import simulate
 
@@ -61,7 +61,8 @@ def test_npy_input_prints_predictions_and_writes_outputs(model, tmp_path, capsys
 def test_digits_input_reports_accuracy(model, capsys) -> None:
     assert main(["simulate", str(model), "--input", "digits", "--steps", "4", "--limit", "50",
                  "--dtype", "float32"]) == 0
-    x, y = digits_arrays(8)
+    x, y = load_labelled("digits", input_shape=(1, 8, 8))  # the held-out split
+    assert len(y) == 360
     preds = simulate(nir.read(model), x[:50], 4, dtype=torch.float32).predictions()
     acc = float((preds == y[:50]).double().mean())
     assert f"accuracy: {acc:.2%}" in capsys.readouterr().out

@@ -7,6 +7,7 @@ Each sub-command lives in its own module and is imported only when it runs, so t
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import click
@@ -86,8 +87,15 @@ def cli() -> None:
     """bridge: trained ANNs to low-latency spiking networks, through NIR."""
 
 
+def _quiet_framework_logs() -> None:
+    # torch logs "Triton not available" at WARNING when SpikingJelly imports on a CPU-only
+    # machine: true, harmless, and noise in every command's output.
+    logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; user errors print one line and exit 2 (1 for failed checks)."""
+    _quiet_framework_logs()
     try:
         cli.main(args=argv, prog_name="bridge", standalone_mode=False)
     except BridgeError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
@@ -22,25 +21,11 @@ Examples:
 \b
 Input: .npy, .npz (array 'x' or the only array) or .pt, shaped [N, *input_shape] (the same
 input at every step) or, for graphs fed per step, [T, N, *input_shape]; `digits` uses the
-embedded scikit-learn digits at the size of the graph's Input node and prints accuracy.
+360 held-out digits (the split `bridge demo` tests on) at the size of the graph's
+Input node, and prints accuracy.
 --output writes readout [N, ...], predictions [N], outputs [T, N, ...] (and labels,
 accuracy_per_step for digits); --trace writes '<node>.spikes' (uint8) and '<node>.v'
 [T, N, ...] for every IF/LIF node. Existing files are kept unless --force."""
-
-
-def _digits_for(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The digits at the graph's input size: (1, S, S) images or S*S flattened features."""
-    from bridge.data import digits_arrays
-
-    if len(shape) == 3 and shape[0] == 1 and shape[1] == shape[2]:
-        return digits_arrays(shape[1])
-    if len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
-        x, y = digits_arrays(math.isqrt(shape[0]))
-        return x.flatten(1), y
-    raise BridgeError(
-        f"the graph's Input node takes {list(shape)}, the digits are (1, S, S) images or S*S "
-        "features; use --input with your own tensor file"
-    )
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -90,7 +75,9 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
     shape = sim.input_shape
     labels: torch.Tensor | None = None
     if input_ == "digits":
-        x, labels = _digits_for(shape)
+        from bridge.data import load_labelled
+
+        x, labels = load_labelled("digits", input_shape=shape)
     else:
         from bridge.data import load_tensor_file
 
