@@ -37,6 +37,35 @@ def if_step(
     return s, torch.where(fired, torch.as_tensor(v_reset, dtype=m.dtype, device=m.device), m)
 
 
+def if_step_(
+    current: torch.Tensor,
+    v: torch.Tensor,
+    threshold: torch.Tensor,
+    spikes_out: torch.Tensor,
+    *,
+    reset: str = "subtract",
+    spike_condition: str = "ge",
+    v_reset: torch.Tensor | float = 0.0,
+) -> None:
+    """:func:`if_step` in place: ``v`` becomes v', ``spikes_out`` receives s.
+
+    The same rule and the same floating-point operations (``m - theta * s`` is computed as
+    ``m + (-1) * (s * theta)``, equal bit for bit because ``s * theta`` is exact and negation
+    is exact), without allocating: the simulator's hot loop runs it once per step and layer.
+    ``v`` must not alias ``current`` and must be writable (not an expanded view).
+    """
+    v.add_(current)
+    if spike_condition == "ge":
+        torch.ge(v, threshold, out=spikes_out)
+    else:
+        torch.gt(v, threshold, out=spikes_out)
+    if reset == "subtract":
+        v.addcmul_(spikes_out, threshold, value=-1)
+    else:
+        reset_to = torch.as_tensor(v_reset, dtype=v.dtype, device=v.device)
+        torch.where(spikes_out.bool(), reset_to, v, out=v)
+
+
 def if_constant_input_spike_count(
     current: torch.Tensor, threshold: torch.Tensor, v_init: torch.Tensor, steps: int
 ) -> torch.Tensor:

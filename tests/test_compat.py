@@ -13,8 +13,9 @@ from bridge.errors import BridgeError
 from bridge.neurons import if_step
 from bridge.reference import simulate
 from exporters.nir_profiles import apply_profile, unit_thresholds
-from tests.zoo import resnet_small, sample_input, vgg_bn
+from tests.zoo import grouped_strided, resnet_small, sample_input, vgg_bn
 from validation import compat
+from validation.backends import get_backend
 from validation.suite import input_shape, validate
 
 T = 8
@@ -55,7 +56,8 @@ def test_importers_on_the_single_if_graph(v0):
     assert compat.spike_strings("norse-nir", g) == rule_strings(reset="zero", condition="gt")
     assert compat.spike_strings("spikingjelly-nir", g) == rule_strings(reset="zero", condition="ge")
     assert compat.spike_strings("snntorch-nir", g) == rule_strings(reset="subtract", condition="gt", leak=0.9)
-    assert compat.spike_strings("sinabs-nir", g).startswith("not installed (pip install --no-deps sinabs")
+    # sinabs: the method's rule (subtract reset, v >= theta) from v(0) = 0, whatever v_init says
+    assert compat.spike_strings("sinabs-nir", g) == closed_form_strings(Fraction(0))
     ref = compat.spike_strings("reference", g)
     exact = compat.exact_strings(v0)
     # float64 differs from exact arithmetic only where exact arithmetic lands on theta
@@ -145,3 +147,81 @@ def test_rate_headroom_profile():
     assert torch.allclose(a.readout, b.readout, atol=4 * 2 / steps)
     assert not torch.equal(a.outputs, b.outputs)  # a different (coarser) spike code
 
+
+
+# -- sinabs-nir ------------------------------------------------------------------------------
+def test_sinabs_emits_several_spikes_per_step_and_clamps_at_minus_theta():
+    """sinabs' IAF: s = floor(m / theta) for m > 0 (not at most one), v' = max(m - theta s, -theta)."""
+    g = compat.single_if_graph(0.5)
+    z = torch.tensor([[2.5, -3.0, 0.9, 1.0]], dtype=torch.float64)
+    trace = get_backend("sinabs-nir")(g).run(z, 4, trace=True).traces["neuron"]
+    v, expected_s, expected_v = torch.zeros(4, dtype=torch.float64), [], []
+    for _ in range(4):  # the rule above, from v(0) = 0 (the graph's v_init = theta/2 is not read)
+        m = v + z[0].float().double()
+        s = torch.where(m > 0, torch.floor(m), torch.zeros_like(m))
+        v = torch.clamp(m - s, min=-1.0)
+        expected_s.append(s)
+        expected_v.append(v)
+    assert torch.equal(trace.spikes[:, 0], torch.stack(expected_s))
+    assert torch.allclose(trace.v[:, 0], torch.stack(expected_v), atol=1e-6)
+    assert trace.spikes[:, 0, 0].tolist() == [2, 3, 2, 3]  # 2.5 per step: several spikes in one step
+    assert trace.v[:, 0, 1].tolist() == [-1.0] * 4  # -3 per step: held at -theta
+
+
+def test_sinabs_keeps_per_neuron_thresholds():
+    """With multi-spike and v(0) = 0, sinabs' count after t steps of z >= 0 is floor(t z / theta_i)."""
+    from bridge.extension import make_if
+
+    theta = np.array([1.0, 2.0, 0.5, 0.25])
+    g = compat.single_if_graph(0.0)
+    nodes = dict(g.nodes, neuron=make_if(theta, 0 * theta))
+    g = type(g)(nodes=nodes, edges=g.edges, metadata=g.metadata)
+    z = Fraction(11, 20)  # 0.55: t z / theta is never an integer for t <= T (no ties)
+    spikes = get_backend("sinabs-nir")(g).run(torch.full((1, 4), 0.55, dtype=torch.float64), T,
+                                              trace=True).traces["neuron"].spikes[:, 0]
+    counts = spikes.cumsum(0)
+    expected = [[int(np.floor(t * z / Fraction(th))) for th in theta] for t in range(1, T + 1)]
+    assert counts.tolist() == expected
+    assert spikes.max() >= 2  # theta = 0.25: two or three spikes a step
+
+
+@pytest.mark.parametrize("v_init", [0.0, "half"])
+def test_sinabs_on_a_converted_zoo_net(v_init):
+    """grouped_strided (Conv2d groups/stride, per-layer thresholds) through the whole suite.
+
+    The first IF layer sees a constant current at most theta (max-calibrated thresholds), so from
+    v_init = 0 sinabs' rule coincides with the method there: the same spikes (up to float32 ties).
+    With v_init = theta/2 it loses the initial potential: root differences in that layer already.
+    Deeper layers see varying currents; every root difference there is one of sinabs' two rules:
+    several spikes in one step, or a potential the reference lets fall below -theta.
+    """
+    model, shape = grouped_strided()
+    g = convert(model, shape, thresholds="max", calibration=sample_input(shape, 32), v_init=v_init)
+    x = sample_input(shape, 8)
+    steps = 8
+    rep = validate(g, ["reference", "sinabs-nir"], x, steps=steps)
+    sinabs_rep = rep.backends[1]
+    assert sinabs_rep.name == "sinabs-nir" and not sinabs_rep.faithful
+    assert sinabs_rep.status == "ok", sinabs_rep.message
+    first, *deeper = rep.layers
+    layers = sinabs_rep.comparison.layers
+    assert set(layers) == set(rep.layers)
+    if v_init == 0.0:
+        assert layers[first].mismatches == layers[first].ties
+    else:
+        assert layers[first].unexplained > 0
+        return
+    ours = get_backend("sinabs-nir")(g).run(x, steps, trace=True).traces
+    ref = simulate(g, x, steps, trace=True).traces
+    causes = 0
+    for name in deeper:
+        d = layers[name].first_unexplained
+        if d is None:
+            continue
+        t, b, n = d.step - 1, d.sample, d.neuron
+        theta = float(np.asarray(g.nodes[name].v_threshold)[n])
+        several = ours[name].spikes[(t, b, *n)] >= 2
+        below = bool((ref[name].v[(slice(0, t), b, *n)] < -theta).any())
+        assert several or below, (name, d)
+        causes += 1
+    assert causes > 0  # the two rules do show up in this net

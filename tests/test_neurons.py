@@ -50,3 +50,24 @@ def test_reset_and_spike_condition_variants():
     assert (s.item(), v.item()) == (1.0, -0.125)
     s, v = if_step(torch.tensor([0.75]), torch.tensor([0.5]), theta)
     assert (s.item(), v.item()) == (1.0, 0.25)
+
+
+def test_in_place_step_is_bit_identical_to_the_pure_rule():
+    from bridge.neurons import if_step_
+
+    torch.manual_seed(1)
+    theta = torch.rand(5, 7, dtype=torch.float64) + 0.1
+    for reset in ("subtract", "zero"):
+        for cond in ("ge", "gt"):
+            v_pure = theta * torch.rand(5, 7, dtype=torch.float64)
+            v_inplace = v_pure.clone()
+            out = torch.empty_like(v_pure)
+            for t in range(20):
+                current = torch.randn(5, 7, dtype=torch.float64) * 0.5
+                if t == 3:  # land exactly on the threshold: the tie must go the same way
+                    current = theta - v_pure
+                s, v_pure = if_step(current, v_pure, theta, reset=reset, spike_condition=cond,
+                                    v_reset=-0.25)
+                if_step_(current, v_inplace, theta, out, reset=reset, spike_condition=cond,
+                         v_reset=-0.25)
+                assert torch.equal(out, s) and torch.equal(v_inplace, v_pure)

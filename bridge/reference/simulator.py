@@ -290,6 +290,17 @@ class ReferenceSimulator:
         the end: one large copy instead of K small ones (each elementwise op has a fixed
         cost, which dominates on small layers).
         """
+        if op.inplace_step:
+            # one preallocated output and an in-place state: no allocation per step (the
+            # elementwise update is the simulator's hot loop on CPU)
+            assert isinstance(state, torch.Tensor)
+            out = state.new_empty((steps, *state.shape))
+            kept = state.new_empty((steps, *state.shape)) if keep else None
+            for t in range(steps):
+                op.step_(current[t] if varying else current, state, out[t])
+                if kept is not None:
+                    kept[t].copy_(op.potential(state))
+            return out, state, kept
         outs: list[torch.Tensor] = []
         pots: list[torch.Tensor] = []
         for t in range(steps):

@@ -31,7 +31,7 @@ INSTALL_HINT: dict[str, str] = {
     "spikingjelly": "pip install spikingjelly",
     "norse": "pip install norse",
     "snntorch": "pip install snntorch",
-    "sinabs": "pip install --no-deps sinabs pbr",
+    "sinabs": "pip install --no-deps sinabs==3.1.3 pbr",
 }
 
 IMPORTERS = ("norse-nir", "spikingjelly-nir", "snntorch-nir", "sinabs-nir")

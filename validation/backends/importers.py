@@ -19,13 +19,21 @@ an IF node (measured on the graph of ``docs/compatibility.md``):
                                v > theta; one scalar threshold; a Leaky returns
                                ``(spk, mem)`` and nirtorch hands the tuple to the next
                                layer, so only an IF that feeds the Output runs.
-``sinabs-nir``                 not driven here unless sinabs imports (it pins nir<=1.0.4).
+``sinabs-nir`` (sinabs 3.1.3)  ``IAFSqueeze``: v += I, ``floor(v / theta)`` spikes per
+                               step when v > 0 (several spikes in one step where
+                               v >= 2 theta), subtract reset, then v clamped to
+                               v >= -theta; v(0) = 0; per-neuron thresholds kept;
+                               ignores r and v_reset. No mapping for AvgPool2d,
+                               Scale or Linear (refused here). Time is folded into
+                               the batch: one call on ``[B*T, ...]``.
 ============================  =====================================================
 
 Every importer builds a ``torch.fx``/nirtorch module whose ``forward(x, state)`` returns
 ``(output, state)``; we feed the analog input at every step (the bridge encoding), read the
 output per step, and record each IF module's ``(spikes, state)`` with a forward hook, keyed
 back to the NIR node name.
+sinabs is the exception: its layers keep their state inside the module and take the whole
+run at once, time folded into the batch (see :class:`SinabsNIR`).
 """
 
 from __future__ import annotations
@@ -206,3 +214,90 @@ class SnnTorchNIR(_NirtorchImporter):
         from snntorch.import_nir import import_from_nir
 
         return import_from_nir(self.graph)
+
+
+class SinabsNIR(_NirtorchImporter):
+    r"""``sinabs.from_nir(graph, batch_size=B)`` (``IAFSqueeze``, multi-spike, subtract reset).
+
+    Per IF neuron and step, sinabs 3.1.3 computes (``sinabs.layers.functional.lif``,
+    ``MultiSpike``, ``MembraneSubtract``, ``min_v_mem = -theta``)
+
+    .. math::
+        m = v + I, \qquad
+        s = [m > 0] \,\lfloor m / \theta \rfloor, \qquad
+        v' = \max(m - \theta s, -\theta), \qquad v(0) = 0,
+
+    so while m < 2 theta it is the method's rule (s = [m >= theta], subtract reset) from
+    v(0) = 0; above, it emits several spikes in one step, and it never lets v fall below
+    -theta. r, v_reset and the bridge metadata (initial potential) are not read.
+
+    sinabs' layers are stateful and expect time folded into the batch, sample-major:
+    ``[B*T, ...]`` with row ``b*T + t`` (``SqueezeMixin`` reshapes it to ``[B, T, ...]``).
+    A fresh module per run starts from v = 0; the per-step potential is sinabs' own
+    ``recordings["v_mem"]`` (``record_states``), taken after the reset and the clamp.
+    Only ``sinabs.nir`` is used: ``sinabs.backend.dynapcnn`` would import samna.
+    """
+
+    name = "sinabs-nir"
+    description = "sinabs.from_nir (IAF: subtract reset, v >= theta, several spikes per step, v >= -theta, v(0)=0)"
+    requires = ("sinabs",)
+    # node types sinabs 3.1.3's _import_sinabs_module maps; any other becomes None in nirtorch
+    _MAPPED = (nir.Input, nir.Output, nir.Affine, nir.Conv1d, nir.Conv2d, nir.Flatten,
+               nir.IF, nir.LI, nir.LIF, nir.SumPool2d)
+    _batch_size = 1  # IAFSqueeze needs the batch size to unfold [B*T, ...]: set per run
+
+    def _check(self) -> None:
+        unmapped = sorted({type(n).__name__ for n in self.graph.nodes.values() if not isinstance(n, self._MAPPED)})
+        if unmapped:
+            raise BackendRefused(
+                f"sinabs-nir refuses the graph: sinabs.from_nir has no mapping for "
+                f"{', '.join(unmapped)} (the built module cannot run it)"
+            )
+
+    def _import(self) -> torch.nn.Module:
+        import sinabs  # sinabs/__init__ does not import samna (sinabs.backend.dynapcnn would)
+
+        return sinabs.from_nir(self.graph, batch_size=self._batch_size)
+
+    def run(self, x: torch.Tensor, steps: int, *, trace: bool = False) -> SimulationResult:
+        batch = x.shape[0]
+        self._batch_size = batch
+        module = self.build()  # fresh module: sinabs keeps v_mem in the layers
+        modules = dict(module.named_modules())
+        layers = {n: modules[_sanitized(n)] for n, node in self.graph.nodes.items()
+                  if isinstance(node, nir.IF) and _sanitized(n) in modules}
+        spikes: dict[str, torch.Tensor] = {}  # node -> the layer's output, [B*T, *shape]
+        hooks = []
+        if trace:
+            for n, mod in layers.items():
+                mod.record_states = True  # sinabs then keeps v_mem of every step in mod.recordings
+
+                def keep(_m: torch.nn.Module, _i: Any, out: torch.Tensor, n: str = n) -> None:
+                    spikes[n] = out
+
+                hooks.append(mod.register_forward_hook(keep))
+        # the same current at every step, time folded into the batch (row b*T + t)
+        xin = (x.to(self.compute_dtype).unsqueeze(1)
+               .expand(batch, steps, *x.shape[1:]).reshape(batch * steps, *x.shape[1:]))
+        try:
+            with torch.no_grad():
+                out = module(xin)
+            if isinstance(out, tuple):  # nirtorch's GraphExecutor returns (output, state)
+                out = out[0]
+        except Exception as exc:
+            raise BackendRefused(
+                f"{self.name} built the graph but fails to run it: {exc.__class__.__name__}: {exc}"
+            ) from None
+        finally:
+            for h in hooks:
+                h.remove()
+
+        def per_step(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+            """[B*T, ...] or [B, T, ...] -> [T, B, *shape] in the requested dtype."""
+            return t.reshape(batch, steps, *shape).transpose(0, 1).to(self.dtype)
+
+        traces = {}
+        for n, s in spikes.items():
+            shape = self._shape(n)
+            traces[n] = NodeTrace(per_step(s, shape), per_step(layers[n].recordings["v_mem"], shape))
+        return SimulationResult(per_step(out, tuple(out.shape[1:])), traces, graph_semantics(self.graph).readout)

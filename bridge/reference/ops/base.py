@@ -64,12 +64,19 @@ class NeuronOp(Op):
     """A node with state: ``step(I(t), state(t-1)) -> (output(t), state(t))``."""
 
     stateful = True
+    #: True where :meth:`step_` exists: the state is one tensor updated in place
+    inplace_step: ClassVar[bool] = False
 
     def init_state(self, like: torch.Tensor) -> State:
         """The state before step 1 for a batch shaped like ``like`` ``[B, *shape]``."""
         raise NotImplementedError
 
     def step(self, current: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    def step_(self, current: torch.Tensor, state: torch.Tensor, out: torch.Tensor) -> None:
+        """:meth:`step` in place (only where ``inplace_step``): ``state`` is updated and
+        ``out`` receives the output; bit-identical to :meth:`step`."""
         raise NotImplementedError
 
     def potential(self, state: State) -> torch.Tensor:

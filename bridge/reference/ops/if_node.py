@@ -6,7 +6,7 @@ import nir
 import torch
 
 from bridge.extension import if_semantics
-from bridge.neurons import if_step
+from bridge.neurons import if_step, if_step_
 from bridge.reference.ops.base import NeuronOp, param
 
 
@@ -28,6 +28,7 @@ class IF(NeuronOp):
     """
 
     traceable = True
+    inplace_step = True
 
     def __init__(self, name: str, node: nir.IF, dtype: torch.dtype, device: torch.device):
         super().__init__(name)
@@ -50,6 +51,13 @@ class IF(NeuronOp):
     def step(self, current: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return if_step(
             self.gain(current), state, self.threshold,
+            reset=self.semantics.reset, spike_condition=self.semantics.spike_condition,
+            v_reset=self.v_reset,
+        )
+
+    def step_(self, current: torch.Tensor, state: torch.Tensor, out: torch.Tensor) -> None:
+        if_step_(
+            self.gain(current), state, self.threshold, out,
             reset=self.semantics.reset, spike_condition=self.semantics.spike_condition,
             v_reset=self.v_reset,
         )
