@@ -45,7 +45,9 @@ BEHAVIOUR = {
                         "v(0) = 0 (initial potential lost); needs r == 1/dt and one scalar threshold per layer",
     "snntorch-nir": "snnTorch 1.0 `Leaky(beta=0.9)`: a leak of 10% per step, subtract reset, spike when "
                     "v > theta, v(0) = 0; one scalar threshold per layer",
-    "sinabs-nir": "sinabs (FACTS.md, measured elsewhere: matches the method, multi-spike, v clamped at -theta)",
+    "sinabs-nir": "sinabs 3.1 `IAF`: subtract reset, spike when v >= theta, several spikes per step "
+                  "(floor(v / theta)), v clamped at -theta, v(0) = 0 (initial potential lost); "
+                  "per-neuron thresholds kept; no AvgPool2d or Scale",
 }
 
 
@@ -276,9 +278,9 @@ def markdown(m: Matrix, command: str) -> str:
         "threshold is 1 and each layer has one scalar threshold. It is exact under the bridge semantics "
         "(the reference gives the same spikes; tested) and it is what SpikingJelly's and snnTorch's "
         "importers need to accept per-channel thresholds. It cannot make any importer faithful: none of "
-        "them has a field for the initial potential or for subtract reset, and standard NIR can state "
-        "subtract reset only with I/Threshold/Scale feedback loops that no released importer accepts "
-        "(FACTS.md). A graph whose IF node is fed by a Scale node (an identity shortcut) cannot be "
+        "them reads an initial potential, only sinabs and snnTorch reset by subtraction (with "
+        "multi-spike and a clamp, or a leak), and standard NIR can state subtract reset only with "
+        "I/Threshold/Scale feedback loops that no released importer accepts (FACTS.md). A graph whose IF node is fed by a Scale node (an identity shortcut) cannot be "
         "normalised this way, and no importer accepts Scale nodes anyway.", "",
         "## Export profile `nir-compat-k2` (an experiment)", "",
         "`apply_profile(graph, \"nir-compat-k2\")` (`exporters.nir_profiles.rate_headroom` after `nir-compat`) "
