@@ -109,3 +109,21 @@ def test_demo_quick_end_to_end(tmp_path):
     assert "## Targets" in report and "not applicable" in report
     # a second run refuses to overwrite the report folder
     assert main(["demo", "--quick", "--seeds", "1", "--out", str(out)]) == 2
+
+
+def test_float32_sweep_predicts_like_the_float64_reference():
+    """The demo's accuracy sweeps run in float32 (speed); their predictions must be the float64
+    reference's at every T, up to rare rounding ties."""
+    from bridge.converter import convert
+    from bridge.demo import sweep
+    from bridge.reference import simulate
+
+    split = digits_split(1)
+    trained = train_model(DigitsCNN("clip", channels=(4, 8), hidden=16), split, epochs=3, seed=1)
+    graph = convert(trained.model, (1, 16, 16), calibration=split.train_x[:64])
+    x = split.test_x[:120]
+    fast = sweep(graph, x, 8)
+    exact = simulate(graph, x, 8).running_readout
+    assert fast.dtype == torch.float32 and fast.shape == exact.shape
+    torch.testing.assert_close(fast.double(), exact, rtol=1e-4, atol=1e-4)
+    assert float((fast.argmax(-1) == exact.argmax(-1)).float().mean()) >= 0.99

@@ -8,16 +8,16 @@ the reference's units as they are.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import nir
 import torch
+from torch import nn
 
-from bridge.errors import BridgeError
-from validation.backends.base import Backend, BackendRefused, NodeTrace, SimulationResult
+from validation.backends.exported import ExportedModelBackend
 
 
-class SpikingJellyBackend(Backend):
+class SpikingJellyBackend(ExportedModelBackend):
     """SpikingJelly 2.0 model from ``bridge export --to spikingjelly``, multi-step mode."""
 
     name = "spikingjelly"
@@ -26,45 +26,21 @@ class SpikingJellyBackend(Backend):
     description = "exported SpikingJelly 2.0 model (IFNode family, step mode 'm')"
     step_mode: ClassVar[str] = "m"
 
-    def __init__(self, graph: nir.NIRGraph, *, dtype: torch.dtype = torch.float64,
-                 device: str | torch.device = "cpu") -> None:
-        super().__init__(graph, dtype=dtype, device=device)
+    def build_network(self, graph: nir.NIRGraph) -> nn.Module:
         from exporters.spikingjelly import build
 
-        try:
-            self.net = build(graph, step_mode=self.step_mode).to(dtype=dtype, device=self.device)
-        except BridgeError as exc:
-            raise BackendRefused(str(exc)) from None
+        return build(graph, step_mode=self.step_mode)
 
-    def run(self, x: torch.Tensor, steps: int, *, trace: bool = False) -> SimulationResult:
-        net = self.net
-        x = x.to(dtype=self.dtype, device=self.device)
-        spikes: dict[str, list[torch.Tensor]] = {n: [] for n in net.neuron_names}
-        volts: dict[str, list[torch.Tensor]] = {n: [] for n in net.neuron_names}
-        hooks = []
-        if trace:
-            for name in net.neuron_names:
-                node = net.neuron(name)
+    def set_tracing(self, neuron: nn.Module, on: bool) -> None:
+        # multi-step mode keeps the potential of every step only when asked to
+        neuron.store_v_seq = on and self.step_mode == "m"
 
-                def hook(mod, _inp, out, name=name):  # post-reset v of this call
-                    spikes[name].append(out)
-                    volts[name].append(mod.v_seq if self.step_mode == "m" else mod.v.clone())
+    def read_hook(self, neuron: nn.Module, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        # post-reset v of this call: [T, B, ...] in mode 'm', [B, ...] in mode 's'
+        return output, (neuron.v_seq if self.step_mode == "m" else neuron.v.clone())
 
-                node.store_v_seq = self.step_mode == "m"
-                hooks.append(node.register_forward_hook(hook))
-        try:
-            with torch.no_grad():
-                outputs = net.simulate(x, steps)
-        finally:
-            for h in hooks:
-                h.remove()
-            for name in net.neuron_names:
-                net.neuron(name).store_v_seq = False
-        traces: dict[str, NodeTrace] = {}
-        for name in net.neuron_names if trace else []:
-            stack = torch.cat if self.step_mode == "m" else torch.stack
-            traces[name] = NodeTrace(spikes=stack(spikes[name]), v=stack(volts[name]))
-        return SimulationResult(outputs=outputs, traces=traces, readout_kind=net.readout_kind)
+    def join(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(pieces) if self.step_mode == "m" else torch.stack(pieces)
 
 
 class SpikingJellySingleStepBackend(SpikingJellyBackend):
