@@ -56,6 +56,7 @@ In the ANN view the layer becomes :math:`\mathrm{clip}(z, 0, a\theta)`, consiste
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -526,7 +527,7 @@ def optimize_initial_potentials(
             progress(i + 1, len(names))
         elif progress:
             print(f"{name}: mse {e_half:.4g} (theta/2) -> {e_best:.4g}; a in [{a.min():.2f}, {a.max():.2f}], "
-                  f"f in [{f.min():.2f}, {f.max():.2f}]")
+                  f"f in [{f.min():.2f}, {f.max():.2f}]", file=sys.stderr)  # progress: keep stdout for results
     meta = copy.deepcopy(graph.metadata) if graph.metadata else {}
     bridge_meta = dict(meta.get(NAMESPACE) or graph_metadata()[NAMESPACE])
     bridge_meta[TIMESTEPS] = int(timesteps)
