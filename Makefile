@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml constraints.txt requirements/frameworks.txt requirement
 	$(PIP) --no-deps -r requirements/frameworks.txt
 	touch $(STAMP)
 
+# A rerun replaces the previous demo report (recognised by its results.json); any other
+# folder named bridge-demo is left alone and the demo refuses to write into it.
 demo: install
-	$(PY) -m bridge demo
+	$(PY) -m bridge demo --out bridge-demo $(if $(wildcard bridge-demo/results.json),--force)
 
 test: install
 	$(PY) -m pytest -n 2 --durations=15
