@@ -54,14 +54,20 @@ def _per_output(theta: np.ndarray, node: nir.NIRNode, name: str, producer: str) 
     return channel[:, 0]
 
 
-def unit_thresholds(graph: nir.NIRGraph) -> nir.NIRGraph:
-    """Every IF threshold normalised to 1 by scaling its producers' weights (see module doc)."""
-    nodes = {k: copy.deepcopy(v) for k, v in graph.nodes.items()}
-    preds: dict[str, list[str]] = {n: [] for n in nodes}
-    succs: dict[str, list[str]] = {n: [] for n in nodes}
+def _neighbours(graph: nir.NIRGraph) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Predecessors and successors of every node, in edge order."""
+    preds: dict[str, list[str]] = {n: [] for n in graph.nodes}
+    succs: dict[str, list[str]] = {n: [] for n in graph.nodes}
     for a, b in graph.edges:
         preds[b].append(a)
         succs[a].append(b)
+    return preds, succs
+
+
+def unit_thresholds(graph: nir.NIRGraph) -> nir.NIRGraph:
+    """Every IF threshold normalised to 1 by scaling its producers' weights (see module doc)."""
+    nodes = {k: copy.deepcopy(v) for k, v in graph.nodes.items()}
+    preds, succs = _neighbours(graph)
     for name, node in graph.nodes.items():
         if not isinstance(node, nir.IF):
             continue
@@ -114,11 +120,7 @@ def rate_headroom(graph: nir.NIRGraph, k: float) -> nir.NIRGraph:
     if k <= 0:
         raise BridgeError(f"the headroom factor must be > 0, got {k}")
     nodes = {n: copy.deepcopy(v) for n, v in graph.nodes.items()}
-    preds: dict[str, list[str]] = {n: [] for n in nodes}
-    succs: dict[str, list[str]] = {n: [] for n in nodes}
-    for a, b in graph.edges:
-        preds[b].append(a)
-        succs[a].append(b)
+    preds, succs = _neighbours(graph)
     for name, node in graph.nodes.items():
         if not isinstance(node, nir.IF):
             continue

@@ -28,44 +28,41 @@ def _ints(value: Any, ndim: int) -> tuple[int, ...]:
     return tuple([int(arr[0])] * ndim) if arr.size == 1 else tuple(int(v) for v in arr)
 
 
-class Conv2d(StatelessOp):
+class _ConvNd(StatelessOp):
+    """What NIR's Conv1d and Conv2d share: parameters read once, F.conv{ndim}d applied."""
+
+    ndim: int
+    batch_invariant = False  # a GEMM/convolution kernel may depend on the batch size
+
+    def __init__(self, name: str, node: nir.Conv1d | nir.Conv2d, dtype: torch.dtype,
+                 device: torch.device):
+        super().__init__(name)
+        self.weight = param(node.weight, dtype, device)
+        self.bias = param(node.bias, dtype, device) if node.bias is not None else None
+        self.stride = _ints(node.stride, self.ndim)
+        self.padding = _padding(node.padding, self.ndim)
+        self.dilation = _ints(node.dilation, self.ndim)
+        self.groups = int(node.groups)
+        self.conv = F.conv2d if self.ndim == 2 else F.conv1d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Conv2d(_ConvNd):
     r"""NIR ``Conv2d``: :math:`y_{o} = b_o + \sum_{c,k} W_{o,c,k}\, x_{c,\,s p + d k - pad}`.
 
     Weight ``(Cout, Cin/groups, kH, kW)``; stride, padding, dilation and groups as in
     ``torch.nn.functional.conv2d`` (zero padding; 'same' needs stride 1).
     """
 
-    batch_invariant = False  # a GEMM/convolution kernel may depend on the batch size
-
-    def __init__(self, name: str, node: nir.Conv2d, dtype: torch.dtype, device: torch.device):
-        super().__init__(name)
-        self.weight = param(node.weight, dtype, device)
-        self.bias = param(node.bias, dtype, device) if node.bias is not None else None
-        self.stride = _ints(node.stride, 2)
-        self.padding = _padding(node.padding, 2)
-        self.dilation = _ints(node.dilation, 2)
-        self.groups = int(node.groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+    ndim = 2
 
 
-class Conv1d(StatelessOp):
+class Conv1d(_ConvNd):
     r"""NIR ``Conv1d``: :math:`y_{o} = b_o + \sum_{c,k} W_{o,c,k}\, x_{c,\,s p + d k - pad}`.
 
     Weight ``(Cout, Cin/groups, k)``; the rest as in ``torch.nn.functional.conv1d``.
     """
 
-    batch_invariant = False  # a GEMM/convolution kernel may depend on the batch size
-
-    def __init__(self, name: str, node: nir.Conv1d, dtype: torch.dtype, device: torch.device):
-        super().__init__(name)
-        self.weight = param(node.weight, dtype, device)
-        self.bias = param(node.bias, dtype, device) if node.bias is not None else None
-        self.stride = _ints(node.stride, 1)
-        self.padding = _padding(node.padding, 1)
-        self.dilation = _ints(node.dilation, 1)
-        self.groups = int(node.groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+    ndim = 1
