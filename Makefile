@@ -24,6 +24,7 @@ demo: install
 	$(PY) -m bridge demo --out bridge-demo $(if $(wildcard bridge-demo/results.json),--force)
 
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -n 2 --durations=15
 
 test-fast: install

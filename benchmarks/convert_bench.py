@@ -46,7 +46,7 @@ def vgg16():  # noqa: ANN201 - built inside the worker after the imports
     """VGG-16 for CIFAR: 13 conv3x3 + BN + ClippedReLU, average pooling, linear readout."""
     from torch import nn
 
-    from bridge.activations import ClippedReLU
+    from bridge.model.activations import ClippedReLU
 
     layers: list[nn.Module] = []
     cin = 3
@@ -65,7 +65,7 @@ def resnet18():  # noqa: ANN201
     """ResNet-18 for CIFAR: conv3x3 stem, 4 stages of 2 basic blocks, 1x1-conv shortcuts."""
     from torch import nn
 
-    from bridge.activations import ClippedReLU
+    from bridge.model.activations import ClippedReLU
 
     class Block(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int) -> None:
@@ -131,7 +131,7 @@ def worker(model_name: str, case: str, threads: int) -> dict:
     import torch.fx
 
     import bridge.converter as converter
-    from bridge.activations import ClippedReLU, QCFS
+    from bridge.model.activations import ClippedReLU, QCFS
     from bridge.converter.aten_frontend import exported_to_layer_graph
 
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.activations import ClippedReLU  # noqa: E402
+from bridge.model.activations import ClippedReLU  # noqa: E402
 from bridge.converter import convert  # noqa: E402
 from bridge.reference import ReferenceSimulator  # noqa: E402
 from exporters import norse as norse_exporter  # noqa: E402

@@ -34,9 +34,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.activations import ClippedReLU  # noqa: E402
-from bridge.extension import graph_metadata, make_if  # noqa: E402
-from bridge.neurons import if_step  # noqa: E402
+from bridge.model.activations import ClippedReLU  # noqa: E402
+from bridge.format.extension import graph_metadata, make_if  # noqa: E402
+from bridge.format.neurons import if_step  # noqa: E402
 from bridge.reference import ReferenceSimulator  # noqa: E402
 
 CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]

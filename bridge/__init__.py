@@ -16,9 +16,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from bridge.activations import QCFS, ClippedReLU
-from bridge.errors import BridgeError, ValidationFailed
-from bridge.nirio import read_graph, write_graph
+from bridge.model.activations import QCFS, ClippedReLU
+from bridge.format.errors import BridgeError, ValidationFailed
+from bridge.format.nirio import read_graph, write_graph
 
 __version__ = "0.1.0"
 
@@ -26,9 +26,9 @@ _LAZY = {
     "convert": ("bridge.converter", "convert"),
     "simulate": ("bridge.reference", "simulate"),
     "ann_view": ("bridge.reference", "ann_view"),
-    "load_model": ("bridge.loading", "load_model"),
-    "optimize_initial_potentials": ("bridge.optimize", "optimize_initial_potentials"),
-    "inspect_graph": ("bridge.inspect", "inspect_graph"),
+    "load_model": ("bridge.model.loading", "load_model"),
+    "optimize_initial_potentials": ("bridge.passes.optimize", "optimize_initial_potentials"),
+    "inspect_graph": ("bridge.format.inspect", "inspect_graph"),
 }
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import Literal
 import nir
 import torch
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 from exporters.graph_spec import graph_to_spec
 
 Target = Literal["spikingjelly", "norse"]

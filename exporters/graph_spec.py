@@ -11,8 +11,8 @@ installed. It is two objects:
 * ``tensors``: ``dict[str, torch.Tensor]`` (float64) keyed ``"<node>.<field>"``; saved with
   ``torch.save`` and loaded with ``torch.load(weights_only=True)`` (no pickle of code).
 
-The semantics of every IF node come from :func:`bridge.extension.if_semantics` and of the
-graph from :func:`bridge.extension.graph_semantics`; nothing here parses metadata itself.
+The semantics of every IF node come from :func:`bridge.format.extension.if_semantics` and of the
+graph from :func:`bridge.format.extension.graph_semantics`; nothing here parses metadata itself.
 Whatever a runtime could not reproduce exactly is refused here with a :class:`BridgeError`
 naming the node and the reason (never a silently different model).
 """
@@ -25,8 +25,8 @@ import nir
 import numpy as np
 import torch
 
-from bridge.errors import BridgeError
-from bridge.extension import graph_semantics, if_semantics
+from bridge.format.errors import BridgeError
+from bridge.format.extension import graph_semantics, if_semantics
 
 SPEC_FORMAT = "bridge-export-spec/1"
 

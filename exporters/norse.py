@@ -20,7 +20,7 @@ def build(graph: nir.NIRGraph) -> NorseNetwork:
     """A Norse network (float64, eval mode) that runs ``graph`` like the reference.
 
     ``forward(x, state=None) -> (out, state)`` is one time step. Raises
-    :class:`bridge.errors.BridgeError` for graph content Norse cannot reproduce.
+    :class:`bridge.format.errors.BridgeError` for graph content Norse cannot reproduce.
     """
     spec, tensors = graph_to_spec(graph)
     return build_from_spec(spec, tensors)

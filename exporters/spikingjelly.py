@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import nir
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 from exporters.graph_spec import graph_to_spec
 from exporters.runtime_spikingjelly import SpikingJellyNetwork, build_from_spec
 
@@ -21,7 +21,7 @@ def build(graph: nir.NIRGraph, *, step_mode: str = "m") -> SpikingJellyNetwork:
 
     ``step_mode`` ``'m'`` (``[T, B, ...]`` per call) or ``'s'`` (one step per call); change it
     later with ``spikingjelly.activation_based.functional.set_step_mode``. Raises
-    :class:`bridge.errors.BridgeError` for graph content SpikingJelly cannot reproduce.
+    :class:`bridge.format.errors.BridgeError` for graph content SpikingJelly cannot reproduce.
     """
     if step_mode not in ("s", "m"):
         raise BridgeError(f"step_mode must be 's' or 'm', got {step_mode!r}")

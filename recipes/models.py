@@ -1,7 +1,7 @@
 """CIFAR architectures for conversion: VGG-16, ResNet-18 and ResNet-20 with ClippedReLU.
 
 What makes them convertible (Bu et al., AAAI 2022): every activation is
-:class:`bridge.activations.ClippedReLU` (its trained bound becomes the IF threshold), pooling
+:class:`bridge.model.activations.ClippedReLU` (its trained bound becomes the IF threshold), pooling
 is average pooling (a max of spikes is not a max of rates), BatchNorm follows each conv
 (the converter folds it), and the classifier ends in a Linear layer without activation
 (the readout). Each factory returns ``(model, input_shape)`` so that
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bridge.activations import ClippedReLU
+from bridge.model.activations import ClippedReLU
 
 INPUT_SHAPE = (3, 32, 32)
 VGG16_CFG = (64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bridge.data import load_cifar
+from bridge.data.datasets import load_cifar
 from recipes.models import ARCHS, INPUT_SHAPE
 
 

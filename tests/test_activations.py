@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from bridge.activations import QCFS, ClippedReLU
-from bridge.neurons import if_constant_input_spike_count
+from bridge.model.activations import QCFS, ClippedReLU
+from bridge.format.neurons import if_constant_input_spike_count
 
 
 def test_clipped_relu_clips_and_trains_its_bound():

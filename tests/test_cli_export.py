@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch import nn
 
-from bridge.cli import main
+from app.cli import main
 from bridge.converter import convert
-from bridge.extension import if_semantics
-from bridge.nirio import read_graph
+from bridge.format.extension import if_semantics
+from bridge.format.nirio import read_graph
 from tests import zoo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,7 +274,7 @@ def test_nir_compat_profile_writes_unit_thresholds(tmp_path):
     import numpy as np
     import torch
 
-    from bridge.nirio import read_graph
+    from bridge.format.nirio import read_graph
     from bridge.reference import ann_view
     from tests import zoo
 

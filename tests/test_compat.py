@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from bridge.converter import convert
-from bridge.errors import BridgeError
-from bridge.neurons import if_step
+from bridge.format.errors import BridgeError
+from bridge.format.neurons import if_step
 from bridge.reference import simulate
-from exporters.nir_profiles import apply_profile, unit_thresholds
+from bridge.passes.profiles import apply_profile, unit_thresholds
 from tests.zoo import grouped_strided, resnet_small, sample_input, vgg_bn
 from validation import compat
 from validation.backends import get_backend
@@ -32,7 +32,7 @@ def closed_form_strings(v0: Fraction) -> list[str]:
 
 
 def rule_strings(*, reset: str, condition: str, leak: float = 1.0) -> list[str]:
-    """Spike strings of an IF rule (``bridge.neurons.if_step``) with an optional leak, in float32."""
+    """Spike strings of an IF rule (``bridge.format.neurons.if_step``) with an optional leak, in float32."""
     z = torch.tensor(compat.CURRENTS, dtype=torch.float32)
     v = torch.zeros(4)
     theta = torch.ones(4)
@@ -125,7 +125,7 @@ def test_compat_cli_refuses_to_overwrite(tmp_path):
 
 
 def test_rate_headroom_profile():
-    from exporters.nir_profiles import rate_headroom
+    from bridge.passes.profiles import rate_headroom
 
     g = compat.single_if_graph(0.5)
     x = torch.tensor([[0.25, 0.3, 0.6, 0.2]], dtype=torch.float64)  # no neuron saturates
@@ -170,7 +170,7 @@ def test_sinabs_emits_several_spikes_per_step_and_clamps_at_minus_theta():
 
 def test_sinabs_keeps_per_neuron_thresholds():
     """With multi-spike and v(0) = 0, sinabs' count after t steps of z >= 0 is floor(t z / theta_i)."""
-    from bridge.extension import make_if
+    from bridge.format.extension import make_if
 
     theta = np.array([1.0, 2.0, 0.5, 0.25])
     g = compat.single_if_graph(0.0)

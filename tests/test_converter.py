@@ -12,16 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bridge.activations import ClippedReLU
+from bridge.model.activations import ClippedReLU
 from bridge.converter import convert, convert_layer_graph, prepare, trace_module
 from bridge.converter.build import build_nir
-from bridge.converter.evaluate import evaluate
-from bridge.converter.evaluate import shapes as op_shapes
+from bridge.converter.ir_eval import evaluate
+from bridge.converter.ir_eval import shapes as op_shapes
 from bridge.converter.fx_frontend import BridgeTracer
 from bridge.converter.ir import ActivationOp, BatchNormOp, ConvOp
-from bridge.errors import BridgeError
-from bridge.extension import NAMESPACE, V_INIT, graph_semantics, if_semantics
-from bridge.nirio import read_graph, write_graph
+from bridge.format.errors import BridgeError
+from bridge.format.extension import NAMESPACE, V_INIT, graph_semantics, if_semantics
+from bridge.format.nirio import read_graph, write_graph
 from tests import zoo
 from tests.nir_ann_view import ann_view
 
@@ -233,7 +233,7 @@ def test_v_init_rejects(bad):
     msg = str(err.value)
     assert "half" in msg and "zero" in msg
     if bad == "optimized":
-        assert "bridge.optimize" in msg
+        assert "bridge.passes.optimize" in msg
 
 
 class _MaxPoolNet(nn.Module):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.data import digits_split, fit_images, load_cifar, load_image_folder, load_labelled
-from bridge.errors import BridgeError
+from bridge.data.datasets import digits_split, fit_images, load_cifar, load_image_folder, load_labelled
+from bridge.format.errors import BridgeError
 
 
 def _cifar_batch(n: int, labels_key: bytes, seed: int) -> dict:

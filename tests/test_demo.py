@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from bridge import ann2snn_baseline as sj
-from bridge.data import digits_split
-from bridge.demo import DemoConfig, Results
-from bridge.demo_report import check_targets, table_rows
-from bridge.errors import BridgeError
-from bridge.train import DigitsCNN, train_model
+from app import ann2snn_baseline as sj
+from bridge.data.datasets import digits_split
+from app.demo import DemoConfig, Results
+from app.demo_report import check_targets, table_rows
+from bridge.format.errors import BridgeError
+from bridge.model.train import DigitsCNN, train_model
 
 
 def _results(half_t4: float, opt_t1: float) -> Results:
@@ -50,7 +50,7 @@ def test_table_marks_sj_not_applicable_for_clipped_models():
 
 
 def test_config_and_output_folder_errors(tmp_path):
-    from bridge.demo import run_demo
+    from app.demo import run_demo
 
     with pytest.raises(BridgeError, match="--seeds"):
         DemoConfig.make(tmp_path / "x", seeds=0)
@@ -83,8 +83,8 @@ def test_spikingjelly_baseline_converts_relu_models_only():
 
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
-    from bridge.cli import main
-    from bridge.demo_report import PLOTS
+    from app.cli import main
+    from app.demo_report import PLOTS
 
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--seeds", "1", "--out", str(out)]) == 0
@@ -115,7 +115,7 @@ def test_float32_sweep_predicts_like_the_float64_reference():
     """The demo's accuracy sweeps run in float32 (speed); their predictions must be the float64
     reference's at every T, up to rare rounding ties."""
     from bridge.converter import convert
-    from bridge.demo import sweep
+    from app.demo import sweep
     from bridge.reference import simulate
 
     split = digits_split(1)

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.cli import main
+from app.cli import main
 from bridge.converter import convert
-from bridge.data import digits_split
-from bridge.errors import BridgeError
-from bridge.evaluate import evaluate_graph, parse_steps
-from bridge.nirio import write_graph
+from bridge.data.datasets import digits_split
+from bridge.format.errors import BridgeError
+from validation.evaluation import evaluate_graph, parse_steps
+from bridge.format.nirio import write_graph
 from bridge.reference import ann_view, simulate
-from bridge.train import DigitsCNN, train_model
+from bridge.model.train import DigitsCNN, train_model
 
 
 @pytest.fixture(scope="module")

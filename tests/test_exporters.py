@@ -18,8 +18,8 @@ import torch
 from spikingjelly.activation_based import functional, neuron
 from norse.torch.functional.iaf import IAFFeedForwardState
 
-from bridge.errors import BridgeError
-from bridge.extension import graph_metadata, make_if
+from bridge.format.errors import BridgeError
+from bridge.format.extension import graph_metadata, make_if
 from bridge.reference import simulate
 from exporters import norse as norse_exporter
 from exporters import spikingjelly as sj_exporter
@@ -336,7 +336,7 @@ def test_spikingjelly_step_mode_is_checked() -> None:
 # -- the converter's zoo (real converted graphs, through a NIR file on disk) ------------------
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory) -> dict[str, nir.NIRGraph]:
-    from bridge.nirio import read_graph, write_graph
+    from bridge.format.nirio import read_graph, write_graph
     from tests.zoo import zoo_graphs
 
     folder = tmp_path_factory.mktemp("zoo")
@@ -350,7 +350,7 @@ def _with_v_init(graph: nir.NIRGraph, kind: str, seed: int = 0) -> nir.NIRGraph:
     """The same graph with every IF node's initial potential 0, theta/2 or random."""
     import copy
 
-    from bridge.extension import NAMESPACE, V_INIT
+    from bridge.format.extension import NAMESPACE, V_INIT
 
     rng = np.random.default_rng(seed)
     graph = copy.deepcopy(graph)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.errors import BridgeError
-from bridge.extension import graph_metadata
+from bridge.format.errors import BridgeError
+from bridge.format.extension import graph_metadata
 from bridge.reference import simulate
 from exporters import write_artifact
 from tests.test_exporters import make_input, resnet_graph, vgg_graph

@@ -6,8 +6,8 @@ import nir
 import numpy as np
 import pytest
 
-from bridge.errors import BridgeError
-from bridge.extension import (
+from bridge.format.errors import BridgeError
+from bridge.format.extension import (
     FORMAT_VERSION,
     NAMESPACE,
     graph_metadata,
@@ -15,7 +15,7 @@ from bridge.extension import (
     if_semantics,
     make_if,
 )
-from bridge.nirio import read_graph, write_graph
+from bridge.format.nirio import read_graph, write_graph
 
 
 def tiny_graph(version: str = FORMAT_VERSION) -> nir.NIRGraph:

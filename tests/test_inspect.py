@@ -1,4 +1,4 @@
-"""`bridge inspect` and :func:`bridge.inspect.inspect_graph` on real NIR files."""
+"""`bridge inspect` and :func:`bridge.format.inspect.inspect_graph` on real NIR files."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import nir
 import numpy as np
 import pytest
 
-from bridge.cli import main
+from app.cli import main
 from bridge.converter import convert
-from bridge.extension import NAMESPACE, VERSION, graph_metadata, make_if
-from bridge.inspect import inspect_graph
-from bridge.nirio import write_graph
+from bridge.format.extension import NAMESPACE, VERSION, graph_metadata, make_if
+from bridge.format.inspect import inspect_graph
+from bridge.format.nirio import write_graph
 from tests import zoo
 
 

@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from bridge.activations import QCFS, ClippedReLU
+from bridge.model.activations import QCFS, ClippedReLU
 from bridge.converter import convert, convert_layer_graph
 from bridge.converter.aten_frontend import exported_to_layer_graph
 from bridge.converter.ir import ActivationOp, BatchNormOp, ConvOp, LinearOp
-from bridge.errors import BridgeError
-from bridge.extension import if_semantics
-from bridge.loading import check_finite, detect_format, load_model
+from bridge.format.errors import BridgeError
+from bridge.format.extension import if_semantics
+from bridge.model.loading import check_finite, detect_format, load_model
 from tests import zoo
 
 ZOO = {

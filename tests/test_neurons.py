@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bridge.neurons import if_constant_input_spike_count, if_step
+from bridge.format.neurons import if_constant_input_spike_count, if_step
 
 
 def run_if(current, threshold, v_init, steps, **kw):
@@ -53,7 +53,7 @@ def test_reset_and_spike_condition_variants():
 
 
 def test_in_place_step_is_bit_identical_to_the_pure_rule():
-    from bridge.neurons import if_step_
+    from bridge.format.neurons import if_step_
 
     torch.manual_seed(1)
     theta = torch.rand(5, 7, dtype=torch.float64) + 0.1

@@ -1,4 +1,4 @@
-"""Data-driven initial potentials and thresholds (bridge.optimize) on real converted graphs."""
+"""Data-driven initial potentials and thresholds (bridge.passes.optimize) on real converted graphs."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from bridge.converter import convert
-from bridge.data import digits_split
-from bridge.extension import graph_metadata, graph_semantics, if_semantics, make_if
-from bridge.neurons import if_constant_input_spike_count
-from bridge.nirio import read_graph, write_graph
-from bridge.optimize import LayerFit, apply_fit, current_subgraph, optimize_initial_potentials
+from bridge.data.datasets import digits_split
+from bridge.format.extension import graph_metadata, graph_semantics, if_semantics, make_if
+from bridge.format.neurons import if_constant_input_spike_count
+from bridge.format.nirio import read_graph, write_graph
+from bridge.passes.optimize import LayerFit, apply_fit, current_subgraph, optimize_initial_potentials
 from bridge.reference import ann_view, simulate
-from bridge.train import DigitsCNN, train_model
+from bridge.model.train import DigitsCNN, train_model
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_current_subgraph_outputs_the_input_current_of_a_layer(trained):
 
 
 def test_bad_arguments_are_user_errors(trained):
-    from bridge.errors import BridgeError
+    from bridge.format.errors import BridgeError
 
     split, _, graph = trained
     with pytest.raises(BridgeError, match="timesteps"):

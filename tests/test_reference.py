@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from bridge.activations import ClippedReLU
-from bridge.errors import BridgeError
-from bridge.extension import graph_metadata, make_if
-from bridge.neurons import if_constant_input_spike_count
-from bridge.nirio import read_graph, write_graph
+from bridge.model.activations import ClippedReLU
+from bridge.format.errors import BridgeError
+from bridge.format.extension import graph_metadata, make_if
+from bridge.format.neurons import if_constant_input_spike_count
+from bridge.format.nirio import read_graph, write_graph
 from bridge.reference import ReferenceSimulator, ann_view, simulate
 
 F64 = torch.float64

@@ -1,4 +1,4 @@
-"""`bridge simulate` through bridge.cli.main: real NIR files and tensor files on disk."""
+"""`bridge simulate` through app.cli.main: real NIR files and tensor files on disk."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.cli import main
-from bridge.data import digits_arrays, load_labelled
-from bridge.extension import graph_metadata, make_if
+from app.cli import main
+from bridge.data.datasets import digits_arrays, load_labelled
+from bridge.format.extension import graph_metadata, make_if
 from bridge.reference import simulate
 
 

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bridge.activations import QCFS, ClippedReLU
+from bridge.model.activations import QCFS, ClippedReLU
 from bridge.converter import convert, prepare, trace_module
 from bridge.converter.calibration import TopK
 from bridge.converter.thresholds import compute_thresholds
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 from tests import zoo
 
 
@@ -235,7 +235,7 @@ def test_evaluation_frees_each_activation_after_its_last_use():
     """Calibration memory: no pre-activation of an earlier layer is alive when the next is recorded."""
     import weakref
 
-    from bridge.converter.evaluate import evaluate
+    from bridge.converter.ir_eval import evaluate
 
     model, shape = zoo.vgg_bn(act="relu")
     layers = prepare(trace_module(model, shape))

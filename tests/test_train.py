@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from bridge.activations import QCFS, ClippedReLU
-from bridge.data import digits_split
-from bridge.train import DigitsCNN, DigitsResNet, accuracy, make_activation, train_model
+from bridge.model.activations import QCFS, ClippedReLU
+from bridge.data.datasets import digits_split
+from bridge.model.train import DigitsCNN, DigitsResNet, accuracy, make_activation, train_model
 
 
 def test_activation_factory_builds_each_kind_and_refuses_others():
@@ -63,7 +63,7 @@ def test_sgd_option_trains_too():
 def test_cifar_recipe_runs_on_synthetic_cifar_and_its_model_converts(tmp_path, arch):
     import nir
 
-    from bridge.cli import main
+    from app.cli import main
     from recipes.train_cifar import main as train_main
     from recipes.models import ARCHS
 

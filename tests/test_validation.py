@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.cli import main
-from bridge.errors import BridgeError
-from bridge.extension import graph_metadata, make_if
-from bridge.neurons import if_step
+from app.cli import main
+from bridge.format.errors import BridgeError
+from bridge.format.extension import graph_metadata, make_if
+from bridge.format.neurons import if_step
 from bridge.reference import simulate
 from bridge.reference.result import NodeTrace, SimulationResult
 from validation import backends as registry

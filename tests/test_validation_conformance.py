@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.extension import NAMESPACE, V_INIT
+from bridge.format.extension import NAMESPACE, V_INIT
 from tests.zoo import sample_input, zoo_graphs
 from validation.backends import BACKENDS, get_backend, missing_requirement
 from validation.suite import input_shape, validate

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bridge.activations import ClippedReLU
+from bridge.model.activations import ClippedReLU
 from bridge.converter import convert
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import nir
 import torch
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 from bridge.reference.result import SimulationResult
 
 

@@ -29,7 +29,7 @@ import nir
 import numpy as np
 import torch
 
-from bridge.extension import if_semantics
+from bridge.format.extension import if_semantics
 from bridge.reference.result import SimulationResult
 
 REL_EPSILON_FLOAT64 = 1e-9

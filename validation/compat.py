@@ -8,7 +8,7 @@ third-party importer backend on
    v_init = 0 and v_init = theta/2;
 2. networks trained on the embedded digits and converted by bridge (an MLP, a CNN with
    per-layer thresholds, a CNN with per-channel thresholds), each in the exact encoding and
-   in the ``nir-compat`` profile (:mod:`exporters.nir_profiles`),
+   in the ``nir-compat`` profile (:mod:`bridge.passes.profiles`),
 
 and writes a Markdown page: per toolchain, per-step spike agreement with the reference,
 accuracy vs T, and the reason for each difference.
@@ -25,8 +25,8 @@ import nir
 import numpy as np
 import torch
 
-from bridge.errors import BridgeError
-from bridge.extension import graph_metadata, make_if
+from bridge.format.errors import BridgeError
+from bridge.format.extension import graph_metadata, make_if
 from validation.backends import IMPORTERS, get_backend, missing_requirement
 from validation.backends.base import BackendRefused
 from validation.suite import ValidationReport, validate
@@ -119,10 +119,10 @@ def digits_cases(epochs: int = 10, limit: int | None = None) -> list[Case]:
     """Train small digits models and convert them (per-layer and per-channel thresholds)."""
     from torch import nn
 
-    from bridge.activations import ClippedReLU
+    from bridge.model.activations import ClippedReLU
     from bridge.converter import convert
-    from bridge.data import digits_split
-    from bridge.train import DigitsCNN, train_model
+    from bridge.data.datasets import digits_split
+    from bridge.model.train import DigitsCNN, train_model
 
     cases = []
     split8 = digits_split(size=8)
@@ -146,7 +146,7 @@ def digits_cases(epochs: int = 10, limit: int | None = None) -> list[Case]:
 def build_matrix(*, steps: int = 64, epochs: int = 10, limit: int | None = None,
                  log: Callable[[str], None] = lambda s: None) -> Matrix:
     """Run everything the page shows."""
-    from exporters.nir_profiles import apply_profile
+    from bridge.passes.profiles import apply_profile
 
     start = time.perf_counter()
     m = Matrix()
@@ -273,7 +273,7 @@ def markdown(m: Matrix, command: str) -> str:
         lines += rows + [""]
     lines += [
         "## Export profile `nir-compat`", "",
-        "`exporters.nir_profiles.apply_profile(graph, \"nir-compat\")` divides each IF neuron's incoming "
+        "`bridge.passes.profiles.apply_profile(graph, \"nir-compat\")` divides each IF neuron's incoming "
         "weights, bias, threshold and initial potential by its threshold (weight normalisation), so every "
         "threshold is 1 and each layer has one scalar threshold. It is exact under the bridge semantics "
         "(the reference gives the same spikes; tested) and it is what SpikingJelly's and snnTorch's "
@@ -283,7 +283,7 @@ def markdown(m: Matrix, command: str) -> str:
         "I/Threshold/Scale feedback loops that no released importer accepts (FACTS.md). A graph whose IF node is fed by a Scale node (an identity shortcut) cannot be "
         "normalised this way, and no importer accepts Scale nodes anyway.", "",
         "## Export profile `nir-compat-k2` (an experiment)", "",
-        "`apply_profile(graph, \"nir-compat-k2\")` (`exporters.nir_profiles.rate_headroom` after `nir-compat`) "
+        "`apply_profile(graph, \"nir-compat-k2\")` (`bridge.passes.profiles.rate_headroom` after `nir-compat`) "
         "drives every IF neuron half as hard (its incoming weights, bias and initial potential / 2) and "
         "doubles the weight of its spikes in the next weighted layer. For activations below theta it is "
         "the same network in expectation (the clip moves from theta to 2 theta). "
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    from bridge.nirio import atomic_path, check_output_path
+    from bridge.format.nirio import atomic_path, check_output_path
     from validation.report import default_mode
 
     parser = argparse.ArgumentParser(prog="python -m validation.compat", description=__doc__.split("\n\n")[0])

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -225,7 +225,7 @@ def write_report(report: ValidationReport, folder: str | Path, *, force: bool = 
 
     Existing files are replaced only with ``force``; each file is written atomically.
     """
-    from bridge.nirio import atomic_path, check_output_path
+    from bridge.format.nirio import atomic_path, check_output_path
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():

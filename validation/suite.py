@@ -16,8 +16,8 @@ import nir
 import numpy as np
 import torch
 
-from bridge.errors import BridgeError
-from bridge.extension import graph_semantics
+from bridge.format.errors import BridgeError
+from bridge.format.extension import graph_semantics
 from validation.accuracy import AccuracyCurve, ann_predictions, parse_timesteps
 from validation.backends import get_backend
 from validation.backends.base import Backend, BackendRefused

@@ -18,7 +18,7 @@ import nir
 from torch import nn
 
 from bridge.converter.build import build_nir, v_init_fraction, _check_timesteps
-from bridge.converter.evaluate import shapes as op_shapes
+from bridge.converter.ir_eval import shapes as op_shapes
 from bridge.converter.fold import check_finite, fold_batchnorm, replace_maxpool
 from bridge.converter.fx_frontend import trace_module
 from bridge.converter.ir import LayerGraph
@@ -32,7 +32,7 @@ def _check_options(thresholds: str, v_init: str | float, maxpool: str, timesteps
     _validate_source(thresholds)
     v_init_fraction(v_init)
     if maxpool not in ("error", "avg"):
-        from bridge.errors import BridgeError
+        from bridge.format.errors import BridgeError
 
         raise BridgeError(f"unknown maxpool policy {maxpool!r}; use 'error' or 'avg'")
     _check_timesteps(timesteps)

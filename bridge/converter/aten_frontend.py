@@ -11,9 +11,9 @@ Rules:
 
 * Nodes that depend only on parameters, buffers and constants (``t(W)``, ``abs(raw_bound) +
   1e-3``) are evaluated once in float64 ("constant folding"); every other node carries data.
-* ``bridge.activations.ClippedReLU`` and ``QCFS`` are recognised as a whole through each
+* ``bridge.model.activations.ClippedReLU`` and ``QCFS`` are recognised as a whole through each
   node's ``nn_module_stack`` metadata (the module type path), and their bound is read from the
-  program's state_dict: ``lambda = |raw_bound| + 1e-3`` (see :mod:`bridge.activations`).
+  program's state_dict: ``lambda = |raw_bound| + 1e-3`` (see :mod:`bridge.model.activations`).
   Without that metadata (TorchScript conversions) ``minimum(relu(z), c)`` with a constant
   ``c`` is the same clip and is recognised as such.
 * Dropout, clone, alias, contiguous and detach are identities in inference and vanish.
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch.fx import Node
 
-from bridge.activations import _Bounded
+from bridge.model.activations import QCFS, ClippedReLU, _Bounded
 from bridge.converter.ir import (
     ActivationOp,
     AddOp,
@@ -49,7 +49,7 @@ from bridge.converter.ir import (
     Op,
     OutputOp,
 )
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 
 aten = torch.ops.aten
 
@@ -65,9 +65,12 @@ def _ops(*names: str) -> list[Any]:
     return found
 
 
-_CLIPPED_RELU = "bridge.activations.ClippedReLU"
-_QCFS = "bridge.activations.QCFS"
-_MODULE_KINDS = {_CLIPPED_RELU: "clip", _QCFS: "qcfs"}
+# A program records each module's class by its qualified name. bridge 0.1 defined the
+# activations in ``bridge.activations``; programs exported then still name that module.
+_MODULE_KINDS = {
+    f"{cls.__module__}.{cls.__qualname__}": kind
+    for cls, kind in ((ClippedReLU, "clip"), (QCFS, "qcfs"))
+} | {"bridge.activations.ClippedReLU": "clip", "bridge.activations.QCFS": "qcfs"}
 
 # identities in inference: the output is the input
 _IDENTITY_OPS = set(_ops("dropout", "feature_dropout", "alpha_dropout", "clone", "alias",
@@ -354,7 +357,7 @@ class _Reader:
                 if hi is not None and self._is_const(hi):
                     return int(round(float(torch.as_tensor(self._value(hi)))))
         raise self._error(node, "cannot read the QCFS quantisation levels",
-                          "use bridge.activations.QCFS unchanged")
+                          "use bridge.model.activations.QCFS unchanged")
 
 
 # ---- handlers: one per ATen op family ---------------------------------------------------
@@ -506,7 +509,7 @@ def _minimum(r: _Reader, node: Node) -> None:
     if not (isinstance(src, ActivationOp) and src.kind == "relu" and r._is_const(c)
             and isinstance(a, Node) and len(a.users) == 1):
         raise r._error(node, "minimum of values that are not a ReLU output and a constant",
-                       "write the clip as clamp(x, 0, a) or use bridge.activations.ClippedReLU")
+                       "write the clip as clamp(x, 0, a) or use bridge.model.activations.ClippedReLU")
     bound = _scalar(r, node, c)
     del r.graph.ops[src.name]  # relu then min = one clip activation
     r.names.discard(src.name)

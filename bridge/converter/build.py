@@ -1,7 +1,7 @@
 r"""LayerGraph + thresholds -> ``nir.NIRGraph`` in the bridge encoding (docs/nir-extension.md).
 
 **IF layers.** An activation op with per-neuron threshold ``theta`` becomes
-``bridge.extension.make_if(theta, v_init)``: ``r = 1``, ``v_reset = 0``, reset by
+``bridge.format.extension.make_if(theta, v_init)``: ``r = 1``, ``v_reset = 0``, reset by
 subtraction, spike when ``m >= theta``, and the initial potential
 
 .. math:: v_{init} = f\,\theta,\qquad f = \tfrac12 \text{ ("half", default)},\; 0 \text{ ("zero")},
@@ -46,9 +46,9 @@ import nir
 import numpy as np
 import torch
 
-from bridge.errors import BridgeError
-from bridge.extension import graph_metadata, make_if
-from bridge.converter.evaluate import shapes as op_shapes
+from bridge.format.errors import BridgeError
+from bridge.format.extension import graph_metadata, make_if
+from bridge.converter.ir_eval import shapes as op_shapes
 from bridge.converter.ir import (
     ActivationOp,
     AddOp,
@@ -76,7 +76,7 @@ def v_init_fraction(v_init: str | float) -> float:
             return 0.0
         if v_init == "optimized":
             raise BridgeError(
-                "v_init='optimized' is applied after conversion by bridge.optimize on the NIR graph; "
+                "v_init='optimized' is applied after conversion by bridge.passes.optimize on the NIR graph; "
                 f"convert with 'half' first. Here {V_INIT_HELP}")
         try:
             value = float(v_init)

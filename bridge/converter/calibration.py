@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bridge.errors import BridgeError
-from bridge.converter.evaluate import cast_graph, evaluate
+from bridge.format.errors import BridgeError
+from bridge.converter.ir_eval import cast_graph, evaluate
 from bridge.converter.ir import ActivationOp, LayerGraph
 
 CALIBRATION_BATCH = 64  # samples per forward pass: bounds the live activations

@@ -25,7 +25,7 @@ import warnings
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 from bridge.converter.ir import AvgPoolOp, BatchNormOp, ConvOp, LayerGraph, LinearOp, MaxPoolOp, Op
 
 

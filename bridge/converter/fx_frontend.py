@@ -1,11 +1,11 @@
 """torch.fx front-end: an ``nn.Module`` -> :class:`~bridge.converter.ir.LayerGraph`.
 
 The model is traced at module level with a tracer that keeps bridge's activations
-(:class:`~bridge.activations.ClippedReLU`, :class:`~bridge.activations.QCFS`) as leaves,
+(:class:`~bridge.model.activations.ClippedReLU`, :class:`~bridge.model.activations.QCFS`) as leaves,
 then run once on an example input (batch of 2) that records every node's shape
 so that shape-dependent code (``x.view(x.size(0), -1)``, ``AdaptiveAvgPool2d``, ``padding='same'``)
 is resolved to fixed layers. Every op the converter does not know raises a
-:class:`~bridge.errors.BridgeError` naming the fx node, the op and the model's source line.
+:class:`~bridge.format.errors.BridgeError` naming the fx node, the op and the model's source line.
 
 Mapping (PyTorch -> layer op):
 
@@ -42,8 +42,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from bridge.activations import QCFS, ClippedReLU
-from bridge.errors import BridgeError
+from bridge.model.activations import QCFS, ClippedReLU
+from bridge.format.errors import BridgeError
 from bridge.converter.ir import (
     ActivationOp,
     AddOp,

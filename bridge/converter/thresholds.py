@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 from bridge.converter.calibration import calibration_batches, collect_statistics, parse_quantile
-from bridge.converter.evaluate import shapes as op_shapes
+from bridge.converter.ir_eval import shapes as op_shapes
 from bridge.converter.ir import ActivationOp, LayerGraph
 
 AUTO_CALIBRATION = "p99.99"
@@ -65,7 +65,7 @@ def compute_thresholds(
                 raise BridgeError(
                     f"activation {op.name!r} ({op.kind}{', ' + op.source if op.source else ''}) has no "
                     "trained bound; use --thresholds max or a percentile with calibration data, or train "
-                    "with bridge.activations.ClippedReLU")
+                    "with bridge.model.activations.ClippedReLU")
             per_channel[op.name] = np.array([float(op.bound)])
         else:
             need.append(op)

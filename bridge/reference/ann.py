@@ -13,7 +13,7 @@ from __future__ import annotations
 import nir
 import torch
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 from bridge.reference.simulator import ReferenceSimulator
 
 

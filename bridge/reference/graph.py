@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import nir
 import numpy as np
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 
 
 @dataclass

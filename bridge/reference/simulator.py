@@ -26,8 +26,8 @@ from collections.abc import Iterable, Iterator
 import nir
 import torch
 
-from bridge.errors import BridgeError
-from bridge.extension import GraphSemantics, graph_semantics
+from bridge.format.errors import BridgeError
+from bridge.format.extension import GraphSemantics, graph_semantics
 from bridge.reference.graph import Plan, plan_graph
 from bridge.reference.ops import NeuronOp, Op, build_op
 from bridge.reference.result import NodeTrace, SimulationResult

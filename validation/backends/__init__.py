@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 import inspect
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 from validation.backends.base import Backend
 
 # name -> (module, the pip requirement that provides its framework, or None)

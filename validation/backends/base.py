@@ -13,7 +13,7 @@ from typing import ClassVar
 import nir
 import torch
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 from bridge.reference.result import NodeTrace, SimulationResult
 
 __all__ = ["Backend", "BackendRefused", "NodeTrace", "SimulationResult"]

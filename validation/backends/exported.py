@@ -15,7 +15,7 @@ import nir
 import torch
 from torch import nn
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 from validation.backends.base import Backend, BackendRefused, NodeTrace, SimulationResult
 
 

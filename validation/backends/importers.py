@@ -47,7 +47,7 @@ from typing import Any
 import nir
 import torch
 
-from bridge.extension import graph_semantics
+from bridge.format.extension import graph_semantics
 from validation.backends.base import Backend, BackendRefused, NodeTrace, SimulationResult
 
 

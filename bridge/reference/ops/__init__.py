@@ -11,7 +11,7 @@ from collections.abc import Callable
 import nir
 import torch
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 from bridge.reference.ops.base import Identity, NeuronOp, Op, StatelessOp
 from bridge.reference.ops.conv import Conv1d, Conv2d
 from bridge.reference.ops.if_node import IF

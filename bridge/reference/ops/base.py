@@ -84,7 +84,7 @@ class NeuronOp(Op):
         raise NotImplementedError
 
     def rate(self, x: torch.Tensor) -> torch.Tensor:
-        from bridge.errors import BridgeError
+        from bridge.format.errors import BridgeError
 
         raise BridgeError(
             f"node {self.name!r} ({type(self).__name__}) has no rate function: the ANN view "

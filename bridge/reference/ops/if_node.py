@@ -1,17 +1,17 @@
-"""The IF node: the one place the simulator applies :func:`bridge.neurons.if_step`."""
+"""The IF node: the one place the simulator applies :func:`bridge.format.neurons.if_step`."""
 
 from __future__ import annotations
 
 import nir
 import torch
 
-from bridge.extension import if_semantics
-from bridge.neurons import if_step, if_step_
+from bridge.format.extension import if_semantics
+from bridge.format.neurons import if_step, if_step_
 from bridge.reference.ops.base import NeuronOp, param
 
 
 class IF(NeuronOp):
-    r"""NIR ``IF`` read through :func:`bridge.extension.if_semantics`.
+    r"""NIR ``IF`` read through :func:`bridge.format.extension.if_semantics`.
 
     One step with input current I(t) (the sum of the incoming edges) and gain r:
 

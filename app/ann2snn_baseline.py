@@ -48,7 +48,7 @@ SETTINGS: tuple[SJSetting, ...] = tuple(
 
 def applicable(model: nn.Module) -> bool:
     """True when every activation of ``model`` is a plain ``nn.ReLU`` (what ann2snn converts)."""
-    from bridge.activations import QCFS, ClippedReLU
+    from bridge.model.activations import QCFS, ClippedReLU
 
     blocked = (ClippedReLU, QCFS, nn.Hardtanh, nn.ReLU6)
     has_relu = any(isinstance(m, nn.ReLU) for m in model.modules())

@@ -2,15 +2,15 @@
 
 For each data split (``digits_split(seed)``) the demo
 
-1. trains four small models (:mod:`bridge.train`): a CNN with the trainable clipped ReLU, the
+1. trains four small models (:mod:`bridge.model.train`): a CNN with the trainable clipped ReLU, the
    same CNN with QCFS, a plain-ReLU baseline and a small ResNet with clipped ReLUs;
 2. converts each to NIR (:func:`bridge.converter.convert`) and, on the first split, writes the
    NIR file, the SpikingJelly and Norse artifacts (:func:`exporters.write_artifact`) and
    validates both exporters against the reference simulator (:func:`validation.validate`);
 3. measures accuracy at T in 1, 2, 4, ..., 64 with the reference simulator for the initial
-   potentials 0, theta/2 and optimised (:func:`bridge.optimize.optimize_initial_potentials`,
+   potentials 0, theta/2 and optimised (:func:`bridge.passes.optimize.optimize_initial_potentials`,
    fitted per T on training images), and SpikingJelly's own ann2snn converter on the same
-   plain-ReLU weights (:mod:`bridge.ann2snn_baseline`);
+   plain-ReLU weights (:mod:`app.ann2snn_baseline`);
 4. writes a report folder (Markdown, PNG plots, results.json) and prints the table.
 
 Every number is a mean over the splits with its standard deviation; the targets of issue #6
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from bridge import ann2snn_baseline as sj
-from bridge.data import Split, digits_split
-from bridge.errors import BridgeError
-from bridge.train import DigitsCNN, DigitsResNet, train_model
+from app import ann2snn_baseline as sj
+from bridge.data.datasets import Split, digits_split
+from bridge.format.errors import BridgeError
+from bridge.model.train import DigitsCNN, DigitsResNet, train_model
 
 INPUT_SHAPE = (1, 16, 16)
 FULL_STEPS = (1, 2, 4, 8, 16, 32, 64)
@@ -209,8 +209,8 @@ def layer_analysis(graph: nir.NIRGraph, optimized: nir.NIRGraph, x: torch.Tensor
     The error is mean |theta' N/T - clip(z, 0, theta)| / mean(theta): the layer's T-step rate
     output against the ANN view's activation of the same layer (both graphs fed the same x).
     """
-    from bridge.extension import if_semantics
-    from bridge.optimize import current_subgraph
+    from bridge.format.extension import if_semantics
+    from bridge.passes.optimize import current_subgraph
     from bridge.reference import ann_view, simulate
 
     names = [n for n, v in graph.nodes.items() if isinstance(v, nir.IF)]
@@ -241,7 +241,7 @@ def layer_analysis(graph: nir.NIRGraph, optimized: nir.NIRGraph, x: torch.Tensor
 def validate_exports(graph: nir.NIRGraph, folder: Path, x: torch.Tensor, y: torch.Tensor,
                      steps: int, force: bool) -> dict:
     """Write NIR + SpikingJelly + Norse artifacts of ``graph`` and validate both exporters."""
-    from bridge.nirio import write_graph
+    from bridge.format.nirio import write_graph
     from exporters import write_artifact
     from validation import validate
 
@@ -301,7 +301,7 @@ class _Progress:
 def run_demo(config: DemoConfig, console=None) -> Results:
     """Run the whole demo; write the report folder; return the numbers."""
     from bridge.converter import convert
-    from bridge.optimize import optimize_initial_potentials
+    from bridge.passes.optimize import optimize_initial_potentials
 
     out = config.out
     if out.exists() and any(out.iterdir()) and not config.force:
@@ -374,7 +374,7 @@ def run_demo(config: DemoConfig, console=None) -> Results:
                         sj_bar()
                     res.clock("SpikingJelly ann2snn", t0)
     res.seconds = time.perf_counter() - start
-    from bridge.demo_report import write_report
+    from app.demo_report import write_report
 
     write_report(res, config, out)
     return res

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 
 ModelFormat = Literal["export", "torchscript", "state_dict", "pickle"]
 

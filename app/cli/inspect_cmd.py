@@ -23,13 +23,13 @@ def inspect(path: Path, as_json: bool) -> None:
     v_init is shown as a fraction of the threshold (0.5 = theta/2). A plain NIR file (no
     bridge metadata) is described with the NIR-text semantics.
     """
-    from bridge.inspect import inspect_graph, render
-    from bridge.nirio import read_graph
+    from bridge.format.inspect import inspect_graph, render
+    from bridge.format.nirio import read_graph
 
     info = inspect_graph(read_graph(path))
     if as_json:
         click.echo(json.dumps({"file": str(path), **info}, indent=2))
         return
-    from bridge.cli.console import console
+    from app.cli.console import console
 
     console().print(render(info, title=str(path)))

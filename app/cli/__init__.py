@@ -12,16 +12,16 @@ import sys
 
 import click
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 
 # name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
-    "export": "bridge.cli.export_cmd:export",
-    "inspect": "bridge.cli.inspect_cmd:inspect",
-    "simulate": "bridge.cli.simulate_cmd:simulate",
-    "validate": "bridge.cli.validate_cmd:validate",
-    "evaluate": "bridge.cli.evaluate_cmd:evaluate",
-    "demo": "bridge.cli.demo_cmd:demo",
+    "export": "app.cli.export_cmd:export",
+    "inspect": "app.cli.inspect_cmd:inspect",
+    "simulate": "app.cli.simulate_cmd:simulate",
+    "validate": "app.cli.validate_cmd:validate",
+    "evaluate": "app.cli.evaluate_cmd:evaluate",
+    "demo": "app.cli.demo_cmd:demo",
 }
 
 SHORT_HELP: dict[str, str] = {

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import nir
 import numpy as np
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 
 NAMESPACE = "bridge"
 FORMAT_VERSION = "1.0"

@@ -1,8 +1,8 @@
 """``bridge export``: a trained model (or a NIR file) -> NIR, SpikingJelly or Norse.
 
-The command only parses options, loads and hands over: loading is :mod:`bridge.loading`,
-conversion :mod:`bridge.converter`, initial-potential optimisation :mod:`bridge.optimize`,
-writing :mod:`bridge.nirio` (atomic) and :mod:`exporters` (framework artifacts). Every user
+The command only parses options, loads and hands over: loading is :mod:`bridge.model.loading`,
+conversion :mod:`bridge.converter`, initial-potential optimisation :mod:`bridge.passes.optimize`,
+writing :mod:`bridge.format.nirio` (atomic) and :mod:`exporters` (framework artifacts). Every user
 error is a :class:`BridgeError` (one line, exit 2) raised before anything is written.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 
 TARGETS = ("nir", "spikingjelly", "norse")
 DEFAULT_CALIBRATION_SAMPLES = 512
@@ -77,7 +77,7 @@ def digits_calibration(input_shape: tuple[int, ...], samples: int) -> Any:
     import torch
     import torch.nn.functional as F
 
-    from bridge.data import digits_arrays
+    from bridge.data.datasets import digits_arrays
 
     if len(input_shape) == 1:
         side = math.isqrt(input_shape[0])
@@ -110,7 +110,7 @@ def load_calibration(spec: str | None, input_shape: tuple[int, ...], samples: in
         raise BridgeError(f"--calibration-samples must be >= 1, got {samples}")
     if spec == "digits":
         return digits_calibration(input_shape, samples)
-    from bridge.data import load_tensor_file
+    from bridge.data.datasets import load_tensor_file
 
     x = load_tensor_file(spec)[:samples]
     if tuple(x.shape[1:]) != input_shape:
@@ -122,9 +122,9 @@ def load_calibration(spec: str | None, input_shape: tuple[int, ...], samples: in
 
 
 def _summary(path: Path, graph: Any, target: str) -> None:
-    from bridge.cli.console import console
+    from app.cli.console import console
 
-    from bridge.inspect import inspect_graph
+    from bridge.format.inspect import inspect_graph
 
     info = inspect_graph(graph)
     tot = info["totals"]
@@ -172,7 +172,7 @@ def _write_artifact(graph: Any, target: str, out: Path, force: bool) -> Path:
 
 def _check_output(out: Path, target: str, force: bool) -> None:
     """Refuse before any work: an existing output without --force, or a missing folder."""
-    from bridge.nirio import check_output_path
+    from bridge.format.nirio import check_output_path
 
     if target == "nir":
         if out.is_dir():
@@ -190,7 +190,7 @@ def _optimize(graph: Any, calibration: Any, timesteps: int) -> Any:
     """--v-init optimized: fit initial potentials (and thresholds) per channel on the data."""
     import torch
 
-    from bridge.optimize import optimize_initial_potentials
+    from bridge.passes.optimize import optimize_initial_potentials
 
     return optimize_initial_potentials(
         graph, torch.as_tensor(calibration, dtype=torch.float64), timesteps,
@@ -254,7 +254,7 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     Each clipped activation becomes an IF neuron (threshold = clip bound, reset by
     subtraction, spike when v >= theta, initial potential theta/2 by default).
     """
-    from bridge.loading import check_finite, is_nir_file, load_model
+    from bridge.model.loading import check_finite, is_nir_file, load_model
 
     shape = parse_input_shape(input_shape)
     thresholds = parse_thresholds(thresholds)
@@ -272,7 +272,7 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     if is_nir_file(model):
         if target == "nir":
             raise BridgeError(f"{model} is already a NIR file; use --to spikingjelly or --to norse")
-        from bridge.nirio import read_graph
+        from bridge.format.nirio import read_graph
 
         graph = read_graph(model)
         _summary(_write_artifact(graph, target, out, force), graph, target)
@@ -303,8 +303,8 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
             graph = _optimize(graph, calib, timesteps)
 
     if target == "nir":
-        from bridge.nirio import write_graph
-        from exporters.nir_profiles import apply_profile
+        from bridge.format.nirio import write_graph
+        from bridge.passes.profiles import apply_profile
 
         written = write_graph(apply_profile(graph, profile), out, force=force)
     else:
@@ -313,7 +313,7 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
 
 
 def convert_loaded(loaded: Any, input_shape: tuple[int, ...], **options: Any) -> Any:
-    """Convert a :class:`bridge.loading.LoadedModel`: modules through torch.fx, programs
+    """Convert a :class:`bridge.model.loading.LoadedModel`: modules through torch.fx, programs
     (and TorchScript, converted to a program) through the ATen front-end."""
     from bridge import converter
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 
 DIGITS_SIZE = 16  # 8x8 digits are upsampled so that two conv + pool stages fit
 

@@ -7,26 +7,26 @@ from pathlib import Path
 
 import click
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 
 
 def _load_graph(model: Path, arch: str | None, trust_pickle: bool, input_shape: str | None,
                 v_init: str, timesteps: int | None, calibration_samples: int, data: str):
     """A NIR file as it is; a PyTorch model converted (thresholds auto, v_init as asked)."""
-    from bridge.loading import is_nir_file
+    from bridge.model.loading import is_nir_file
 
     if not model.is_file():
         raise BridgeError(f"no such file: {model}; check the path")
     if is_nir_file(model):
-        from bridge.nirio import read_graph
+        from bridge.format.nirio import read_graph
 
         if v_init != "half" or timesteps is not None:
             raise BridgeError("--v-init/--timesteps apply to PyTorch models; a NIR file is "
                               "evaluated as written (re-export it to change them)")
         return read_graph(model)
-    from bridge.cli.export_cmd import convert_loaded, parse_input_shape, parse_v_init
-    from bridge.data import load_labelled
-    from bridge.loading import check_finite, load_model
+    from app.cli.export_cmd import convert_loaded, parse_input_shape, parse_v_init
+    from bridge.data.datasets import load_labelled
+    from bridge.model.loading import check_finite, load_model
 
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     check_finite(loaded.named_tensors(), str(model))
@@ -44,7 +44,7 @@ def _load_graph(model: Path, arch: str | None, trust_pickle: bool, input_shape: 
     if v == "optimized":
         import torch
 
-        from bridge.optimize import optimize_initial_potentials
+        from bridge.passes.optimize import optimize_initial_potentials
 
         graph = optimize_initial_potentials(graph, calib.to(torch.float64), timesteps)
     return graph
@@ -92,12 +92,12 @@ def evaluate(model: Path, data: str, steps: str, batch_size: int, device: str, d
     `bridge export`). The readout after T steps is the mean of the output over the T steps.
     """
     import torch
-    from bridge.cli.console import console as make_console
+    from app.cli.console import console as make_console
     from rich.progress import Progress
     from rich.table import Table
 
-    from bridge.data import load_labelled
-    from bridge.evaluate import evaluate_graph, parse_steps
+    from bridge.data.datasets import load_labelled
+    from validation.evaluation import evaluate_graph, parse_steps
     from bridge.reference import ReferenceSimulator
 
     ts = parse_steps(steps)

@@ -21,8 +21,8 @@ import copy
 import nir
 import numpy as np
 
-from bridge.errors import BridgeError
-from bridge.extension import NAMESPACE, V_INIT, if_semantics, make_if
+from bridge.format.errors import BridgeError
+from bridge.format.extension import NAMESPACE, V_INIT, if_semantics, make_if
 
 PROFILES = ("exact", "nir-compat", "nir-compat-k2", "nir-compat-k4")
 _WEIGHTED = (nir.Affine, nir.Linear, nir.Conv1d, nir.Conv2d)

@@ -2,7 +2,7 @@
 
 :func:`inspect_graph` returns plain Python data (the ``--json`` output of ``bridge
 inspect``); :func:`render` draws it as rich tables. Both read the graph only through
-:mod:`bridge.extension`, so a plain NIR graph (no bridge metadata) is described with the
+:mod:`bridge.format.extension`, so a plain NIR graph (no bridge metadata) is described with the
 NIR-text semantics (hard reset to ``v_reset``, spike when ``v > theta``, ``v(0) = 0``).
 
 ``v_init`` is reported as a fraction of the threshold, ``v_init / theta`` (0.5 for the
@@ -17,7 +17,7 @@ from typing import Any
 import nir
 import numpy as np
 
-from bridge.extension import graph_semantics, if_semantics
+from bridge.format.extension import graph_semantics, if_semantics
 
 # array fields that hold a layer's parameters (weights, biases, scales)
 _PARAM_FIELDS = ("weight", "bias", "scale")

@@ -45,7 +45,7 @@ so the per-layer rate objective stays the default.
 
 Writing the result keeps the graph a valid bridge graph: the new threshold
 :math:`\theta' = a\theta` goes into ``v_threshold`` and :math:`v_{init} = f\theta'` into the
-metadata (:func:`bridge.extension.make_if`). A spike now stands for :math:`\theta'`, not
+metadata (:func:`bridge.format.extension.make_if`). A spike now stands for :math:`\theta'`, not
 :math:`\theta`, and the consumers' weights hold the old :math:`\theta` (the converter
 absorbed it), so each consumer's weights for that channel are multiplied by ``a`` (through
 average/sum pooling and flatten, into the next Conv/Affine/Linear/Scale). Where a consumer
@@ -64,8 +64,8 @@ import nir
 import numpy as np
 import torch
 
-from bridge.errors import BridgeError
-from bridge.extension import NAMESPACE, TIMESTEPS, graph_metadata, if_semantics, make_if
+from bridge.format.errors import BridgeError
+from bridge.format.extension import NAMESPACE, TIMESTEPS, graph_metadata, if_semantics, make_if
 
 OUTPUT = "__bridge_optimize_output__"
 _PASS_THROUGH = (nir.AvgPool2d, nir.SumPool2d, nir.Flatten)

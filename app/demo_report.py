@@ -1,6 +1,6 @@
 """The demo's report: targets with pass/fail, the terminal table, Markdown, PNG plots, JSON.
 
-Kept apart from :mod:`bridge.demo` (which measures) so that the report can be rebuilt from
+Kept apart from :mod:`app.demo` (which measures) so that the report can be rebuilt from
 ``results.json`` and each file has one job.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bridge.demo import DemoConfig, Results
+    from app.demo import DemoConfig, Results
 
 PLOTS = ("accuracy_vs_T.png", "agreement_vs_T.png", "layer_error.png", "firing_rates.png", "synops.png")
 
@@ -40,7 +40,7 @@ def _gap(g: float) -> str:
 
 def check_targets(res: Results) -> list[Target]:
     """The issue's targets, evaluated on mean accuracies (gaps in percentage points)."""
-    from bridge.demo import BRIDGE_METHODS
+    from app.demo import BRIDGE_METHODS
 
     targets: list[Target] = []
     steps = res.steps
@@ -101,7 +101,7 @@ def check_targets(res: Results) -> list[Target]:
 
 def table_rows(res: Results) -> tuple[list[str], list[list[str]]]:
     """Header and rows (mean ± std over splits, in %) of the accuracy table."""
-    from bridge.demo import METHOD_LABELS, MODELS
+    from app.demo import METHOD_LABELS, MODELS
 
     header = ["model", "method", "ANN"] + [f"T={t}" for t in res.steps]
     rows = []
@@ -151,7 +151,7 @@ def _plots(res: Results, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bridge.demo import METHOD_LABELS, MODELS
+    from app.demo import METHOD_LABELS, MODELS
 
     models = [s for s in MODELS if s.key in res.ann]
     for table, fname, ylabel in (("accuracy", PLOTS[0], "test accuracy (%)"),
@@ -214,7 +214,7 @@ def markdown(res: Results, config: DemoConfig) -> str:
         "",
         "Methods: *v_init 0* and *v_init theta/2*: the converted graph with that initial potential, "
         "simulated once for all T by the reference simulator; *optimized*: thresholds and initial "
-        "potentials fitted per channel on training images for each T (`bridge.optimize`); "
+        "potentials fitted per channel on training images for each T (`bridge.passes.optimize`); "
         "*SJ ann2snn*: SpikingJelly 2.0's own converter on the same plain-ReLU weights.",
         "",
         "## Accuracy vs T",
@@ -262,7 +262,7 @@ def markdown(res: Results, config: DemoConfig) -> str:
 
 def write_report(res: Results, config: DemoConfig, out: Path) -> None:
     """Write report.md, the PNG plots and results.json into ``out``."""
-    from bridge.nirio import write_with
+    from bridge.format.nirio import write_with
 
     _plots(res, out)
     data = res.to_dict()

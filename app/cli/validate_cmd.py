@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from bridge.errors import BridgeError, ValidationFailed
-from exporters.nir_profiles import PROFILES
+from bridge.format.errors import BridgeError, ValidationFailed
+from bridge.passes.profiles import PROFILES
 
 DTYPES = ("float64", "float32")
 
@@ -55,11 +55,11 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     plus accuracy and agreement with the ANN at every T of the list.
     """
     import torch
-    from bridge.cli.console import console
+    from app.cli.console import console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bridge.data import load_labelled
-    from bridge.nirio import read_graph
+    from bridge.data.datasets import load_labelled
+    from bridge.format.nirio import read_graph
     from validation.accuracy import parse_timesteps
     from validation.backends import parse_backends
     from validation.report import render, write_report
@@ -73,7 +73,7 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     ts = parse_timesteps(timesteps_list, steps) if timesteps_list else _powers_of_two(steps)
     graph = read_graph(model)
     if profile != "exact":
-        from exporters.nir_profiles import apply_profile
+        from bridge.passes.profiles import apply_profile
 
         graph = apply_profile(graph, profile)
     x, y = load_labelled(data, input_shape=input_shape(graph))

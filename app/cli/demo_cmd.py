@@ -26,10 +26,10 @@ def demo(out: Path, seeds: int, quick: bool, force: bool, threads: int | None) -
     import logging
 
     import torch
-    from bridge.cli.console import console as make_console
+    from app.cli.console import console as make_console
 
-    from bridge.demo import DemoConfig, run_demo
-    from bridge.demo_report import print_table
+    from app.demo import DemoConfig, run_demo
+    from app.demo_report import print_table
 
     # SpikingJelly's import makes torch log that Triton (a GPU compiler) is absent: noise here
     logging.getLogger("torch._library.triton").setLevel(logging.ERROR)

@@ -8,7 +8,7 @@ import click
 import numpy as np
 import torch
 
-from bridge.errors import BridgeError
+from bridge.format.errors import BridgeError
 
 EPILOG = """\b
 Examples:
@@ -55,7 +55,7 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
              dt: float | None, limit: int | None, force: bool) -> None:
     """Run MODEL (a NIR file) for T steps with the reference simulator and print the
     predicted classes (and the accuracy on the digits)."""
-    from bridge.nirio import check_output_path, read_graph, write_with
+    from bridge.format.nirio import check_output_path, read_graph, write_with
     from bridge.reference import ReferenceSimulator
 
     if steps < 1:
@@ -75,11 +75,11 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
     shape = sim.input_shape
     labels: torch.Tensor | None = None
     if input_ == "digits":
-        from bridge.data import load_labelled
+        from bridge.data.datasets import load_labelled
 
         x, labels = load_labelled("digits", input_shape=shape)
     else:
-        from bridge.data import load_tensor_file
+        from bridge.data.datasets import load_tensor_file
 
         x = load_tensor_file(input_)
     batch_dim = 1 if x.dim() == len(shape) + 2 else 0  # [T, N, ...] inputs batch on dim 1

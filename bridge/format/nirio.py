@@ -1,6 +1,6 @@
 """Reading and writing NIR files: atomic, deterministic, with clear errors.
 
-The data model lives in ``nir`` and the extension keys in :mod:`bridge.extension`; this
+The data model lives in ``nir`` and the extension keys in :mod:`bridge.format.extension`; this
 module only moves graphs between memory and disk.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import nir
 
-from bridge.errors import BridgeError
-from bridge.extension import graph_semantics
+from bridge.format.errors import BridgeError
+from bridge.format.extension import graph_semantics
 
 
 def check_output_path(path: str | Path, *, force: bool = False) -> Path:

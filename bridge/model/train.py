@@ -1,8 +1,8 @@
 """Small CNNs for the 16x16 digits and a seeded, deterministic training loop.
 
 The models are what ``bridge demo`` trains and converts: a two-conv CNN whose activation
-is chosen by name (``clip``: :class:`~bridge.activations.ClippedReLU`, ``qcfs``:
-:class:`~bridge.activations.QCFS`, ``relu``: plain ReLU, the baseline that SpikingJelly's
+is chosen by name (``clip``: :class:`~bridge.model.activations.ClippedReLU`, ``qcfs``:
+:class:`~bridge.model.activations.QCFS`, ``relu``: plain ReLU, the baseline that SpikingJelly's
 ann2snn converts too) and a small residual network with clipped ReLUs. Pooling is average
 pooling, because a max of spikes is not a max of rates (the converter refuses max-pooling).
 
@@ -20,8 +20,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bridge.activations import QCFS, ClippedReLU
-from bridge.data import Split
+from bridge.model.activations import QCFS, ClippedReLU
+from bridge.data.datasets import Split
 
 ActivationName = Literal["clip", "qcfs", "relu"]
 ACTIVATIONS: tuple[str, ...] = ("clip", "qcfs", "relu")
