@@ -19,11 +19,14 @@ node, ``1`` elsewhere). A consumer makes ``k`` disappear:
   :math:`\mathrm{conv}_W(k \odot x) = \mathrm{conv}_{W'}(x)`, :math:`W'_{o,c} = W_{o,c}\,k_c`.
   Grouped convolutions are written with ``groups = 1`` and a block-diagonal weight
   (:math:`W'_{o,c} = 0` outside the group of ``o``) because nir 1.0.8's type check gives a grouped
-  ``Conv2d`` the input type ``(C_in / groups, H, W)``; the map is the same.
+  ``Conv2d`` the input type ``(C_in / groups, H, W)``; the map is the same. The node's metadata
+  says so (``bridge.format.extension.conv_metadata(groups)``), and bridge's own readers run it
+  grouped again.
 * affine (per input feature ``j``, e.g. after a flatten): :math:`W'_{o,j} = W_{o,j}\,k_j`.
 * BatchNorm without a layer to fold into (per-channel affine ``y_c = a_c x_c + b_c``): written as
   ``Affine(diag(a k), b)`` on features, or as a 1x1 ``Conv2d``/``Conv1d`` with weight
-  ``diag(a_c k_c)`` and bias ``b`` on channels.
+  ``diag(a_c k_c)`` and bias ``b`` on channels (a depthwise conv: written with ``groups = C``
+  metadata, like any grouped conv).
 * avg pool and flatten are linear and commute with a per-channel ``k``: ``k`` passes through
   (pooled per channel, flattened per feature).
 * everything else (an IF fed by another IF or a pool of spikes, the Output, a ``k`` that varies
@@ -47,7 +50,7 @@ import numpy as np
 import torch
 
 from bridge.format.errors import BridgeError
-from bridge.format.extension import graph_metadata, make_if
+from bridge.format.extension import conv_metadata, graph_metadata, make_if
 from bridge.converter.ir_eval import shapes as op_shapes
 from bridge.converter.ir import (
     ActivationOp,
@@ -196,7 +199,9 @@ class _Builder:
         self.nodes["input"] = nir.Input(input_type=np.array(op.shape))
         self.values[op.name] = [_Term("input", None)]
 
-    def _conv_node(self, op: Op, weight: np.ndarray, bias: np.ndarray, stride, padding, dilation) -> None:
+    def _conv_node(self, op: Op, weight: np.ndarray, bias: np.ndarray, stride, padding, dilation,
+                   groups: int = 1) -> None:
+        """A conv node; ``weight`` is dense (groups=1), ``groups`` the group count it encodes."""
         in_shape = self.shapes[op.inputs[0]]
         sources, kc = self._channel_factor(op)
         if kc is not None:
@@ -205,16 +210,18 @@ class _Builder:
         if weight.ndim == 4:
             node: nir.NIRNode = nir.Conv2d(
                 input_shape=tuple(in_shape[1:]), weight=weight, stride=tuple(stride),
-                padding=tuple(padding), dilation=tuple(dilation), groups=1, bias=bias)
+                padding=tuple(padding), dilation=tuple(dilation), groups=1, bias=bias,
+                metadata=conv_metadata(groups))
         else:
             node = nir.Conv1d(input_shape=int(in_shape[1]), weight=weight, stride=int(stride[0]),
-                              padding=int(padding[0]), dilation=int(dilation[0]), groups=1, bias=bias)
+                              padding=int(padding[0]), dilation=int(dilation[0]), groups=1, bias=bias,
+                              metadata=conv_metadata(groups))
         self._node(name, node, sources)
         self.values[op.name] = [_Term(name, None)]
 
     def _ConvOp(self, op: ConvOp) -> None:
         self._conv_node(op, _dense(op.weight, op.groups), op.bias.detach().numpy().astype(np.float64),
-                        op.stride, op.padding, op.dilation)
+                        op.stride, op.padding, op.dilation, op.groups)
 
     def _affine_node(self, op: Op, weight: np.ndarray, bias: np.ndarray) -> None:
         in_shape = self.shapes[op.inputs[0]]
@@ -243,7 +250,7 @@ class _Builder:
             kernel_dims = (1,) * (len(in_shape) - 1)
             weight = np.diag(a).reshape(a.size, a.size, *kernel_dims)
             ones = (1,) * (len(in_shape) - 1)
-            self._conv_node(op, weight, b, ones, (0,) * len(ones), ones)
+            self._conv_node(op, weight, b, ones, (0,) * len(ones), ones, groups=a.size)
 
     def _ActivationOp(self, op: ActivationOp) -> None:
         theta = self.thresholds[op.name]
