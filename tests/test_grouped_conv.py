@@ -191,3 +191,17 @@ def test_a_plain_dense_conv_is_untouched() -> None:
     weight, groups = conv_weight(graph.nodes["conv"], "conv")
     assert groups == 1 and np.array_equal(weight, graph.nodes["conv"].weight)
     assert conv_metadata(1) == {}
+
+
+def test_inspect_shows_the_grouped_form(converted) -> None:
+    from bridge.format.inspect import inspect_graph
+
+    model, graph = converted["mobilenet"]
+    info = {n["name"]: n for n in inspect_graph(graph)["nodes"]}
+    for node_name, groups in _grouped_convs(model).items():
+        entry = info[node_name]
+        assert entry["groups"] == groups
+        node = graph.nodes[node_name]
+        assert entry["params"] == node.weight.size + node.bias.size
+        assert entry["grouped_params"] == node.weight.size // groups + node.bias.size
+    assert all("groups" not in info[n] for n in info if n not in _grouped_convs(model))
