@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bridge.format.errors import BridgeError
-from bridge.format.extension import graph_semantics, if_semantics
+from bridge.format.extension import conv_weight, graph_semantics, if_semantics
 
 SPEC_FORMAT = "bridge-export-spec/1"
 
@@ -125,7 +125,8 @@ def _node_spec(name: str, node: nir.NIRNode, tensors: dict[str, torch.Tensor]) -
         tensors[f"{name}.scale"] = _tensor(node.scale)
         return {"op": "scale"}
     if isinstance(node, (nir.Conv1d, nir.Conv2d)):
-        tensors[f"{name}.weight"] = _tensor(node.weight)
+        weight, groups = conv_weight(node, name)  # a dense-encoded grouped conv runs grouped
+        tensors[f"{name}.weight"] = _tensor(weight)
         bias = np.asarray(node.bias, dtype=np.float64)
         out_channels = int(np.asarray(node.weight).shape[0])
         tensors[f"{name}.bias"] = _tensor(np.broadcast_to(bias, (out_channels,)))
@@ -134,7 +135,7 @@ def _node_spec(name: str, node: nir.NIRNode, tensors: dict[str, torch.Tensor]) -
             "stride": _ints(node.stride),
             "padding": _ints(node.padding),
             "dilation": _ints(node.dilation),
-            "groups": int(node.groups),
+            "groups": groups,
         }
     if isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
         padding = _ints(node.padding)

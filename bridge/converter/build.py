@@ -19,13 +19,20 @@ node, ``1`` elsewhere). A consumer makes ``k`` disappear:
   :math:`\mathrm{conv}_W(k \odot x) = \mathrm{conv}_{W'}(x)`, :math:`W'_{o,c} = W_{o,c}\,k_c`.
   Grouped convolutions are written with ``groups = 1`` and a block-diagonal weight
   (:math:`W'_{o,c} = 0` outside the group of ``o``) because nir 1.0.8's type check gives a grouped
-  ``Conv2d`` the input type ``(C_in / groups, H, W)``; the map is the same.
+  ``Conv2d`` the input type ``(C_in / groups, H, W)``; the map is the same. The node's metadata
+  says so (``bridge.format.extension.conv_metadata(groups)``), and bridge's own readers run it
+  grouped again.
 * affine (per input feature ``j``, e.g. after a flatten): :math:`W'_{o,j} = W_{o,j}\,k_j`.
 * BatchNorm without a layer to fold into (per-channel affine ``y_c = a_c x_c + b_c``): written as
   ``Affine(diag(a k), b)`` on features, or as a 1x1 ``Conv2d``/``Conv1d`` with weight
-  ``diag(a_c k_c)`` and bias ``b`` on channels.
+  ``diag(a_c k_c)`` and bias ``b`` on channels (a depthwise conv: written with ``groups = C``
+  metadata, like any grouped conv).
 * avg pool and flatten are linear and commute with a per-channel ``k``: ``k`` passes through
   (pooled per channel, flattened per feature).
+* adaptive avg pool (PyTorch's windows, :mod:`bridge.converter.adaptive_pool`): an
+  ``AvgPool2d`` where its windows are one kernel and stride (``k`` passes through), else
+  ``Flatten`` + ``Affine(P diag(k))``, allowed only where every consumer is a flatten (the
+  value is then already flat and the flatten writes no node).
 * everything else (an IF fed by another IF or a pool of spikes, the Output, a ``k`` that varies
   inside a channel in front of a conv or pool, or the terms of a residual addition with
   different ``k``): a ``nir.Scale(k)`` node named ``<source>_scale`` is inserted after the
@@ -47,10 +54,12 @@ import numpy as np
 import torch
 
 from bridge.format.errors import BridgeError
-from bridge.format.extension import graph_metadata, make_if
+from bridge.format.extension import conv_metadata, graph_metadata, make_if
+from bridge.converter.adaptive_pool import adaptive_pool_as_avgpool, adaptive_pool_matrix
 from bridge.converter.ir_eval import shapes as op_shapes
 from bridge.converter.ir import (
     ActivationOp,
+    AdaptiveAvgPoolOp,
     AddOp,
     AvgPoolOp,
     BatchNormOp,
@@ -128,6 +137,7 @@ class _Builder:
         self.values: dict[str, list[_Term]] = {}
         self.scales: dict[tuple[str, bytes], str] = {}
         self.reserved = {"input", "output"} | set(graph.ops)
+        self.flat: set[str] = set()  # ops whose value is already flat (an adaptive pool's Affine)
 
     # -- naming and terms ------------------------------------------------------------------
     def _name(self, op: Op) -> str:
@@ -196,7 +206,9 @@ class _Builder:
         self.nodes["input"] = nir.Input(input_type=np.array(op.shape))
         self.values[op.name] = [_Term("input", None)]
 
-    def _conv_node(self, op: Op, weight: np.ndarray, bias: np.ndarray, stride, padding, dilation) -> None:
+    def _conv_node(self, op: Op, weight: np.ndarray, bias: np.ndarray, stride, padding, dilation,
+                   groups: int = 1) -> None:
+        """A conv node; ``weight`` is dense (groups=1), ``groups`` the group count it encodes."""
         in_shape = self.shapes[op.inputs[0]]
         sources, kc = self._channel_factor(op)
         if kc is not None:
@@ -205,16 +217,18 @@ class _Builder:
         if weight.ndim == 4:
             node: nir.NIRNode = nir.Conv2d(
                 input_shape=tuple(in_shape[1:]), weight=weight, stride=tuple(stride),
-                padding=tuple(padding), dilation=tuple(dilation), groups=1, bias=bias)
+                padding=tuple(padding), dilation=tuple(dilation), groups=1, bias=bias,
+                metadata=conv_metadata(groups))
         else:
             node = nir.Conv1d(input_shape=int(in_shape[1]), weight=weight, stride=int(stride[0]),
-                              padding=int(padding[0]), dilation=int(dilation[0]), groups=1, bias=bias)
+                              padding=int(padding[0]), dilation=int(dilation[0]), groups=1, bias=bias,
+                              metadata=conv_metadata(groups))
         self._node(name, node, sources)
         self.values[op.name] = [_Term(name, None)]
 
     def _ConvOp(self, op: ConvOp) -> None:
         self._conv_node(op, _dense(op.weight, op.groups), op.bias.detach().numpy().astype(np.float64),
-                        op.stride, op.padding, op.dilation)
+                        op.stride, op.padding, op.dilation, op.groups)
 
     def _affine_node(self, op: Op, weight: np.ndarray, bias: np.ndarray) -> None:
         in_shape = self.shapes[op.inputs[0]]
@@ -243,7 +257,7 @@ class _Builder:
             kernel_dims = (1,) * (len(in_shape) - 1)
             weight = np.diag(a).reshape(a.size, a.size, *kernel_dims)
             ones = (1,) * (len(in_shape) - 1)
-            self._conv_node(op, weight, b, ones, (0,) * len(ones), ones)
+            self._conv_node(op, weight, b, ones, (0,) * len(ones), ones, groups=a.size)
 
     def _ActivationOp(self, op: ActivationOp) -> None:
         theta = self.thresholds[op.name]
@@ -252,16 +266,51 @@ class _Builder:
         self._node(name, make_if(theta, self.fraction * theta), sources)
         self.values[op.name] = [_Term(name, theta)]
 
-    def _AvgPoolOp(self, op: AvgPoolOp) -> None:
+    def _AvgPoolOp(self, op: AvgPoolOp | AdaptiveAvgPoolOp, kernel: tuple[int, int] | None = None,
+                   stride: tuple[int, int] | None = None, padding: tuple[int, int] | None = None) -> None:
         sources, kc = self._channel_factor(op)
         name = self._name(op)
-        self._node(name, nir.AvgPool2d(kernel_size=np.array(op.kernel), stride=np.array(op.stride),
-                                       padding=np.array(op.padding)), sources)
+        kernel = op.kernel if kernel is None else kernel  # type: ignore[union-attr]
+        stride = op.stride if stride is None else stride  # type: ignore[union-attr]
+        padding = op.padding if padding is None else padding  # type: ignore[union-attr]
+        self._node(name, nir.AvgPool2d(kernel_size=np.array(kernel), stride=np.array(stride),
+                                       padding=np.array(padding)), sources)
         out_shape = self.shapes[op.name]
         k = None if kc is None else np.broadcast_to(kc.reshape(-1, 1, 1), out_shape).copy()
         self.values[op.name] = [_Term(name, k)]
 
+    def _AdaptiveAvgPoolOp(self, op: AdaptiveAvgPoolOp) -> None:
+        """PyTorch's adaptive average pool, exactly (see :mod:`bridge.converter.adaptive_pool`)."""
+        in_shape = self.shapes[op.inputs[0]]
+        if len(in_shape) != 3:
+            raise BridgeError(f"adaptive average pool {op.name!r} ({op.source}) needs a (C, H, W) input, "
+                              f"got {in_shape}; pool 2-d feature maps only")
+        out_hw = tuple(int(v) for v in op.output_size)
+        pool = adaptive_pool_as_avgpool(in_shape[1:], out_hw)  # type: ignore[arg-type]
+        if pool is not None:
+            return self._AvgPoolOp(op, kernel=pool[0], stride=pool[1], padding=(0, 0))
+        consumers = self.graph.consumers(op.name)
+        if not consumers or not all(isinstance(c, FlattenOp) for c in consumers):
+            raise BridgeError(
+                f"adaptive average pool {op.name!r} ({op.source}) from {in_shape[1]}x{in_shape[2]} to "
+                f"{out_hw[0]}x{out_hw[1]} has windows of different sizes: NIR can state it only on "
+                "flattened features, so flatten its output next (torch.flatten(x, 1)) or use an input "
+                "size the output size divides")
+        sources, k = self._unify(self.values[op.inputs[0]])
+        weight = adaptive_pool_matrix(in_shape, out_hw)  # type: ignore[arg-type]
+        if k is not None:
+            weight = weight * k.reshape(1, -1)
+        flat = self._fresh(f"{op.name}_flatten")
+        self._node(flat, nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1), sources)
+        name = self._name(op)
+        self._node(name, nir.Affine(weight=weight, bias=np.zeros(weight.shape[0])), [flat])
+        self.values[op.name] = [_Term(name, None)]
+        self.flat.add(op.name)
+
     def _FlattenOp(self, op: FlattenOp) -> None:
+        if op.inputs[0] in self.flat:  # flat already: the flatten is the identity
+            self.values[op.name] = self.values[op.inputs[0]]
+            return
         sources, k = self._unify(self.values[op.inputs[0]])
         name = self._name(op)
         in_shape = self.shapes[op.inputs[0]]

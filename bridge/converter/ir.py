@@ -83,6 +83,14 @@ class AvgPoolOp(Op):
 
 
 @dataclass
+class AdaptiveAvgPoolOp(Op):
+    """``F.adaptive_avg_pool2d(x, output_size)`` on (N, C, H, W), PyTorch's (possibly overlapping)
+    windows; lowered to NIR by :mod:`bridge.converter.adaptive_pool`."""
+
+    output_size: tuple[int, int] = (1, 1)
+
+
+@dataclass
 class MaxPoolOp(Op):
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from bridge.converter.ir import (
     ActivationOp,
+    AdaptiveAvgPoolOp,
     AddOp,
     AvgPoolOp,
     BatchNormOp,
@@ -73,6 +74,8 @@ def run_op(op: Op, inputs: list[torch.Tensor]) -> torch.Tensor:
         return activation(op, x)  # type: ignore[arg-type]
     if isinstance(op, AvgPoolOp):
         return F.avg_pool2d(x, op.kernel, op.stride, op.padding)  # type: ignore[arg-type]
+    if isinstance(op, AdaptiveAvgPoolOp):
+        return F.adaptive_avg_pool2d(x, op.output_size)  # type: ignore[arg-type]
     if isinstance(op, MaxPoolOp):
         return F.max_pool2d(x, op.kernel, op.stride, op.padding)  # type: ignore[arg-type]
     if isinstance(op, FlattenOp):
@@ -167,6 +170,8 @@ def shapes(graph: LayerGraph) -> dict[str, tuple[int, ...]]:
             shape = x[:-1] + (op.weight.shape[0],)
         elif isinstance(op, (AvgPoolOp, MaxPoolOp)):
             shape = (x[0],) + tuple(_spatial(x[1 + i], op.kernel[i], op.stride[i], op.padding[i]) for i in range(2))
+        elif isinstance(op, AdaptiveAvgPoolOp):
+            shape = (x[0], *op.output_size)
         elif isinstance(op, FlattenOp):
             shape = (math.prod(x),)
         else:  # BatchNorm, activations, Add, Output keep the shape

@@ -22,6 +22,17 @@ input)::
 
     m(t) = v(t-1) + I(t);   s(t) = [m(t) >= theta];   v(t) = m(t) - theta * s(t);   v(0) = v_init
 
+Conv node metadata ``node.metadata["bridge"]`` (``Conv1d`` / ``Conv2d``; optional)::
+
+    {"groups": g}                   # the weight is the dense block-diagonal form of a g-grouped conv
+
+nir 1.0.8 cannot read a ``Conv2d`` with ``groups > 1`` (its type inference takes the input
+channels from ``weight.shape[1] = C_in / groups``), so bridge writes a grouped convolution
+with ``groups = 1`` and the dense weight ``W_dense[o, c] = W[o, c - g(o) C_in/g]`` for ``c`` in
+the group ``g(o) = o // (C_out/g)`` of ``o``, 0 elsewhere. Every reader gets the same map from
+the dense weight (at g times the cost); readers that know this key recover the grouped weight
+``(C_out, C_in/g, *k)`` with :func:`conv_weight` and run a grouped convolution.
+
 A graph without ``metadata["bridge"]`` is a plain NIR graph and is read with the NIR
 text semantics: hard reset to ``v_reset``, spike when ``v > v_threshold``, ``v(0) = 0``.
 """
@@ -49,6 +60,8 @@ TIMESTEPS = "timesteps"
 RESET = "reset"
 SPIKE_CONDITION = "spike_condition"
 V_INIT = "v_init"
+# Conv-node key
+GROUPS = "groups"
 
 Reset = Literal["subtract", "zero"]
 SpikeCondition = Literal["ge", "gt"]
@@ -177,3 +190,49 @@ def if_semantics(node: nir.IF, name: str = "?") -> IFSemantics:
                 f"{threshold.shape}; re-export the model"
             ) from None
     return IFSemantics(threshold, v_init, r, reset, v_reset, cond)  # type: ignore[arg-type]
+
+
+def conv_metadata(groups: int) -> dict[str, Any]:
+    """The conv-node extension metadata of a dense-encoded grouped convolution (empty for groups 1)."""
+    return {NAMESPACE: {GROUPS: int(groups)}} if groups > 1 else {}
+
+
+def _conv_groups(node: nir.Conv1d | nir.Conv2d, name: str) -> int:
+    meta = (node.metadata or {}).get(NAMESPACE)
+    if meta is None or not isinstance(meta, dict) or GROUPS not in meta:
+        return 1
+    value = np.asarray(meta[GROUPS])
+    if value.shape != () or value.dtype.kind not in "iu" or int(value) < 1:
+        raise BridgeError(f"conv node {name!r}: bridge metadata 'groups' is {meta[GROUPS]!r}, not a "
+                          "positive integer; re-export the model")
+    return int(value)
+
+
+def conv_weight(node: nir.Conv1d | nir.Conv2d, name: str = "?") -> tuple[np.ndarray, int]:
+    """The weight and group count a reader should run: ``(W, groups)`` with W ``(C_out, C_in/groups, *k)``.
+
+    A node with the bridge ``groups`` key holds the dense block-diagonal encoding (see the
+    module docstring); its grouped weight is recovered here, once, after checking that every
+    weight outside the diagonal blocks is exactly zero (else the file does not hold what the
+    key says, and BridgeError is raised). Other nodes are returned as they are.
+    """
+    weight = np.asarray(node.weight, dtype=np.float64)
+    groups = _conv_groups(node, name)
+    if groups == 1:
+        return weight, int(node.groups)
+    if int(node.groups) != 1:
+        raise BridgeError(f"conv node {name!r} has groups={int(node.groups)} and bridge metadata "
+                          f"groups={groups}: the metadata describes a dense (groups=1) encoding; "
+                          "re-export the model")
+    c_out, c_in = weight.shape[:2]
+    if c_out % groups or c_in % groups:
+        raise BridgeError(f"conv node {name!r}: bridge metadata groups={groups} does not divide its "
+                          f"{c_in} input and {c_out} output channels; re-export the model")
+    co, ci = c_out // groups, c_in // groups
+    blocks = weight.reshape(groups, co, groups, ci, *weight.shape[2:])
+    diagonal = blocks[np.arange(groups), :, np.arange(groups)]  # (groups, co, ci, *k)
+    if np.count_nonzero(weight) != np.count_nonzero(diagonal):
+        raise BridgeError(f"conv node {name!r}: bridge metadata says groups={groups}, but its weight "
+                          "has non-zero entries outside the block diagonal; the file is damaged or "
+                          "was edited: remove the 'groups' key or re-export the model")
+    return np.ascontiguousarray(diagonal.reshape(c_out, ci, *weight.shape[2:])), groups

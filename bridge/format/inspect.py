@@ -17,7 +17,7 @@ from typing import Any
 import nir
 import numpy as np
 
-from bridge.format.extension import graph_semantics, if_semantics
+from bridge.format.extension import conv_weight, graph_semantics, if_semantics
 
 # array fields that hold a layer's parameters (weights, biases, scales)
 _PARAM_FIELDS = ("weight", "bias", "scale")
@@ -69,7 +69,8 @@ def inspect_graph(graph: nir.NIRGraph) -> dict[str, Any]:
     Returns ``{"semantics": {...}, "nodes": [...], "totals": {...}}``. Each node entry has
     ``name``, ``type``, ``input_shape``, ``output_shape``, ``params`` and, for IF nodes,
     ``neurons``, ``threshold_min/max``, ``v_init_min/max`` (fractions of theta), ``reset``
-    and ``spike_condition``.
+    and ``spike_condition``; a dense-encoded grouped conv (bridge conv metadata) has ``groups``
+    and ``grouped_params`` (the parameters of the grouped form bridge runs).
     """
     sem = graph_semantics(graph)
     nodes: list[dict[str, Any]] = []
@@ -85,6 +86,11 @@ def inspect_graph(graph: nir.NIRGraph) -> dict[str, Any]:
             "output_shape": _shape(getattr(node, "output_type", None), "output"),
             "params": _params(node),
         }
+        if isinstance(node, (nir.Conv1d, nir.Conv2d)):
+            weight, groups = conv_weight(node, name)
+            if groups > 1 and int(node.groups) == 1:
+                entry.update(groups=groups, grouped_params=entry["params"] - int(np.asarray(node.weight).size)
+                             + int(weight.size))
         if isinstance(node, nir.IF):
             rule = if_semantics(node, name)
             theta = rule.threshold
@@ -146,7 +152,8 @@ def render(info: dict[str, Any], title: str = "") -> Any:
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for n in info["nodes"]:
         shapes = f"{_fmt_shape(n['input_shape'])} -> {_fmt_shape(n['output_shape'])}"
-        table.add_row(n["name"], n["type"], shapes,
+        kind = f"{n['type']} (groups={n['groups']})" if "groups" in n else n["type"]
+        table.add_row(n["name"], kind, shapes,
                       _fmt_range(n.get("threshold_min"), n.get("threshold_max")),
                       _fmt_range(n.get("v_init_min"), n.get("v_init_max")),
                       f"{n['params']:,}" if n["params"] else "")
