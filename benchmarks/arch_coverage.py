@@ -12,7 +12,7 @@ view must reproduce the ANN exactly; options are tried in order: none, then
 ``maxpool="avg"`` (max pools become average pools: the ANN is then the model with that
 change, and the view is compared with it). Where both paths convert, their NIR graphs are
 compared (node types, and the ANN view on the same inputs). The table goes to stdout and,
-with ``--write``, into docs/architectures.md between the coverage markers.
+with ``--write``, into docs/model-families.md between the coverage markers.
 
     python benchmarks/arch_coverage.py --write
 """
@@ -149,7 +149,7 @@ def table(rows: list[tuple[str, ...]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="replace the table in docs/architectures.md")
+    parser.add_argument("--write", action="store_true", help="replace the table in docs/model-families.md")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -160,7 +160,7 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.write:
-        doc = ROOT / "docs" / "architectures.md"
+        doc = ROOT / "docs" / "model-families.md"
         body = doc.read_text()
         if BEGIN not in body or END not in body:
             raise SystemExit(f"{doc} has no {BEGIN} ... {END} section to replace")

@@ -4,7 +4,7 @@ What converts today must keep converting with an exact ANN view (thresholds = th
 max on the very inputs compared, so the view must equal the ANN to rounding); what does not
 must be refused with a BridgeError (never another exception), so that the families a later
 converter rule adds (concatenation, slicing, shuffle) turn these cases green without edits.
-The full table, both front-ends: benchmarks/arch_coverage.py -> docs/architectures.md.
+The full table, both front-ends: benchmarks/arch_coverage.py -> docs/model-families.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Not copied code: each class follows the layer table of its paper (and, for the ImageNet
 definitions, the layout torchvision made standard: ``features`` / ``avgpool`` /
 ``classifier``, ``AdaptiveAvgPool2d`` before the classifier). torchvision cannot be imported
-beside the CPU torch here (docs/architectures.md), and tests need tiny widths anyway:
+beside the CPU torch here (docs/model-families.md), and tests need tiny widths anyway:
 every builder takes ``width`` (channels are divided by it, at least 1 ... 4 kept) and an
 input size, and returns ``(model, input_shape)`` in eval mode with deterministic weights
 and BatchNorm statistics (:func:`tests.zoo._randomize`).
