@@ -300,33 +300,40 @@ def residual() -> tuple[nir.NIRGraph, np.ndarray]:
 
 
 def integrator_threshold() -> tuple[nir.NIRGraph, np.ndarray]:
-    """NIR I (v += r I, output v) -> Threshold ([x > theta]) -> Affine: reference-only primitives."""
+    """NIR I (v += r I, output v) -> Threshold ([x > theta]) -> Affine: reference-only primitives.
+
+    Row 0 brings v exactly onto the Threshold's theta (at t = 2, 4, 2, 2), where ``>`` does not fire.
+    """
     rng = np.random.default_rng(12)
     g = _chain([
         ("input", nir.Input(input_type=np.array([4]))),
-        ("fc", _affine(rng, 4, 4)),
+        ("fc", nir.Affine(weight=np.eye(4), bias=np.zeros(4))),
         ("integrator", nir.I(r=np.array([1.0, 0.5, 2.0, 1.0]))),
         ("threshold", nir.Threshold(threshold=np.array([1.0, 2.0, 1.5, 0.5]))),
         *_readout(rng, 4),
     ])
-    return g, _grid(rng, (2, 4), 0, 8)
+    return g, np.concatenate([[[0.5, 1.0, 0.375, 0.25]], _grid(rng, (1, 4), -2, 8)])
 
 
 def leaky() -> tuple[nir.NIRGraph, np.ndarray]:
-    """LIF (hard reset, m > theta) -> Affine -> LI, forward Euler with dt = 1/4 (tau = 1, 1/2)."""
+    """LIF (hard reset, m > theta) -> Affine -> LI, forward Euler with dt = 1/4 (tau = 1, 1/2).
+
+    Row 0 puts the first LIF neuron exactly on its threshold at t = 1 (0.25 * 2 * 1 = 0.5),
+    where ``>`` does not fire.
+    """
     rng = np.random.default_rng(13)
     lif = nir.LIF(tau=np.ones(4), r=np.full(4, 2.0), v_leak=np.array([0.0, 0.25, 0.0, -0.25]),
                   v_threshold=np.array([0.5, 1.0, 0.75, 0.25]), v_reset=np.zeros(4))
     li = nir.LI(tau=np.full(3, 0.5), r=np.ones(3), v_leak=np.zeros(3))
     g = _chain([
         ("input", nir.Input(input_type=np.array([4]))),
-        ("fc", _affine(rng, 4, 4)),
+        ("fc", nir.Affine(weight=np.eye(4), bias=np.zeros(4))),
         ("lif", lif),
         ("fc_out", _affine(rng, 3, 4)),
         ("li", li),
         ("output", nir.Output(output_type=np.array([3]))),
     ])
-    return g, _grid(rng, (2, 4), 0, 8)
+    return g, np.concatenate([[[1.0, 0.5, 0.75, 1.0]], _grid(rng, (1, 4), 0, 8)])
 
 
 CASES: list[CaseSpec] = [
