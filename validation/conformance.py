@@ -32,7 +32,7 @@ import torch
 
 from bridge.format.errors import BridgeError
 from validation import cases as case_files
-from validation.backends import get_backend, missing_requirement, names
+from validation.backends import BACKENDS, get_backend, missing_requirement, names
 from validation.backends.base import Backend, SimulationResult
 
 # what the exporters' models cannot reproduce, and the reason (they refuse it when built)
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for c, entry in case_files.manifest().items():
                 print(f"{c:28s} T={entry['steps']:<3d} tags={','.join(entry['tags']) or '-'}  {entry['description']}")
             return 0
-        problem = missing_requirement(args.backend) if args.backend in names() else None
+        problem = missing_requirement(args.backend) if args.backend in BACKENDS else None
         if problem:
             raise BridgeError(problem)
         if args.case:

@@ -101,8 +101,6 @@ def names() -> list[str]:
 
 def missing_requirement(name: str) -> str | None:
     """The fix for a backend whose framework is not importable, or None when it is."""
-    if name in REGISTERED:
-        return None
     module_name, package = BACKENDS[name]
     if package is not None and importlib.util.find_spec(package) is None:
         return f"backend {name!r} needs {package}, which is not installed; {INSTALL_HINT[package]}"
