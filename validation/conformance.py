@@ -82,7 +82,7 @@ def _first_difference(what: str, got: np.ndarray, want: np.ndarray) -> str | Non
         return None
     t, b, *idx = (int(i) for i in np.argwhere(diff)[0])
     return (f"{what} differs at t={t + 1} sample {b} [{','.join(map(str, idx))}]: "
-            f"got {got[(t, b, *idx)]!r}, expected {want[(t, b, *idx)]!r} ({int(diff.sum())} values differ)")
+            f"got {float(got[(t, b, *idx)])!r}, expected {float(want[(t, b, *idx)])!r} ({int(diff.sum())} values differ)")
 
 
 def compare_with_expected(result: SimulationResult, case: case_files.Case, *,
