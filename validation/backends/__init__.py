@@ -3,6 +3,8 @@
 Backends are imported lazily (a missing framework breaks only the backends that need it),
 and adding a backend is one module plus one line in :data:`BACKENDS`. A module may hold
 several backends; the registry picks the :class:`Backend` subclass whose ``name`` matches.
+Code outside bridge (a third party's importer) adds its backend at run time with
+:func:`register`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+from collections.abc import Callable, Mapping
+
+import nir
+import torch
 
 from bridge.format.errors import BridgeError
-from validation.backends.base import Backend
+from validation.backends.base import Backend, SimulationResult
 
 # name -> (module, the pip requirement that provides its framework, or None)
 BACKENDS: dict[str, tuple[str, str | None]] = {
@@ -36,10 +42,61 @@ INSTALL_HINT: dict[str, str] = {
 
 IMPORTERS = ("norse-nir", "spikingjelly-nir", "snntorch-nir", "sinabs-nir")
 
+# backends added at run time by register(): name -> Backend subclass
+REGISTERED: dict[str, type[Backend]] = {}
+
+
+def register(name: str, factory: type[Backend] | Callable[..., Backend], *, faithful: bool = True,
+             description: str = "", unsupported: Mapping[str, str] | None = None) -> type[Backend]:
+    """Make ``factory`` the backend ``name`` for :func:`validation.validate` and the conformance runner.
+
+    ``factory`` is a :class:`Backend` subclass, or any callable
+    ``factory(graph, *, dtype, device) -> Backend`` (e.g. a function that runs your own
+    importer). ``unsupported`` maps case tags to the reason the backend refuses such graphs
+    (see :mod:`validation.conformance`). Returns the registered class; a name already taken is
+    a BridgeError.
+    """
+    if name in BACKENDS or name in REGISTERED:
+        raise BridgeError(f"a backend named {name!r} is already registered; choose another name")
+    if isinstance(factory, type) and issubclass(factory, Backend):
+        cls = type(factory.__name__, (factory,), {"name": name})
+        if description:
+            cls.description = description
+    elif callable(factory):
+        cls = _delegating_backend(factory)
+        cls.name, cls.faithful, cls.description = name, faithful, description
+    else:
+        raise BridgeError(f"register({name!r}, ...) needs a Backend subclass or a callable, "
+                          f"got {type(factory).__name__}")
+    if unsupported is not None:
+        cls.unsupported_tags = dict(unsupported)  # type: ignore[attr-defined]
+    REGISTERED[name] = cls
+    return cls
+
+
+def unregister(name: str) -> None:
+    """Remove a backend added by :func:`register` (a no-op for unknown names)."""
+    REGISTERED.pop(name, None)
+
+
+def _delegating_backend(factory: Callable[..., Backend]) -> type[Backend]:
+    """A Backend class whose instances build ``factory(graph, ...)`` and run it."""
+
+    class Registered(Backend):
+        def __init__(self, graph: nir.NIRGraph, *, dtype: torch.dtype = torch.float64,
+                     device: str | torch.device = "cpu", **kwargs: object) -> None:
+            super().__init__(graph, dtype=dtype, device=device)
+            self.inner = factory(graph, dtype=dtype, device=device, **kwargs)
+
+        def run(self, x: torch.Tensor, steps: int, *, trace: bool = False) -> SimulationResult:
+            return self.inner.run(x, steps, trace=trace)
+
+    return Registered
+
 
 def names() -> list[str]:
     """Every registered backend name."""
-    return list(BACKENDS)
+    return [*BACKENDS, *REGISTERED]
 
 
 def missing_requirement(name: str) -> str | None:
@@ -54,9 +111,11 @@ def missing_requirement(name: str) -> str | None:
 
 def get_backend(name: str) -> type[Backend]:
     """The Backend class registered as ``name`` (BridgeError naming the fix if unusable)."""
+    if name in REGISTERED:
+        return REGISTERED[name]
     if name not in BACKENDS:
         raise BridgeError(
-            f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}"
+            f"unknown backend {name!r}; choose from {', '.join(names())}"
         )
     problem = missing_requirement(name)
     if problem:
