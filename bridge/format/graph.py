@@ -216,15 +216,17 @@ def scale_input_channels(weight: np.ndarray, factors: np.ndarray, groups: int = 
     return (grouped * factors.reshape(groups, 1, per_group, *kernel)).reshape(weight.shape)
 
 
-def scale_output_channels(node: nir.NIRNode, factors: np.ndarray) -> nir.NIRNode:
+def scale_output_channels(node: nir.NIRNode, factors: np.ndarray, *, divide: bool = False) -> nir.NIRNode:
     """A copy of weighted ``node`` whose output row/channel ``o`` (weight and bias) is multiplied
-    by ``factors[o]`` (a scalar multiplies all)."""
+    by ``factors[o]`` (a scalar multiplies all); ``divide=True`` divides by them instead (in
+    floating point ``w / k`` and ``w * (1 / k)`` differ unless ``k`` is a power of two)."""
     node = copy.deepcopy(node)
     weight = np.asarray(node.weight)
     factors = np.asarray(factors)
-    node.weight = weight * factors.reshape((-1,) + (1,) * (weight.ndim - 1))
+    op = np.divide if divide else np.multiply
+    node.weight = op(weight, factors.reshape((-1,) + (1,) * (weight.ndim - 1)))
     if getattr(node, "bias", None) is not None:
-        node.bias = np.asarray(node.bias) * factors
+        node.bias = op(np.asarray(node.bias), factors)
     return node
 
 
@@ -250,8 +252,9 @@ def channel_consumers(graph: nir.NIRGraph, name: str) -> list[tuple[str, int]]:
                 per = int(np.prod(shape[1:])) if shape.size > 1 else 1
             stack.extend((d, per) for d in succs[n])
         else:
-            why = "also sums other inputs" if len(preds[n]) != 1 else "cannot absorb a factor"
-            raise BridgeError(f"the output of {name!r} reaches {n!r} ({type(node).__name__}), which {why}")
+            why = ", which also sums other inputs," if len(preds[n]) != 1 else ", which"
+            raise BridgeError(f"the output of {name!r} reaches {n!r} ({type(node).__name__}){why} "
+                              "cannot carry the factor")
     return found
 
 
