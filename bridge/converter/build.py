@@ -16,7 +16,8 @@ for is ``theta * s``. While building, every layer value is a sum of terms
 node, ``1`` elsewhere). A consumer makes ``k`` disappear:
 
 * conv (per input channel ``c``, ``k`` constant in the channel):
-  :math:`\mathrm{conv}_W(k \odot x) = \mathrm{conv}_{W'}(x)`, :math:`W'_{o,c} = W_{o,c}\,k_c`.
+  :math:`\mathrm{conv}_W(k \odot x) = \mathrm{conv}_{W'}(x)`, :math:`W'_{o,c} = W_{o,c}\,k_c`
+  (:func:`bridge.format.graph.scale_input_channels`, as every pass that moves a factor).
   Grouped convolutions are written with ``groups = 1`` and a block-diagonal weight
   (:math:`W'_{o,c} = 0` outside the group of ``o``) because nir 1.0.8's type check gives a grouped
   ``Conv2d`` the input type ``(C_in / groups, H, W)``; the map is the same.
@@ -48,6 +49,7 @@ import torch
 
 from bridge.format.errors import BridgeError
 from bridge.format.extension import graph_metadata, make_if
+from bridge.format.graph import per_channel, scale_input_channels
 from bridge.converter.ir_eval import shapes as op_shapes
 from bridge.converter.ir import (
     ActivationOp,
@@ -108,12 +110,6 @@ def _dense(weight: torch.Tensor, groups: int) -> np.ndarray:
     for g in range(groups):
         dense[g * co:(g + 1) * co, g * cin_g:(g + 1) * cin_g] = w[g * co:(g + 1) * co]
     return dense
-
-
-def _per_channel(k: np.ndarray) -> np.ndarray | None:
-    """``k`` as one value per channel (dim 0) if it is constant inside every channel."""
-    flat = k.reshape(k.shape[0], -1)
-    return flat[:, 0].copy() if (flat == flat[:, :1]).all() else None
 
 
 class _Builder:
@@ -177,7 +173,7 @@ class _Builder:
         sources, k = self._unify(terms)
         if k is None:
             return sources, None
-        kc = _per_channel(k)
+        kc = per_channel(k)
         if kc is None:  # k varies inside a channel: no weight can absorb it
             return self._materialize([_Term(s, k) for s in sources]), None
         return sources, kc
@@ -200,7 +196,7 @@ class _Builder:
         in_shape = self.shapes[op.inputs[0]]
         sources, kc = self._channel_factor(op)
         if kc is not None:
-            weight = weight * kc.reshape((1, -1) + (1,) * (weight.ndim - 2))
+            weight = scale_input_channels(weight, kc)
         name = self._name(op)
         if weight.ndim == 4:
             node: nir.NIRNode = nir.Conv2d(
@@ -223,7 +219,7 @@ class _Builder:
                               "tensor; flatten its input first (torch.flatten(x, 1))")
         sources, k = self._unify(self.values[op.inputs[0]])
         if k is not None:
-            weight = weight * k.reshape(1, -1)
+            weight = scale_input_channels(weight, k)
         name = self._name(op)
         self._node(name, nir.Affine(weight=weight, bias=bias), sources)
         self.values[op.name] = [_Term(name, None)]
