@@ -60,9 +60,9 @@ from bridge.converter.ir import (
     FlattenOp,
     InputOp,
     LayerGraph,
+    LayerOp,
     LinearOp,
     MaxPoolOp,
-    Op,
     OutputOp,
 )
 
@@ -126,7 +126,7 @@ class _Builder:
         self.reserved = {"input", "output"} | set(graph.ops)
 
     # -- naming and terms ------------------------------------------------------------------
-    def _name(self, op: Op) -> str:
+    def _name(self, op: LayerOp) -> str:
         if isinstance(op, InputOp):
             return "input"
         if isinstance(op, OutputOp):
@@ -167,7 +167,7 @@ class _Builder:
             return [t.node for t in terms], first
         return self._materialize(terms), None
 
-    def _channel_factor(self, op: Op) -> tuple[list[str], np.ndarray | None]:
+    def _channel_factor(self, op: LayerOp) -> tuple[list[str], np.ndarray | None]:
         """Sources and a per-input-channel factor to absorb (None: nothing to absorb)."""
         terms = self.values[op.inputs[0]]
         sources, k = self._unify(terms)
@@ -192,7 +192,7 @@ class _Builder:
         self.nodes["input"] = nir.Input(input_type=np.array(op.shape))
         self.values[op.name] = [_Term("input", None)]
 
-    def _conv_node(self, op: Op, weight: np.ndarray, bias: np.ndarray, stride, padding, dilation) -> None:
+    def _conv_node(self, op: LayerOp, weight: np.ndarray, bias: np.ndarray, stride, padding, dilation) -> None:
         in_shape = self.shapes[op.inputs[0]]
         sources, kc = self._channel_factor(op)
         if kc is not None:
@@ -212,7 +212,7 @@ class _Builder:
         self._conv_node(op, _dense(op.weight, op.groups), op.bias.detach().numpy().astype(np.float64),
                         op.stride, op.padding, op.dilation)
 
-    def _affine_node(self, op: Op, weight: np.ndarray, bias: np.ndarray) -> None:
+    def _affine_node(self, op: LayerOp, weight: np.ndarray, bias: np.ndarray) -> None:
         in_shape = self.shapes[op.inputs[0]]
         if len(in_shape) != 1:
             raise BridgeError(f"linear layer {op.name!r} ({op.source}) is applied to a {len(in_shape) + 1}-d "
