@@ -158,16 +158,8 @@ def _one_line_warnings() -> Iterator[None]:
 
 
 def _write_artifact(graph: Any, target: str, out: Path, force: bool) -> Path:
-    try:
-        from exporters import write_artifact
-    except ImportError:
-        try:  # an editable install made before exporters/__init__.py existed sees a namespace
-            from exporters.artifact import write_artifact
-        except ImportError as exc:
-            raise BridgeError(
-                f"--to {target} needs the exporters package, which this installation lacks "
-                f"({exc}); reinstall bridge with its exporters (pip install -e .)"
-            ) from None
+    from exporters import write_artifact
+
     return write_artifact(graph, target, out, force=force)
 
 

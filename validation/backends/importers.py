@@ -167,7 +167,6 @@ class NorseNIR(_NirtorchImporter):
 
     name = "norse-nir"
     description = "norse.torch.from_nir (IAFCell: hard reset, v > theta, v(0)=0)"
-    requires = ("norse",)
     # node types norse 1.1.0's _import_norse_module maps; any other node would be dropped
     _MAPPED = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Conv2d, nir.Flatten,
                nir.IF, nir.LIF, nir.CubaLIF, nir.SumPool2d)
@@ -193,7 +192,6 @@ class SpikingJellyNIR(_NirtorchImporter):
 
     name = "spikingjelly-nir"
     description = "spikingjelly nir_exchange.import_from_nir (IFNode: hard reset, v >= theta, v(0)=0)"
-    requires = ("spikingjelly",)
 
     def _import(self) -> torch.nn.Module:
         from spikingjelly.activation_based.nir_exchange import import_from_nir
@@ -208,7 +206,6 @@ class SnnTorchNIR(_NirtorchImporter):
 
     name = "snntorch-nir"
     description = "snntorch import_from_nir (Leaky beta=0.9, subtract reset, v > theta)"
-    requires = ("snntorch",)
 
     def _import(self) -> torch.nn.Module:
         from snntorch.import_nir import import_from_nir
@@ -240,7 +237,6 @@ class SinabsNIR(_NirtorchImporter):
 
     name = "sinabs-nir"
     description = "sinabs.from_nir (IAF: subtract reset, v >= theta, several spikes per step, v >= -theta, v(0)=0)"
-    requires = ("sinabs",)
     # node types sinabs 3.1.3's _import_sinabs_module maps; any other becomes None in nirtorch
     _MAPPED = (nir.Input, nir.Output, nir.Affine, nir.Conv1d, nir.Conv2d, nir.Flatten,
                nir.IF, nir.LI, nir.LIF, nir.SumPool2d)
