@@ -41,6 +41,16 @@ class Plan:
         return node_input_shape(self.nodes[self.input_name])
 
 
+def _input_output(graph: nir.NIRGraph, subject: str) -> tuple[str, str]:
+    """The names of the single Input and Output node of ``graph`` (BridgeError otherwise)."""
+    ins = [n for n, v in graph.nodes.items() if isinstance(v, nir.Input)]
+    outs = [n for n, v in graph.nodes.items() if isinstance(v, nir.Output)]
+    if len(ins) != 1 or len(outs) != 1:
+        raise BridgeError(f"{subject} {len(ins)} Input and {len(outs)} Output nodes; the reference "
+                          "simulator runs graphs and subgraphs with exactly one of each")
+    return ins[0], outs[0]
+
+
 def _inline(graph: nir.NIRGraph, prefix: str = "") -> tuple[dict[str, nir.NIRNode], list[tuple[str, str]]]:
     """Nodes and edges with every NIRGraph node replaced by its (renamed) contents."""
     nodes: dict[str, nir.NIRNode] = {}
@@ -51,14 +61,8 @@ def _inline(graph: nir.NIRGraph, prefix: str = "") -> tuple[dict[str, nir.NIRNod
         full = prefix + name
         if isinstance(node, nir.NIRGraph):
             inner_nodes, inner_edges = _inline(node, full + ".")
-            ins = [n for n, v in node.nodes.items() if isinstance(v, nir.Input)]
-            outs = [n for n, v in node.nodes.items() if isinstance(v, nir.Output)]
-            if len(ins) != 1 or len(outs) != 1:
-                raise BridgeError(
-                    f"subgraph {full!r} has {len(ins)} Input and {len(outs)} Output nodes; the "
-                    "reference runs subgraphs with exactly one of each"
-                )
-            entry[name], exit_[name] = f"{full}.{ins[0]}", f"{full}.{outs[0]}"
+            inner_in, inner_out = _input_output(node, f"subgraph {full!r} has")
+            entry[name], exit_[name] = f"{full}.{inner_in}", f"{full}.{inner_out}"
             nodes.update(inner_nodes)
             edges.extend(inner_edges)
         else:
@@ -74,27 +78,21 @@ def plan_graph(graph: nir.NIRGraph) -> Plan:
     nodes, edges = _inline(graph)
     _, succ = neighbours(nodes, edges)
     # the graph's own Input/Output (a subgraph's inner ones are plain pass-through nodes)
-    ins = [n for n, v in graph.nodes.items() if isinstance(v, nir.Input)]
-    outs = [n for n, v in graph.nodes.items() if isinstance(v, nir.Output)]
-    if len(ins) != 1 or len(outs) != 1:
-        raise BridgeError(
-            f"the graph has {len(ins)} Input and {len(outs)} Output nodes; the reference "
-            "simulator runs graphs with exactly one of each"
-        )
+    input_name, output_name = _input_output(graph, "the graph has")
     # a depth-first search from the Input: an edge to a node still on the stack closes a cycle
-    feedback_set, reached = feedback_edges(succ, [ins[0]])
+    feedback_set, reached = feedback_edges(succ, [input_name])
     unreachable = [n for n in nodes if n not in reached]
     if unreachable:
         raise BridgeError(
-            f"nodes {unreachable} cannot be reached from the Input node {ins[0]!r}; connect "
+            f"nodes {unreachable} cannot be reached from the Input node {input_name!r}; connect "
             "them or remove them from the graph"
         )
-    if outs[0] not in reached:
-        raise BridgeError(f"the Output node {outs[0]!r} is not reachable from the Input node")
+    if output_name not in reached:
+        raise BridgeError(f"the Output node {output_name!r} is not reachable from the Input node")
 
     inputs: dict[str, list[str]] = {n: [] for n in nodes}
     feedback: dict[str, list[str]] = {n: [] for n in nodes}
     for src, dst in edges:
         (feedback if (src, dst) in feedback_set else inputs)[dst].append(src)
     order = topological_order(nodes, edges, skip=feedback_set)
-    return Plan(nodes, order, ins[0], outs[0], inputs, feedback)
+    return Plan(nodes, order, input_name, output_name, inputs, feedback)
