@@ -28,18 +28,23 @@ otherwise up to rounding at exact ties :math:`m = \theta`). The value a spike st
 :math:`\theta s`, is carried by the *consumers*: the converter wrote :math:`\theta` into
 their weights (unit spikes, ``docs/nir-extension.md``). Hence two moves:
 
-* *absorb in the producers* (:func:`scale_output_channels`): divide the incoming weights
-  and biases of neuron ``i`` (output row or channel ``i`` of its weighted producers) by
-  :math:`a_i` together with :math:`\theta_i` and :math:`v_{init,i}`: the same spikes,
-  the same network. With :math:`a = \theta` every threshold becomes 1
+* *move a factor into the producers* (:func:`scale_output_channels`): divide the incoming
+  weights and biases of neuron ``i`` (output row or channel ``i`` of its weighted
+  producers) by :math:`a_i` together with :math:`\theta_i` and :math:`v_{init,i}`: the
+  same spikes, each still standing for the old :math:`\theta_i` that the consumers hold,
+  so the same network. With :math:`a = \theta` every threshold becomes 1
   (:func:`bridge.passes.profiles.unit_thresholds`).
-* *absorb in the consumers* (:func:`rescale_threshold`): with threshold
-  :math:`a_c \theta_c` a spike of channel ``c`` stands for :math:`a_c \theta_c`, so every
-  consumer multiplies its weights for input channel ``c`` by :math:`a_c`
-  (:func:`scale_consumer`) and receives exactly the values it received before for the same
-  spikes. The spikes themselves are those of a neuron with a new threshold (what
-  :mod:`bridge.passes.optimize` fits); together with the producers' move by the same
-  ``a`` they are unchanged (:func:`bridge.passes.profiles.rate_headroom`).
+* *rescale the threshold, absorb the factor in the consumers* (:func:`rescale_threshold`):
+  with threshold :math:`a_c \theta_c` (and the same input) the layer is a different
+  quantiser, :math:`\mathrm{clip}(z, 0, a_c\theta_c)` in the ANN view, and a spike of
+  channel ``c`` now stands for :math:`a_c \theta_c`; every consumer multiplies its weights
+  for input channel ``c`` by :math:`a_c` (:func:`scale_consumer`), so it receives
+  :math:`a_c \theta_c` per spike, the value the spike stands for. This is what
+  :mod:`bridge.passes.optimize` writes for a fitted ``a``;
+  :func:`bridge.passes.profiles.rate_headroom` is the first move with :math:`a = k`
+  (producers, :math:`\theta` and :math:`v_{init}` divided by ``k``) followed by this one with
+  ``k`` (:math:`\theta` back to its value, consumers times ``k``): the input is divided by
+  ``k`` and a spike is worth :math:`k\theta`.
 
 A per-channel factor reaches the consumers through nodes that act on each channel alone
 and linearly (:data:`PASS_THROUGH_NODES`): average and sum pooling mix positions of one
@@ -69,8 +74,6 @@ Edge = tuple[str, str]
 
 # --- node kinds ---------------------------------------------------------------------------
 
-#: nodes with a membrane state that emit their output step by step
-NEURON_NODES: tuple[type, ...] = (nir.IF, nir.LIF, nir.LI, nir.I, nir.CubaLIF, nir.CubaLI)
 #: nodes with a weight matrix or kernel: output row/channel ``o`` and input column/channel
 #: ``c`` can each absorb a factor
 WEIGHTED_NODES: tuple[type, ...] = (nir.Affine, nir.Linear, nir.Conv1d, nir.Conv2d)
