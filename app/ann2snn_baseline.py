@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bridge.reference.result import running_readout
+
 
 @dataclass(frozen=True)
 class SJSetting:
@@ -76,7 +78,7 @@ def run(snn: nn.Module, x: torch.Tensor, steps: int, batch_size: int = 512) -> t
     """Run the SpikingJelly SNN for ``steps`` single steps with the analog image as input.
 
     Returns the running mean of the output, ``[steps, B, classes]`` (accuracy at every
-    T <= steps from one run), the same readout bridge uses.
+    T <= steps from one run): bridge's readout (:func:`bridge.reference.result.running_readout`).
     """
     from spikingjelly.activation_based import functional
 
@@ -85,13 +87,7 @@ def run(snn: nn.Module, x: torch.Tensor, steps: int, batch_size: int = 512) -> t
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
         functional.reset_net(snn)
-        total = None
-        outs = []
-        for t in range(steps):
-            out = snn(xb)
-            total = out if total is None else total + out
-            outs.append(total / (t + 1))
-        chunks.append(torch.stack(outs))
+        chunks.append(running_readout(torch.stack([snn(xb) for _ in range(steps)])))
         functional.reset_net(snn)
     return torch.cat(chunks, dim=1)
 

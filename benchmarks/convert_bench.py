@@ -29,12 +29,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # recipes/ (the model definitions)
 
 TIME_TARGET_S = 5.0
 MEMORY_TARGET_MB = 1536.0
 CALIBRATION_IMAGES = 256
 INPUT_SHAPE = (3, 32, 32)
-VGG16_CFG = [64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A"]
 
 
 def _rss_mb() -> float:
@@ -47,16 +49,9 @@ def vgg16():  # noqa: ANN201 - built inside the worker after the imports
     from torch import nn
 
     from bridge.model.activations import ClippedReLU
+    from recipes.models import vgg16_features
 
-    layers: list[nn.Module] = []
-    cin = 3
-    for v in VGG16_CFG:
-        if v == "A":
-            layers.append(nn.AvgPool2d(2))
-        else:
-            layers += [nn.Conv2d(cin, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)),
-                       ClippedReLU(4.0)]
-            cin = int(v)
+    layers, _ = vgg16_features(4.0)
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512, 512), ClippedReLU(4.0),
                          nn.Dropout(0.5), nn.Linear(512, 10))
 

@@ -38,20 +38,13 @@ from bridge.model.activations import ClippedReLU  # noqa: E402
 from bridge.format.extension import graph_metadata, make_if  # noqa: E402
 from bridge.format.neurons import if_step  # noqa: E402
 from bridge.reference import ReferenceSimulator  # noqa: E402
+from recipes.models import vgg16_features  # noqa: E402
 
-CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
 def vgg16(num_classes: int = 10) -> nn.Sequential:
     """VGG-16 for 32x32 inputs as converted by Bu et al.: ClippedReLU, average pooling."""
-    layers: list[nn.Module] = []
-    cin = 3
-    for v in CFG:
-        if v == "M":
-            layers.append(nn.AvgPool2d(2))
-        else:
-            layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), ClippedReLU()]
-            cin = int(v)
+    layers, _ = vgg16_features(bias=True)
     layers += [nn.Flatten(), nn.Linear(512, 4096), ClippedReLU(), nn.Linear(4096, 4096),
                ClippedReLU(), nn.Linear(4096, num_classes)]
     return nn.Sequential(*layers)

@@ -27,6 +27,7 @@ import torch
 
 from bridge.format.errors import BridgeError
 from bridge.format.extension import conv_weight, graph_semantics, if_semantics
+from bridge.format.graph import neighbours, node_input_shape, topological_order
 
 SPEC_FORMAT = "bridge-export-spec/1"
 
@@ -48,40 +49,6 @@ def _ints(value: Any) -> int | list[int] | str:
 
 def _tensor(value: Any) -> torch.Tensor:
     return torch.from_numpy(np.array(value, dtype=np.float64))  # a writable copy
-
-
-def _topological_order(graph: nir.NIRGraph) -> tuple[list[str], dict[str, list[str]]]:
-    """Node names in an order where every node follows its inputs; refuse cycles."""
-    preds: dict[str, list[str]] = {name: [] for name in graph.nodes}
-    for src, dst in graph.edges:
-        if src not in graph.nodes or dst not in graph.nodes:
-            raise BridgeError(
-                f"edge {src!r} -> {dst!r} names a node that is not in the graph; "
-                "the NIR file is damaged, re-export it"
-            )
-        preds[dst].append(src)
-    order: list[str] = []
-    done: set[str] = set()
-    visiting: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        if name in visiting:
-            raise BridgeError(
-                f"node {name!r} is on a cycle (a recurrent/feedback edge); the exporters "
-                "build feed-forward graphs only: remove the recurrent connection"
-            )
-        visiting.add(name)
-        for p in preds[name]:
-            visit(p)
-        visiting.discard(name)
-        done.add(name)
-        order.append(name)
-
-    for name in graph.nodes:
-        visit(name)
-    return order, preds
 
 
 def _if_node(name: str, node: nir.IF, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -109,7 +76,7 @@ def _if_node(name: str, node: nir.IF, tensors: dict[str, torch.Tensor]) -> dict[
 
 def _node_spec(name: str, node: nir.NIRNode, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     if isinstance(node, nir.Input):
-        return {"op": "input", "shape": [int(d) for d in np.asarray(node.input_type["input"])]}
+        return {"op": "input", "shape": list(node_input_shape(node))}
     if isinstance(node, nir.Output):
         return {"op": "output"}
     if isinstance(node, nir.IF):
@@ -163,7 +130,14 @@ def graph_to_spec(graph: nir.NIRGraph) -> tuple[dict[str, Any], dict[str, torch.
     Raises :class:`BridgeError` for anything the runtimes would not reproduce exactly.
     """
     sem = graph_semantics(graph)
-    order, preds = _topological_order(graph)
+    preds, _ = neighbours(graph.nodes, graph.edges)
+    order = topological_order(graph.nodes, graph.edges)
+    if len(order) != len(graph.nodes):
+        on_cycle = next(n for n in graph.nodes if n not in order)
+        raise BridgeError(
+            f"node {on_cycle!r} is on a cycle (a recurrent/feedback edge) or after one; the exporters "
+            "build feed-forward graphs only: remove the recurrent connection"
+        )
     tensors: dict[str, torch.Tensor] = {}
     nodes: list[dict[str, Any]] = []
     for name in order:

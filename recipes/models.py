@@ -19,20 +19,27 @@ INPUT_SHAPE = (3, 32, 32)
 VGG16_CFG = (64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A")
 
 
+def vgg16_features(bound: float = 4.0, width: float = 1.0, *, bias: bool = False) -> tuple[list[nn.Module], int]:
+    """VGG-16's feature layers for 3-channel input: 13 conv3x3-BN-ClippedReLU and 5 average
+    pools (``width`` scales the channels). Returns the layers and the channels they output."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for v in VGG16_CFG:
+        if v == "A":
+            layers.append(nn.AvgPool2d(2))
+        else:
+            c = max(1, int(v * width))
+            layers += [nn.Conv2d(cin, c, 3, padding=1, bias=bias), nn.BatchNorm2d(c), ClippedReLU(bound)]
+            cin = c
+    return layers, cin
+
+
 class VGG16(nn.Module):
     """VGG-16 for 32x32 inputs: 13 conv-BN-ClippedReLU, 5 average pools, 3 linear layers."""
 
     def __init__(self, classes: int = 10, bound: float = 4.0, width: float = 1.0) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        cin = 3
-        for v in VGG16_CFG:
-            if v == "A":
-                layers.append(nn.AvgPool2d(2))
-            else:
-                c = max(1, int(v * width))
-                layers += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), ClippedReLU(bound)]
-                cin = c
+        layers, cin = vgg16_features(bound, width)
         self.features = nn.Sequential(*layers)
         hidden = max(1, int(4096 * width))
         self.classifier = nn.Sequential(

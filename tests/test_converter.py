@@ -25,15 +25,6 @@ from bridge.format.nirio import read_graph, write_graph
 from tests import zoo
 from tests.nir_ann_view import ann_view
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: a second intra-op thread only waits for the busy 2-core CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 def _model_out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():

@@ -146,27 +146,3 @@ def test_bad_arguments_are_user_errors(trained):
         optimize_initial_potentials(graph, split.train_x[:4], 0)
     with pytest.raises(BridgeError, match="empty"):
         optimize_initial_potentials(graph, split.train_x[:0], 2)
-
-
-def test_readout_objective_lowers_the_logit_error_on_the_calibration_data(trained):
-    """readout=True refits the layer feeding the output on the logits (coordinate descent from
-    the rate fit) and moves the output bias by the mean error: the real SNN's logits on the
-    calibration images get closer to the ANN's than with the per-layer rate fit."""
-    split, _, graph = trained
-    cal, steps = split.train_x[:96], 2
-    fits: list[LayerFit] = []
-    by_rate = optimize_initial_potentials(graph, cal, steps)
-    by_logits = optimize_initial_potentials(graph, cal, steps, readout=True, fits=fits)
-    assert [f.objective for f in fits] == ["rate", "rate", "readout"]
-    assert fits[-1].readout_best <= fits[-1].readout_half
-    ann = ann_view(graph, cal.double())
-
-    def logit_mse(g):
-        return float((simulate(g, cal, steps).running_readout[-1] - ann).square().sum(1).mean())
-
-    assert logit_mse(by_logits) <= logit_mse(by_rate) * (1 + 1e-6)
-    # the bias of the output layer moved; the hidden layers' fits are the same as by_rate
-    out_layer = next(s for s, d in graph.edges if isinstance(graph.nodes[d], nir.Output))
-    assert not np.allclose(by_logits.nodes[out_layer].bias, by_rate.nodes[out_layer].bias)
-    first = fits[0].name
-    np.testing.assert_array_equal(by_logits.nodes[first].v_threshold, by_rate.nodes[first].v_threshold)

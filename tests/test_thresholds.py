@@ -17,15 +17,6 @@ from bridge.format.errors import BridgeError
 from tests import zoo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: a second intra-op thread only waits for the busy 2-core CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _if_thresholds(graph: nir.NIRGraph) -> dict[str, np.ndarray]:
     return {k: np.asarray(n.v_threshold) for k, n in graph.nodes.items() if isinstance(n, nir.IF)}
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from bridge.format.extension import if_semantics
+from bridge.format.graph import if_nodes_in_order, neighbours
 from bridge.reference.result import SimulationResult
 
 REL_EPSILON_FLOAT64 = 1e-9
@@ -181,34 +182,9 @@ class Comparison:
         return Comparison(layers, self.outputs.merge(other.outputs), other.unobserved, other.relative_epsilon)
 
 
-def if_nodes_in_order(graph: nir.NIRGraph) -> list[str]:
-    """IF node names in a topological order of the graph (feedback edges ignored)."""
-    preds: dict[str, set[str]] = {n: set() for n in graph.nodes}
-    for a, b in graph.edges:
-        preds[b].add(a)
-    order: list[str] = []
-    seen: set[str] = set()
-
-    def visit(n: str, stack: set[str]) -> None:
-        if n in seen or n in stack:
-            return
-        stack.add(n)
-        for p in sorted(preds[n]):
-            visit(p, stack)
-        stack.discard(n)
-        seen.add(n)
-        order.append(n)
-
-    for n in graph.nodes:
-        visit(n, set())
-    return [n for n in order if isinstance(graph.nodes[n], nir.IF)]
-
-
 def if_ancestors(graph: nir.NIRGraph) -> dict[str, set[str]]:
     """For each IF node, the IF nodes upstream of it (through any path)."""
-    preds: dict[str, set[str]] = {n: set() for n in graph.nodes}
-    for a, b in graph.edges:
-        preds[b].add(a)
+    preds, _ = neighbours(graph.nodes, graph.edges)
     result: dict[str, set[str]] = {}
     for n, node in graph.nodes.items():
         if not isinstance(node, nir.IF):

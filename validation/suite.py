@@ -18,10 +18,11 @@ import torch
 
 from bridge.format.errors import BridgeError
 from bridge.format.extension import graph_semantics
+from bridge.format.graph import if_nodes_in_order, input_shape
 from validation.accuracy import AccuracyCurve, ann_predictions, parse_timesteps
 from validation.backends import get_backend
 from validation.backends.base import Backend, BackendRefused
-from validation.compare import Comparison, compare_results, if_nodes_in_order, relative_epsilon
+from validation.compare import Comparison, compare_results, relative_epsilon
 
 Progress = Callable[[str, int], None]  # (backend name, samples done in this batch)
 
@@ -130,16 +131,6 @@ def _jsonable(obj):
     if isinstance(obj, (np.integer, np.floating)):
         return obj.item()
     raise TypeError(f"not JSON serialisable: {type(obj)}")
-
-
-def input_shape(graph: nir.NIRGraph) -> tuple[int, ...]:
-    """The shape of one sample (without batch) from the graph's single Input node."""
-    inputs = [n for n in graph.nodes.values() if isinstance(n, nir.Input)]
-    if len(inputs) != 1:
-        raise BridgeError(f"the graph has {len(inputs)} Input nodes; bridge validates graphs with exactly one")
-    shape = inputs[0].input_type
-    shape = shape.get("input", next(iter(shape.values()))) if isinstance(shape, dict) else shape
-    return tuple(int(s) for s in np.asarray(shape).reshape(-1))
 
 
 def check_input(graph: nir.NIRGraph, x: torch.Tensor) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from bridge.format.errors import BridgeError
+from bridge.passes.profiles import PROFILES
 
 TARGETS = ("nir", "spikingjelly", "norse")
 DEFAULT_CALIBRATION_SAMPLES = 512
@@ -157,16 +158,8 @@ def _one_line_warnings() -> Iterator[None]:
 
 
 def _write_artifact(graph: Any, target: str, out: Path, force: bool) -> Path:
-    try:
-        from exporters import write_artifact
-    except ImportError:
-        try:  # an editable install made before exporters/__init__.py existed sees a namespace
-            from exporters.artifact import write_artifact
-        except ImportError as exc:
-            raise BridgeError(
-                f"--to {target} needs the exporters package, which this installation lacks "
-                f"({exc}); reinstall bridge with its exporters (pip install -e .)"
-            ) from None
+    from exporters import write_artifact
+
     return write_artifact(graph, target, out, force=force)
 
 
@@ -240,7 +233,7 @@ or a NIR file (for --to spikingjelly/norse).""",
 @click.option("--maxpool", type=click.Choice(["error", "avg"]), default="error", show_default=True,
               help="MaxPool2d: refuse (default) or replace by average pooling (accuracy changes).")
 @click.option("--profile", default="exact", show_default=True,
-              type=click.Choice(["exact", "nir-compat", "nir-compat-k2", "nir-compat-k4"]),
+              type=click.Choice(PROFILES),
               help="NIR encoding: exact (bridge metadata), or thresholds normalised to 1 for "
                    "importers that need one scalar threshold (see docs/compatibility.md).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")

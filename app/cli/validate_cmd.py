@@ -63,7 +63,8 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     from validation.accuracy import parse_timesteps
     from validation.backends import parse_backends
     from validation.report import render, write_report
-    from validation.suite import input_shape, validate as run_validation
+    from bridge.format.graph import input_shape
+    from validation.suite import validate as run_validation
 
     if steps < 1:
         raise BridgeError(f"--steps must be >= 1, got {steps}")

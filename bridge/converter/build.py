@@ -16,7 +16,8 @@ for is ``theta * s``. While building, every layer value is a sum of terms
 node, ``1`` elsewhere). A consumer makes ``k`` disappear:
 
 * conv (per input channel ``c``, ``k`` constant in the channel):
-  :math:`\mathrm{conv}_W(k \odot x) = \mathrm{conv}_{W'}(x)`, :math:`W'_{o,c} = W_{o,c}\,k_c`.
+  :math:`\mathrm{conv}_W(k \odot x) = \mathrm{conv}_{W'}(x)`, :math:`W'_{o,c} = W_{o,c}\,k_c`
+  (:func:`bridge.format.graph.scale_input_channels`, as every pass that moves a factor).
   Grouped convolutions are written with ``groups = 1`` and a block-diagonal weight
   (:math:`W'_{o,c} = 0` outside the group of ``o``) because nir 1.0.8's type check gives a grouped
   ``Conv2d`` the input type ``(C_in / groups, H, W)``; the map is the same. The node's metadata
@@ -55,6 +56,7 @@ import torch
 
 from bridge.format.errors import BridgeError
 from bridge.format.extension import conv_metadata, graph_metadata, make_if
+from bridge.format.graph import per_channel, scale_input_channels
 from bridge.converter.adaptive_pool import adaptive_pool_as_avgpool, adaptive_pool_matrix
 from bridge.converter.ir_eval import shapes as op_shapes
 from bridge.converter.ir import (
@@ -67,9 +69,9 @@ from bridge.converter.ir import (
     FlattenOp,
     InputOp,
     LayerGraph,
+    LayerOp,
     LinearOp,
     MaxPoolOp,
-    Op,
     OutputOp,
 )
 
@@ -119,12 +121,6 @@ def _dense(weight: torch.Tensor, groups: int) -> np.ndarray:
     return dense
 
 
-def _per_channel(k: np.ndarray) -> np.ndarray | None:
-    """``k`` as one value per channel (dim 0) if it is constant inside every channel."""
-    flat = k.reshape(k.shape[0], -1)
-    return flat[:, 0].copy() if (flat == flat[:, :1]).all() else None
-
-
 class _Builder:
     def __init__(self, graph: LayerGraph, thresholds: dict[str, np.ndarray], fraction: float,
                  shapes: dict[str, tuple[int, ...]] | None = None) -> None:
@@ -140,7 +136,7 @@ class _Builder:
         self.flat: set[str] = set()  # ops whose value is already flat (an adaptive pool's Affine)
 
     # -- naming and terms ------------------------------------------------------------------
-    def _name(self, op: Op) -> str:
+    def _name(self, op: LayerOp) -> str:
         if isinstance(op, InputOp):
             return "input"
         if isinstance(op, OutputOp):
@@ -181,13 +177,13 @@ class _Builder:
             return [t.node for t in terms], first
         return self._materialize(terms), None
 
-    def _channel_factor(self, op: Op) -> tuple[list[str], np.ndarray | None]:
+    def _channel_factor(self, op: LayerOp) -> tuple[list[str], np.ndarray | None]:
         """Sources and a per-input-channel factor to absorb (None: nothing to absorb)."""
         terms = self.values[op.inputs[0]]
         sources, k = self._unify(terms)
         if k is None:
             return sources, None
-        kc = _per_channel(k)
+        kc = per_channel(k)
         if kc is None:  # k varies inside a channel: no weight can absorb it
             return self._materialize([_Term(s, k) for s in sources]), None
         return sources, kc
@@ -206,13 +202,13 @@ class _Builder:
         self.nodes["input"] = nir.Input(input_type=np.array(op.shape))
         self.values[op.name] = [_Term("input", None)]
 
-    def _conv_node(self, op: Op, weight: np.ndarray, bias: np.ndarray, stride, padding, dilation,
+    def _conv_node(self, op: LayerOp, weight: np.ndarray, bias: np.ndarray, stride, padding, dilation,
                    groups: int = 1) -> None:
         """A conv node; ``weight`` is dense (groups=1), ``groups`` the group count it encodes."""
         in_shape = self.shapes[op.inputs[0]]
         sources, kc = self._channel_factor(op)
         if kc is not None:
-            weight = weight * kc.reshape((1, -1) + (1,) * (weight.ndim - 2))
+            weight = scale_input_channels(weight, kc)
         name = self._name(op)
         if weight.ndim == 4:
             node: nir.NIRNode = nir.Conv2d(
@@ -230,14 +226,14 @@ class _Builder:
         self._conv_node(op, _dense(op.weight, op.groups), op.bias.detach().numpy().astype(np.float64),
                         op.stride, op.padding, op.dilation, op.groups)
 
-    def _affine_node(self, op: Op, weight: np.ndarray, bias: np.ndarray) -> None:
+    def _affine_node(self, op: LayerOp, weight: np.ndarray, bias: np.ndarray) -> None:
         in_shape = self.shapes[op.inputs[0]]
         if len(in_shape) != 1:
             raise BridgeError(f"linear layer {op.name!r} ({op.source}) is applied to a {len(in_shape) + 1}-d "
                               "tensor; flatten its input first (torch.flatten(x, 1))")
         sources, k = self._unify(self.values[op.inputs[0]])
         if k is not None:
-            weight = weight * k.reshape(1, -1)
+            weight = scale_input_channels(weight, k)
         name = self._name(op)
         self._node(name, nir.Affine(weight=weight, bias=bias), sources)
         self.values[op.name] = [_Term(name, None)]

@@ -26,10 +26,10 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from bridge.format.errors import BridgeError
-from bridge.converter.ir import AvgPoolOp, BatchNormOp, ConvOp, LayerGraph, LinearOp, MaxPoolOp, Op
+from bridge.converter.ir import AvgPoolOp, BatchNormOp, ConvOp, LayerGraph, LayerOp, LinearOp, MaxPoolOp
 
 
-def _where(op: Op) -> str:
+def _where(op: LayerOp) -> str:
     return f" ({op.source})" if op.source else ""
 
 
@@ -81,7 +81,7 @@ def fold_batchnorm(graph: LayerGraph) -> LayerGraph:
     """A copy of ``graph`` with every foldable BatchNorm folded into its conv/linear producer."""
     out = LayerGraph()
     rename: dict[str, str] = {}  # folded BN name -> name of the layer that absorbed it
-    folded: dict[str, Op] = {}
+    folded: dict[str, LayerOp] = {}
     for op in graph.ops.values():
         if isinstance(op, BatchNormOp):
             (src_name,) = op.inputs

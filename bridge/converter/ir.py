@@ -18,19 +18,30 @@ import torch
 
 
 @dataclass
-class Op:
+class LayerOp:
+    """One layer of the converter's layer graph (a torch operation, before NIR exists).
+
+    Not to be confused with :class:`bridge.reference.ops.base.NodeOp`, the reference
+    simulator's compiled NIR node.
+    """
+
     name: str
     inputs: list[str]
     source: str = ""  # "file.py:123 (the source line)" for error messages, where known
 
 
+#: the former name of :class:`LayerOp`, still imported by the two front-ends; remove it once
+#: fx_frontend.py and aten_frontend.py import ``LayerOp``
+Op = LayerOp
+
+
 @dataclass
-class InputOp(Op):
+class InputOp(LayerOp):
     shape: tuple[int, ...] = ()  # one sample, no batch
 
 
 @dataclass
-class ConvOp(Op):
+class ConvOp(LayerOp):
     """N-d convolution (N = 1 or 2), PyTorch semantics, explicit integer padding."""
 
     weight: torch.Tensor = None  # type: ignore[assignment]  (Cout, Cin/groups, *kernel)
@@ -42,13 +53,13 @@ class ConvOp(Op):
 
 
 @dataclass
-class LinearOp(Op):
+class LinearOp(LayerOp):
     weight: torch.Tensor = None  # type: ignore[assignment]  (out, in)
     bias: torch.Tensor = None  # type: ignore[assignment]  (out,) - zeros when absent
 
 
 @dataclass
-class BatchNormOp(Op):
+class BatchNormOp(LayerOp):
     """Inference BatchNorm: y = (x - mean) / sqrt(var + eps) * weight + bias, per channel."""
 
     mean: torch.Tensor = None  # type: ignore[assignment]
@@ -62,7 +73,7 @@ ActivationKind = Literal["relu", "clip", "qcfs"]
 
 
 @dataclass
-class ActivationOp(Op):
+class ActivationOp(LayerOp):
     """A ReLU-family activation that becomes an IF layer.
 
     ``kind="relu"``: no upper bound (threshold from calibration data);
@@ -76,14 +87,14 @@ class ActivationOp(Op):
 
 
 @dataclass
-class AvgPoolOp(Op):
+class AvgPoolOp(LayerOp):
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
 
 
 @dataclass
-class AdaptiveAvgPoolOp(Op):
+class AdaptiveAvgPoolOp(LayerOp):
     """``F.adaptive_avg_pool2d(x, output_size)`` on (N, C, H, W), PyTorch's (possibly overlapping)
     windows; lowered to NIR by :mod:`bridge.converter.adaptive_pool`."""
 
@@ -91,24 +102,24 @@ class AdaptiveAvgPoolOp(Op):
 
 
 @dataclass
-class MaxPoolOp(Op):
+class MaxPoolOp(LayerOp):
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
 
 
 @dataclass
-class FlattenOp(Op):
+class FlattenOp(LayerOp):
     """torch.flatten(x, 1): everything but the batch dimension into one."""
 
 
 @dataclass
-class AddOp(Op):
+class AddOp(LayerOp):
     """Element-wise sum of all inputs (residual additions)."""
 
 
 @dataclass
-class OutputOp(Op):
+class OutputOp(LayerOp):
     """The network output (the readout); exactly one input."""
 
 
@@ -116,9 +127,9 @@ class OutputOp(Op):
 class LayerGraph:
     """Ops in topological order, keyed by name (the fx node names)."""
 
-    ops: dict[str, Op] = field(default_factory=dict)
+    ops: dict[str, LayerOp] = field(default_factory=dict)
 
-    def add(self, op: Op) -> Op:
+    def add(self, op: LayerOp) -> LayerOp:
         if op.name in self.ops:
             raise ValueError(f"duplicate op name {op.name!r}")
         self.ops[op.name] = op
@@ -134,5 +145,5 @@ class LayerGraph:
         (op,) = [o for o in self.ops.values() if isinstance(o, OutputOp)]
         return op
 
-    def consumers(self, name: str) -> list[Op]:
+    def consumers(self, name: str) -> list[LayerOp]:
         return [o for o in self.ops.values() if name in o.inputs]

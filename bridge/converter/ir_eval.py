@@ -31,9 +31,9 @@ from bridge.converter.ir import (
     FlattenOp,
     InputOp,
     LayerGraph,
+    LayerOp,
     LinearOp,
     MaxPoolOp,
-    Op,
     OutputOp,
 )
 
@@ -61,7 +61,7 @@ def _batchnorm(op: BatchNormOp, x: torch.Tensor) -> torch.Tensor:
     return (x - op.mean.reshape(shape)) * scale + op.bias.reshape(shape)
 
 
-def run_op(op: Op, inputs: list[torch.Tensor]) -> torch.Tensor:
+def run_op(op: LayerOp, inputs: list[torch.Tensor]) -> torch.Tensor:
     """One op of the ANN on a batch (activations use their own ANN function)."""
     x = inputs[0] if inputs else None
     if isinstance(op, ConvOp):

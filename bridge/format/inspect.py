@@ -11,13 +11,13 @@ paper's optimum ``theta / 2``), over the neurons of a layer.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import nir
 import numpy as np
 
 from bridge.format.extension import conv_weight, graph_semantics, if_semantics
+from bridge.format.graph import topological_order
 
 # array fields that hold a layer's parameters (weights, biases, scales)
 _PARAM_FIELDS = ("weight", "bias", "scale")
@@ -30,24 +30,11 @@ def _shape(types: dict[str, Any] | None, key: str) -> list[int] | None:
 
 
 def _topological(graph: nir.NIRGraph) -> list[str]:
-    """Node names in data-flow order (Kahn; ties keep the file's order); cycles last."""
-    names = list(graph.nodes)
-    incoming = {n: 0 for n in names}
-    for _, dst in graph.edges:
-        if dst in incoming:
-            incoming[dst] += 1
-    ready = deque(n for n in names if incoming[n] == 0)
-    order: list[str] = []
-    while ready:
-        n = ready.popleft()
-        order.append(n)
-        for src, dst in graph.edges:
-            if src == n and dst in incoming:
-                incoming[dst] -= 1
-                if incoming[dst] == 0:
-                    ready.append(dst)
-    order += [n for n in names if n not in order]  # nodes on a cycle
-    return order
+    """Node names in data-flow order (:func:`bridge.format.graph.topological_order`); nodes on
+    or after a cycle last, in the file's order."""
+    order = topological_order(graph.nodes, graph.edges)
+    placed = set(order)
+    return order + [n for n in graph.nodes if n not in placed]
 
 
 def _params(node: nir.NIRNode) -> int:

@@ -27,28 +27,13 @@ current is the same at every step (the first layer: constant input encoding) the
 form :math:`N_T = \mathrm{clip}(\lfloor (T z + v_0)/\theta \rfloor, 0, T)` replaces the
 T-step loop.
 
-Optional readout objective (``readout=True``; off by default). For the IF layer whose path to
-the Output is linear (logits :math:`= J r + c`, :math:`J` read off the tail graph with unit
-vectors), the rate error is replaced by the error of the logits against the ANN's,
-
-.. math::
-    \min_{a, f} \sum_b \big\| J (r_b(a, f) - y_b) - \bar e \big\|^2, \qquad
-    \bar e = \tfrac{1}{B} \textstyle\sum_b J (r_b - y_b),
-
-by coordinate descent over channels (two sweeps of a 13 x 20 grid per channel, the others
-held, starting at the rate fit); :math:`\bar e` is removed from the output Affine's bias
-(least-squares bias correction). Measured on the digits CNNs (3 splits, 256
-calibration images, with the earlier linear ``a`` grid [0.4, 1.3]) it lowered the
-calibration logit error by 25-35% against theta/2 but did not raise test accuracy at T = 1, 2 (clipped:
-98.52/98.89% vs 98.80/99.07% with the rate objective; ReLU: 97.13/98.24% vs 97.31/98.15%),
-so the per-layer rate objective stays the default.
-
 Writing the result keeps the graph a valid bridge graph: the new threshold
 :math:`\theta' = a\theta` goes into ``v_threshold`` and :math:`v_{init} = f\theta'` into the
 metadata (:func:`bridge.format.extension.make_if`). A spike now stands for :math:`\theta'`, not
 :math:`\theta`, and the consumers' weights hold the old :math:`\theta` (the converter
 absorbed it), so each consumer's weights for that channel are multiplied by ``a`` (through
-average/sum pooling and flatten, into the next Conv/Affine/Linear/Scale). Where a consumer
+average/sum pooling and flatten, into the next Conv/Affine/Linear/Scale;
+:func:`bridge.format.graph.rescale_threshold` states why this is exact). Where a consumer
 cannot absorb the factor, that layer keeps ``a = 1`` and only its initial potential moves.
 In the ANN view the layer becomes :math:`\mathrm{clip}(z, 0, a\theta)`, consistently.
 """
@@ -65,11 +50,10 @@ import numpy as np
 import torch
 
 from bridge.format.errors import BridgeError
-from bridge.format.extension import NAMESPACE, TIMESTEPS, graph_metadata, if_semantics, make_if
+from bridge.format.extension import NAMESPACE, TIMESTEPS, graph_metadata, if_semantics
+from bridge.format.graph import channel_consumers, neighbours, rescale_threshold, topological_order
 
 OUTPUT = "__bridge_optimize_output__"
-_PASS_THROUGH = (nir.AvgPool2d, nir.SumPool2d, nir.Flatten)
-_WEIGHTED = (nir.Conv1d, nir.Conv2d, nir.Affine, nir.Linear, nir.Scale)
 
 
 @dataclass
@@ -81,34 +65,13 @@ class LayerFit:
     v_init_fraction: np.ndarray  # f, per channel
     mse_half: float  # the layer's error with a = 1, f = 1/2
     mse_best: float  # the layer's error after the search
-    objective: str = "rate"  # "readout": fitted on the logits' error (the layer feeding the output)
-    readout_half: float = float("nan")  # logits' squared error per sample at (1, 1/2)
-    readout_best: float = float("nan")  # ... after the search
 
 
 # --- graph surgery -------------------------------------------------------------------------
 
-def _predecessors(graph: nir.NIRGraph, name: str) -> list[str]:
-    return [s for s, d in graph.edges if d == name]
-
-
-def _successors(graph: nir.NIRGraph, name: str) -> list[str]:
-    return [d for s, d in graph.edges if s == name]
-
-
-def _topological_if_nodes(graph: nir.NIRGraph) -> list[str]:
-    order: list[str] = []
-    indeg = {n: 0 for n in graph.nodes}
-    for _, d in graph.edges:
-        indeg[d] += 1
-    ready = sorted(n for n, k in indeg.items() if k == 0)
-    while ready:
-        n = ready.pop(0)
-        order.append(n)
-        for d in _successors(graph, n):
-            indeg[d] -= 1
-            if indeg[d] == 0:
-                ready.append(d)
+def _if_nodes(graph: nir.NIRGraph) -> list[str]:
+    """IF nodes in topological order; BridgeError for a graph with a cycle."""
+    order = topological_order(graph.nodes, graph.edges)
     if len(order) != len(graph.nodes):
         raise BridgeError("the graph has a cycle; initial potentials can be optimised on feed-forward graphs only")
     return [n for n in order if isinstance(graph.nodes[n], nir.IF)]
@@ -120,133 +83,34 @@ def current_subgraph(graph: nir.NIRGraph, name: str) -> nir.NIRGraph:
     The Output node receives the sum of ``name``'s incoming edges, i.e. exactly the input
     current I(t) of that node; the graph metadata (input encoding, readout) is kept.
     """
+    preds, _ = neighbours(graph.nodes, graph.edges)
     keep: set[str] = set()
-    stack = _predecessors(graph, name)
+    stack = list(preds[name])
     while stack:
         n = stack.pop()
         if n not in keep:
             keep.add(n)
-            stack.extend(_predecessors(graph, n))
+            stack.extend(preds[n])
     shape = np.asarray(np.asarray(graph.nodes[name].v_threshold).shape)
     nodes = {n: graph.nodes[n] for n in graph.nodes if n in keep}
     nodes[OUTPUT] = nir.Output(output_type={"output": shape})
     edges = [(s, d) for s, d in graph.edges if s in keep and d in keep]
-    edges += [(s, OUTPUT) for s in _predecessors(graph, name)]
+    edges += [(s, OUTPUT) for s in preds[name]]
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=copy.deepcopy(graph.metadata))
-
-
-def _feature_factors(channel: np.ndarray, per: int) -> np.ndarray:
-    """Per-channel factors spread over ``per`` flattened features each (channel first, as torch.flatten)."""
-    return np.repeat(channel, per)
-
-
-def _flatten_per_channel(node: nir.Flatten) -> int:
-    """How many features of a flattened ``(C, ...)`` tensor belong to one channel."""
-    shape = np.asarray(node.input_type["input"]).astype(int)
-    return int(np.prod(shape[1:])) if shape.size > 1 else 1
-
-
-def _scale_targets(graph: nir.NIRGraph, name: str) -> list[tuple[str, int]] | None:
-    """Consumers that absorb a per-channel factor of node ``name``: [(node, per)].
-
-    ``per = 0``: the consumer sees channels; ``per > 0``: it sees a flattened tensor with
-    ``per`` features per channel.
-
-    None when some path from ``name`` reaches a node that cannot absorb it (another IF, the
-    Output, a pass-through node that also sums other inputs).
-    """
-    found: list[tuple[str, int]] = []
-    stack = [(d, 0) for d in _successors(graph, name)]
-    while stack:
-        n, mode = stack.pop()
-        node = graph.nodes[n]
-        if len(_predecessors(graph, n)) != 1:
-            if isinstance(node, nir.Scale) or not isinstance(node, _WEIGHTED):
-                return None
-            # a weighted node with several inputs sums them first: the factor would leak
-            return None
-        if isinstance(node, _WEIGHTED):
-            found.append((n, mode))
-        elif isinstance(node, _PASS_THROUGH):
-            if isinstance(node, nir.Flatten):
-                mode = _flatten_per_channel(node)
-            stack.extend((d, mode) for d in _successors(graph, n))
-        else:
-            return None
-    return found
-
-
-def _rescale_consumer(node: nir.NIRNode, factors: np.ndarray, per: int,
-                      if_shape: tuple[int, ...]) -> nir.NIRNode:
-    """A copy of ``node`` whose input channel ``c`` is multiplied by ``factors[c]``.
-
-    ``per > 0``: the node sees the channels flattened, ``per`` features each.
-    """
-    node = copy.deepcopy(node)
-    if isinstance(node, nir.Scale):
-        scale = np.asarray(node.scale, dtype=np.float64)
-        if per:
-            vec = _feature_factors(factors, per)
-            node.scale = np.broadcast_to(scale, vec.shape) * vec
-        else:
-            if scale.size == 1:
-                scale = np.broadcast_to(scale.reshape(()), if_shape)
-            node.scale = scale * factors.reshape((-1,) + (1,) * (scale.ndim - 1))
-        return node
-    weight = np.asarray(node.weight, dtype=np.float64).copy()
-    if isinstance(node, (nir.Affine, nir.Linear)):
-        vec = _feature_factors(factors, per) if per else factors
-        if vec.shape[0] != weight.shape[1]:
-            raise BridgeError(f"cannot rescale a consumer of shape {weight.shape} by {vec.shape[0]} factors")
-        node.weight = weight * vec[None, :]
-        return node
-    # convolution: weight (Cout, Cin/groups, *k); input channel c sits in group c // cpg
-    groups = int(getattr(node, "groups", 1))
-    cpg = weight.shape[1]
-    opg = weight.shape[0] // groups
-    for c, f in enumerate(factors):
-        g, j = divmod(c, cpg)
-        weight[g * opg:(g + 1) * opg, j] *= f
-    node.weight = weight
-    return node
 
 
 def apply_fit(graph: nir.NIRGraph, name: str, scale: np.ndarray, fraction: np.ndarray) -> nir.NIRGraph:
     """A copy of ``graph`` with IF ``name`` at threshold ``a theta``, v_init ``f a theta`` (per channel).
 
     The consumers' weights are multiplied by ``a`` per channel so that a spike still reaches
-    them with its new value ``a theta``. ``scale`` must be all ones where the consumers cannot
-    absorb it (see :func:`_scale_targets`).
+    them with its new value ``a theta`` (:func:`bridge.format.graph.rescale_threshold`);
+    ``scale`` must be all ones where the consumers cannot absorb it.
     """
-    node = graph.nodes[name]
-    sem = if_semantics(node, name)
-    theta = sem.threshold
-    shape = theta.shape
-    bshape = (-1,) + (1,) * (len(shape) - 1)
-    a = np.asarray(scale, dtype=np.float64).reshape(bshape)
-    f = np.asarray(fraction, dtype=np.float64).reshape(bshape)
-    new_theta = theta * a
-    nodes = dict(graph.nodes)
-    new_if = make_if(new_theta, f * new_theta)
-    new_if.metadata = {**copy.deepcopy({k: v for k, v in (node.metadata or {}).items() if k != NAMESPACE}),
-                       **new_if.metadata}
-    nodes[name] = new_if
-    if not np.allclose(scale, 1.0):
-        targets = _scale_targets(graph, name)
-        if targets is None:
-            raise BridgeError(f"the consumers of {name!r} cannot absorb a threshold change")
-        for target, mode in targets:
-            nodes[target] = _rescale_consumer(nodes[target], np.asarray(scale, dtype=np.float64), mode, shape)
-    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=copy.deepcopy(graph.metadata))
-
-
-def _shift_bias(graph: nir.NIRGraph, name: str, shift: np.ndarray) -> nir.NIRGraph:
-    """A copy of ``graph`` whose Affine ``name`` has ``shift`` subtracted from its bias."""
-    nodes = dict(graph.nodes)
-    node = copy.deepcopy(nodes[name])
-    node.bias = np.asarray(node.bias, dtype=np.float64) - shift.reshape(np.shape(node.bias))
-    nodes[name] = node
-    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=copy.deepcopy(graph.metadata))
+    theta = if_semantics(graph.nodes[name], name).threshold
+    bshape = (-1,) + (1,) * (theta.ndim - 1)
+    new_theta = theta * np.asarray(scale, dtype=np.float64).reshape(bshape)
+    v_init = np.asarray(fraction, dtype=np.float64).reshape(bshape) * new_theta
+    return rescale_threshold(graph, name, scale, v_init)
 
 
 # --- the search ----------------------------------------------------------------------------
@@ -345,117 +209,13 @@ def _fit_layer(current: torch.Tensor, target: torch.Tensor, theta: torch.Tensor,
     return (best_a.double().numpy(), best_f.double().numpy(), total(base), total(best_err))
 
 
-# --- the readout objective for the IF layer that feeds the output ----------------------------
-
-def readout_tail(graph: nir.NIRGraph, name: str) -> tuple[nir.NIRGraph, str | None] | None:
-    """The part of ``graph`` between IF ``name`` and the Output, as a graph fed by ``name``'s spikes.
-
-    None unless that part is linear: no neuron on it, and every node on it is fed only by
-    ``name`` or by other nodes of it (so the logits are an affine function of the spikes).
-    The second item is the Affine node whose output is the Output's only input (its bias can
-    take a constant correction), or None.
-    """
-    tail: set[str] = set()
-    stack = _successors(graph, name)
-    while stack:
-        n = stack.pop()
-        if n in tail:
-            continue
-        node = graph.nodes[n]
-        if not isinstance(node, (*_PASS_THROUGH, *_WEIGHTED, nir.Output)):
-            return None
-        tail.add(n)
-        stack.extend(_successors(graph, n))
-    outputs = [n for n in tail if isinstance(graph.nodes[n], nir.Output)]
-    if len(outputs) != 1 or any(p != name and p not in tail for n in tail for p in _predecessors(graph, n)):
-        return None
-    shape = np.asarray(np.asarray(graph.nodes[name].v_threshold).shape)
-    source = "__bridge_optimize_spikes__"
-    nodes = {n: graph.nodes[n] for n in tail}
-    nodes[source] = nir.Input(input_type={"input": shape})
-    edges = [(source if s == name else s, d) for s, d in graph.edges if d in tail]
-    sub = nir.NIRGraph(nodes=nodes, edges=edges, metadata=copy.deepcopy(graph.metadata))
-    last = _predecessors(graph, outputs[0])
-    bias_node = last[0] if len(last) == 1 and isinstance(graph.nodes[last[0]], nir.Affine) \
-        and len(_predecessors(graph, last[0])) == 1 else None
-    return sub, bias_node
-
-
-def _readout_matrix(tail: nir.NIRGraph, theta: torch.Tensor) -> torch.Tensor:
-    """J [K, C, P] with logits = J . (rate in value units) + const, from the linear ``tail``.
-
-    The tail maps unit spikes (its weights hold theta) to logits, so the value-unit map is
-    the spike map divided by theta; the columns are read off with one batch of unit vectors.
-    """
-    from bridge.reference import ann_view
-
-    size = theta.numel()
-    basis = torch.eye(size, dtype=torch.float64).reshape((size,) + tuple(theta.shape))
-    cols = ann_view(tail, torch.cat([basis, torch.zeros((1,) + tuple(theta.shape), dtype=torch.float64)]))
-    cols = (cols[:-1] - cols[-1:]).flatten(1)  # [size, K]
-    jac = cols.T / theta.double().reshape(1, -1)
-    return jac.reshape(jac.shape[0], theta.shape[0], -1).float()
-
-
-def _fit_readout(current: torch.Tensor, target: torch.Tensor, theta: torch.Tensor, jac: torch.Tensor,
-                 a0: np.ndarray, f0: np.ndarray, *, channel_wise: bool, thresholds: bool,
-                 centered: bool, sweeps: int = 2) -> tuple[np.ndarray, np.ndarray, float, float, torch.Tensor]:
-    """Coordinate descent of (a_c, f_c) on the readout error, starting at the rate fit (a0, f0).
-
-    Minimises :math:`\sum_b \| J (r_b - y_b) - \bar e \|^2` (:math:`\bar e` = the mean
-    over b when ``centered``: the output bias absorbs it, else 0), one channel at a time
-    over a (a, f) grid, the other channels held; ``sweeps`` passes. Returns a, f, the
-    error per sample at (1, 1/2) and at the optimum, and the mean logit error to remove.
-    """
-    steps, n, channels = current.shape[0], current.shape[1], theta.shape[0]
-    cur = current.reshape(steps, n, channels, -1)  # [T, n, C, P]
-    y = target.reshape(n, channels, -1)
-    th = theta.reshape(channels, -1)
-    constant = bool((current == current[0]).all())
-    grid_a = np.linspace(0.4, 1.6, 13) if thresholds else np.array([1.0])
-    ga, gf = np.meshgrid(grid_a, np.linspace(0.0, 0.95, 20), indexing="ij")
-    grid = torch.tensor(np.stack([ga.ravel(), gf.ravel()], 1), dtype=torch.float32)  # [G, 2]
-
-    def rates(c: int, cand: torch.Tensor) -> torch.Tensor:  # cand [G, 2] -> [G, n, P]
-        t = th[c] * cand[:, :1]  # [G, P]
-        counts = _spike_counts(cur[:, :, c], t[:, None], (cand[:, 1:] * t)[:, None], constant)
-        return counts * t[:, None] / steps
-
-    def err(res: torch.Tensor) -> torch.Tensor:  # res [..., n, K] -> [...]
-        if centered:
-            res = res - res.mean(dim=-2, keepdim=True)
-        return res.square().sum(dim=(-2, -1))
-
-    def layer_rates(a: np.ndarray, f: np.ndarray) -> torch.Tensor:
-        return torch.stack([rates(c, torch.tensor([[a[c], f[c]]], dtype=torch.float32))[0]
-                            for c in range(channels)], 1)  # [n, C, P]
-
-    half = torch.einsum("kcp,ncp->nk", jac, layer_rates(np.ones(channels), np.full(channels, 0.5)) - y)
-    a, f = np.array(a0, dtype=np.float64), np.array(f0, dtype=np.float64)
-    r = layer_rates(a, f)
-    res = torch.einsum("kcp,ncp->nk", jac, r - y)  # [n, K]: SNN logits - ANN logits
-    if not channel_wise:  # one (a, f) for the layer: evaluate the grid on all channels at once
-        best = float(err(res))
-        for a_g, f_g in grid.tolist():
-            cand = torch.einsum("kcp,ncp->nk", jac, layer_rates(np.full(channels, a_g), np.full(channels, f_g)) - y)
-            e = float(err(cand))
-            if e < best:
-                best, res, a, f = e, cand, np.full(channels, a_g), np.full(channels, f_g)
-    else:
-        for _ in range(sweeps):
-            for c in range(channels):
-                cand = torch.cat([torch.tensor([[a[c], f[c]]], dtype=torch.float32), grid])
-                delta = rates(c, cand) - r[None, :, c]  # [G, n, P]
-                trial = res[None] + torch.einsum("kp,gnp->gnk", jac[:, c], delta)
-                g = int(err(trial).argmin())
-                if g:
-                    a[c], f[c] = cand[g].tolist()
-                    r[:, c] = r[:, c] + delta[g]
-                    res = trial[g]
-    if float(err(half)) < float(err(res)):
-        a, f, res = np.ones(channels), np.full(channels, 0.5), half
-    shift = res.mean(dim=0) if centered else torch.zeros(res.shape[1])
-    return a, f, float(err(half)) / n, float(err(res)) / n, shift
+def _can_absorb(graph: nir.NIRGraph, name: str) -> bool:
+    """Whether the consumers of IF ``name`` can absorb a change of its threshold."""
+    try:
+        channel_consumers(graph, name)
+    except BridgeError:
+        return False
+    return True
 
 
 def optimize_initial_potentials(
@@ -468,7 +228,6 @@ def optimize_initial_potentials(
     progress: bool | Callable[[int, int], None] = False,
     fits: list[LayerFit] | None = None,
     search_budget: int = 1_000_000,
-    readout: bool = False,
 ) -> nir.NIRGraph:
     """A copy of ``graph`` with v_init (and thresholds) fitted on ``calibration`` for T = ``timesteps``.
 
@@ -479,9 +238,6 @@ def optimize_initial_potentials(
     filled with a :class:`LayerFit` per IF layer. ``search_budget`` bounds the neuron-steps
     (samples x neurons x T) one candidate of the grid costs: wide layers and large T are fitted
     on the first samples of ``calibration`` only (each channel still sees many positions).
-    ``readout=True`` fits the layer that feeds the output on the logits' error instead (see
-    the module docstring) and corrects the output bias; its :class:`LayerFit` then has
-    ``objective == "readout"``.
     """
     from bridge.reference import ann_view, simulate
 
@@ -490,7 +246,7 @@ def optimize_initial_potentials(
     if calibration.shape[0] < 1:
         raise BridgeError("the calibration data is empty; pass at least one sample")
     original = graph
-    names = _topological_if_nodes(graph)
+    names = _if_nodes(graph)
     x = calibration.to(torch.float64)
     for i, name in enumerate(names):
         sem = if_semantics(original.nodes[name], name)
@@ -500,29 +256,12 @@ def optimize_initial_potentials(
         z = ann_view(current_subgraph(original, name), xs)  # [n, *shape], float64
         target = torch.minimum(torch.relu(z), torch.as_tensor(sem.threshold))  # ANN view, value units
         current = simulate(current_subgraph(graph, name), xs, timesteps, dtype=torch.float64).outputs
-        can_scale = thresholds and _scale_targets(graph, name) is not None
+        can_scale = thresholds and _can_absorb(graph, name)
         a, f, e_half, e_best = _fit_layer(current.float(), target.float(), theta.float(),
                                           channel_wise=channel_wise, thresholds=can_scale)
-        tail = readout_tail(graph, name) if readout else None
-        shift = None
-        if tail is not None:  # this layer feeds the output: fit the logits, not the layer's rate
-            jac = _readout_matrix(tail[0], theta)
-            a, f, r_half, r_best, shift = _fit_readout(
-                current.float(), target.float(), theta.float(), jac, a, f, channel_wise=channel_wise,
-                thresholds=can_scale, centered=tail[1] is not None)
         graph = apply_fit(graph, name, a, f)
-        if shift is not None and tail is not None and tail[1] is not None:
-            graph = _shift_bias(graph, tail[1], shift.double().numpy())
         if fits is not None:
-            fit = LayerFit(name, a, f, e_half, e_best)
-            if tail is not None:
-                fit.objective, fit.readout_half, fit.readout_best = "readout", r_half, r_best
-                fit.mse_best = float(_grid_errors(current.float(), target.float(), theta.float(),
-                                                  torch.as_tensor(a, dtype=torch.float32)[None],
-                                                  torch.as_tensor(f, dtype=torch.float32)[None],
-                                                  bool((current == current[0]).all())).sum()
-                                     / target.numel())
-            fits.append(fit)
+            fits.append(LayerFit(name, a, f, e_half, e_best))
         if callable(progress):
             progress(i + 1, len(names))
         elif progress:

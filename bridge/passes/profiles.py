@@ -23,9 +23,16 @@ import numpy as np
 
 from bridge.format.errors import BridgeError
 from bridge.format.extension import NAMESPACE, V_INIT, if_semantics, make_if
+from bridge.format.graph import (
+    WEIGHTED_NODES,
+    channel_consumers,
+    neighbours,
+    per_channel,
+    scale_consumer,
+    scale_output_channels,
+)
 
 PROFILES = ("exact", "nir-compat", "nir-compat-k2", "nir-compat-k4")
-_WEIGHTED = (nir.Affine, nir.Linear, nir.Conv1d, nir.Conv2d)
 
 
 def apply_profile(graph: nir.NIRGraph, profile: str) -> nir.NIRGraph:
@@ -45,29 +52,33 @@ def _per_output(theta: np.ndarray, node: nir.NIRNode, name: str, producer: str) 
         if theta.ndim != 1:
             raise BridgeError(f"IF node {name!r}: thresholds of shape {theta.shape} after an affine layer")
         return theta
-    channel = theta.reshape(theta.shape[0], -1)
-    if not np.all(channel == channel[:, :1]):
+    channel = per_channel(theta)
+    if channel is None:
         raise BridgeError(
             f"nir-compat profile: IF node {name!r} has thresholds that vary inside a channel, so "
             f"{producer!r} cannot absorb them; export with per-channel or per-layer thresholds"
         )
-    return channel[:, 0]
+    return channel
 
 
-def _neighbours(graph: nir.NIRGraph) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Predecessors and successors of every node, in edge order."""
-    preds: dict[str, list[str]] = {n: [] for n in graph.nodes}
-    succs: dict[str, list[str]] = {n: [] for n in graph.nodes}
-    for a, b in graph.edges:
-        preds[b].append(a)
-        succs[a].append(b)
-    return preds, succs
+def _own_producers(graph: nir.NIRGraph, name: str, preds: dict[str, list[str]],
+                   succs: dict[str, list[str]], profile: str) -> list[str]:
+    """The producers of IF ``name``: weighted layers that feed it alone (BridgeError otherwise)."""
+    for p in preds[name]:
+        producer = graph.nodes[p]
+        if not isinstance(producer, WEIGHTED_NODES) or succs[p] != [name]:
+            raise BridgeError(
+                f"{profile} profile: IF node {name!r} is fed by {p!r} ({type(producer).__name__}"
+                f"{'' if succs[p] == [name] else ', which also feeds other nodes'}); only a weighted "
+                "layer feeding the IF node alone can absorb its threshold"
+            )
+    return preds[name]
 
 
 def unit_thresholds(graph: nir.NIRGraph) -> nir.NIRGraph:
     """Every IF threshold normalised to 1 by scaling its producers' weights (see module doc)."""
     nodes = {k: copy.deepcopy(v) for k, v in graph.nodes.items()}
-    preds, succs = _neighbours(graph)
+    preds, succs = neighbours(graph.nodes, graph.edges)
     for name, node in graph.nodes.items():
         if not isinstance(node, nir.IF):
             continue
@@ -75,20 +86,8 @@ def unit_thresholds(graph: nir.NIRGraph) -> nir.NIRGraph:
         theta = sem.threshold
         if np.any(theta <= 0):
             raise BridgeError(f"nir-compat profile: IF node {name!r} has a threshold <= 0; it cannot be normalised")
-        for p in preds[name]:
-            producer = graph.nodes[p]
-            if not isinstance(producer, _WEIGHTED) or succs[p] != [name]:
-                raise BridgeError(
-                    f"nir-compat profile: IF node {name!r} is fed by {p!r} ({type(producer).__name__}"
-                    f"{'' if succs[p] == [name] else ', which also feeds other nodes'}); only a weighted "
-                    "layer feeding the IF node alone can absorb its threshold"
-                )
-            scale = 1.0 / _per_output(theta, producer, name, p)
-            new = nodes[p]
-            shape = (-1,) + (1,) * (np.asarray(producer.weight).ndim - 1)
-            new.weight = np.asarray(producer.weight) * scale.reshape(shape)
-            if getattr(producer, "bias", None) is not None:
-                new.bias = np.asarray(producer.bias) * scale
+        for p in _own_producers(graph, name, preds, succs, "nir-compat"):
+            nodes[p] = scale_output_channels(graph.nodes[p], 1.0 / _per_output(theta, graph.nodes[p], name, p))
         v_init = sem.v_init / theta
         is_bridge = (node.metadata or {}).get(NAMESPACE) is not None
         if is_bridge:
@@ -101,15 +100,12 @@ def unit_thresholds(graph: nir.NIRGraph) -> nir.NIRGraph:
     return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=copy.deepcopy(graph.metadata))
 
 
-_PASS_THROUGH = (nir.AvgPool2d, nir.SumPool2d, nir.Flatten)
-
-
 def rate_headroom(graph: nir.NIRGraph, k: float) -> nir.NIRGraph:
     """Every IF neuron driven ``k`` times more weakly, its spikes weighted ``k`` times more.
 
-    The producers' weights and biases are divided by ``k`` (so are the initial potentials) and
-    the first weighted layer after the neuron (through pooling/flatten) multiplies its weights
-    by ``k``. For activations below theta this is the same network in expectation; the clip
+    The producers' weights and biases are divided by ``k`` (so are the initial potentials) and the layers that consume the neuron's spikes (through pooling/flatten)
+    multiply their weights by ``k`` (:mod:`bridge.format.graph`). For activations below
+    theta this is the same network in expectation; the clip
     moves from theta to k theta (a neuron fires at most once per step). Under the bridge rule
     it is a coarser quantiser (one spike now stands for k theta); under a *hard reset* it
     loses less: a neuron with input z fires every ceil(theta/z) steps, a rate
@@ -120,28 +116,20 @@ def rate_headroom(graph: nir.NIRGraph, k: float) -> nir.NIRGraph:
     if k <= 0:
         raise BridgeError(f"the headroom factor must be > 0, got {k}")
     nodes = {n: copy.deepcopy(v) for n, v in graph.nodes.items()}
-    preds, succs = _neighbours(graph)
+    preds, succs = neighbours(graph.nodes, graph.edges)
     for name, node in graph.nodes.items():
         if not isinstance(node, nir.IF):
             continue
-        for p in preds[name]:
-            if not isinstance(graph.nodes[p], _WEIGHTED) or succs[p] != [name]:
-                raise BridgeError(f"headroom profile: IF node {name!r} is not fed by a weighted layer of its own")
-            nodes[p].weight = np.asarray(nodes[p].weight) / k
-            if getattr(nodes[p], "bias", None) is not None:
-                nodes[p].bias = np.asarray(nodes[p].bias) / k
+        for p in _own_producers(graph, name, preds, succs, "headroom"):
+            nodes[p] = scale_output_channels(nodes[p], k, divide=True)
         sem = if_semantics(node, name)
         if (node.metadata or {}).get(NAMESPACE) is not None:
             nodes[name].metadata[NAMESPACE] = {**node.metadata[NAMESPACE], V_INIT: sem.v_init / k}
-        for c in succs[name]:
-            path = c
-            while isinstance(graph.nodes[path], _PASS_THROUGH) and len(succs[path]) == 1 and len(preds[path]) == 1:
-                path = succs[path][0]
-            target = graph.nodes[path]
-            if not isinstance(target, _WEIGHTED) or len(preds[path]) != 1:
-                raise BridgeError(
-                    f"headroom profile: the spikes of {name!r} reach {path!r} ({type(target).__name__}), "
-                    "which cannot carry the factor; use the nir-compat profile"
-                )
-            nodes[path].weight = np.asarray(nodes[path].weight) * k
+        try:
+            consumers = channel_consumers(graph, name)
+        except BridgeError as exc:
+            raise BridgeError(f"headroom profile: {exc}; use the nir-compat profile") from None
+        factors = np.full(sem.threshold.shape[0], float(k))
+        for c, per in consumers:
+            nodes[c] = scale_consumer(nodes[c], factors, per, sem.threshold.shape)
     return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=copy.deepcopy(graph.metadata))

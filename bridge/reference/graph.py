@@ -8,7 +8,7 @@ A depth-first search from the ``Input`` node, following edges in the order the g
 lists them, marks every edge that closes a cycle (it points back to a node on the
 search stack) as a *feedback* edge: it delivers the value its source had one step
 earlier (zero before the first step). The remaining edges form a DAG that is executed in
-topological order.
+topological order (both from :mod:`bridge.format.graph`, which states the tie-break).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import nir
-import numpy as np
 
 from bridge.format.errors import BridgeError
+from bridge.format.graph import feedback_edges, neighbours, node_input_shape, topological_order
 
 
 @dataclass
@@ -38,7 +38,17 @@ class Plan:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(v) for v in np.asarray(self.nodes[self.input_name].input_type["input"]))
+        return node_input_shape(self.nodes[self.input_name])
+
+
+def _input_output(graph: nir.NIRGraph, subject: str) -> tuple[str, str]:
+    """The names of the single Input and Output node of ``graph`` (BridgeError otherwise)."""
+    ins = [n for n, v in graph.nodes.items() if isinstance(v, nir.Input)]
+    outs = [n for n, v in graph.nodes.items() if isinstance(v, nir.Output)]
+    if len(ins) != 1 or len(outs) != 1:
+        raise BridgeError(f"{subject} {len(ins)} Input and {len(outs)} Output nodes; the reference "
+                          "simulator runs graphs and subgraphs with exactly one of each")
+    return ins[0], outs[0]
 
 
 def _inline(graph: nir.NIRGraph, prefix: str = "") -> tuple[dict[str, nir.NIRNode], list[tuple[str, str]]]:
@@ -51,14 +61,8 @@ def _inline(graph: nir.NIRGraph, prefix: str = "") -> tuple[dict[str, nir.NIRNod
         full = prefix + name
         if isinstance(node, nir.NIRGraph):
             inner_nodes, inner_edges = _inline(node, full + ".")
-            ins = [n for n, v in node.nodes.items() if isinstance(v, nir.Input)]
-            outs = [n for n, v in node.nodes.items() if isinstance(v, nir.Output)]
-            if len(ins) != 1 or len(outs) != 1:
-                raise BridgeError(
-                    f"subgraph {full!r} has {len(ins)} Input and {len(outs)} Output nodes; the "
-                    "reference runs subgraphs with exactly one of each"
-                )
-            entry[name], exit_[name] = f"{full}.{ins[0]}", f"{full}.{outs[0]}"
+            inner_in, inner_out = _input_output(node, f"subgraph {full!r} has")
+            entry[name], exit_[name] = f"{full}.{inner_in}", f"{full}.{inner_out}"
             nodes.update(inner_nodes)
             edges.extend(inner_edges)
         else:
@@ -72,66 +76,23 @@ def _inline(graph: nir.NIRGraph, prefix: str = "") -> tuple[dict[str, nir.NIRNod
 def plan_graph(graph: nir.NIRGraph) -> Plan:
     """Flatten, find Input/Output, split edges into forward and feedback, order the nodes."""
     nodes, edges = _inline(graph)
-    for src, dst in edges:
-        for end in (src, dst):
-            if end not in nodes:
-                raise BridgeError(f"edge ({src!r}, {dst!r}) names a node {end!r} that the graph "
-                                  "does not have; fix the graph's edges")
+    _, succ = neighbours(nodes, edges)
     # the graph's own Input/Output (a subgraph's inner ones are plain pass-through nodes)
-    ins = [n for n, v in graph.nodes.items() if isinstance(v, nir.Input)]
-    outs = [n for n, v in graph.nodes.items() if isinstance(v, nir.Output)]
-    if len(ins) != 1 or len(outs) != 1:
-        raise BridgeError(
-            f"the graph has {len(ins)} Input and {len(outs)} Output nodes; the reference "
-            "simulator runs graphs with exactly one of each"
-        )
-    succ: dict[str, list[str]] = {n: [] for n in nodes}
-    for src, dst in edges:
-        succ[src].append(dst)
-
-    # iterative DFS from the Input: an edge to a node still on the stack closes a cycle
-    feedback_edges: set[tuple[str, str]] = set()
-    state: dict[str, int] = {}  # 1 = on stack, 2 = done
-    stack: list[tuple[str, int]] = [(ins[0], 0)]
-    state[ins[0]] = 1
-    while stack:
-        node, i = stack[-1]
-        if i < len(succ[node]):
-            stack[-1] = (node, i + 1)
-            nxt = succ[node][i]
-            if state.get(nxt) == 1:
-                feedback_edges.add((node, nxt))
-            elif nxt not in state:
-                state[nxt] = 1
-                stack.append((nxt, 0))
-        else:
-            state[node] = 2
-            stack.pop()
-    unreachable = [n for n in nodes if n not in state]
+    input_name, output_name = _input_output(graph, "the graph has")
+    # a depth-first search from the Input: an edge to a node still on the stack closes a cycle
+    feedback_set, reached = feedback_edges(succ, [input_name])
+    unreachable = [n for n in nodes if n not in reached]
     if unreachable:
         raise BridgeError(
-            f"nodes {unreachable} cannot be reached from the Input node {ins[0]!r}; connect "
+            f"nodes {unreachable} cannot be reached from the Input node {input_name!r}; connect "
             "them or remove them from the graph"
         )
-    if outs[0] not in state:
-        raise BridgeError(f"the Output node {outs[0]!r} is not reachable from the Input node")
+    if output_name not in reached:
+        raise BridgeError(f"the Output node {output_name!r} is not reachable from the Input node")
 
     inputs: dict[str, list[str]] = {n: [] for n in nodes}
     feedback: dict[str, list[str]] = {n: [] for n in nodes}
     for src, dst in edges:
-        (feedback if (src, dst) in feedback_edges else inputs)[dst].append(src)
-
-    # Kahn's algorithm on the forward edges, stable in the graph's node order
-    pending = {n: len(inputs[n]) for n in nodes}
-    ready = [n for n in nodes if pending[n] == 0]
-    order: list[str] = []
-    while ready:
-        node = ready.pop(0)
-        order.append(node)
-        for dst in succ[node]:
-            if (node, dst) in feedback_edges:
-                continue
-            pending[dst] -= 1
-            if pending[dst] == 0:
-                ready.append(dst)
-    return Plan(nodes, order, ins[0], outs[0], inputs, feedback)
+        (feedback if (src, dst) in feedback_set else inputs)[dst].append(src)
+    order = topological_order(nodes, edges, skip=feedback_set)
+    return Plan(nodes, order, input_name, output_name, inputs, feedback)

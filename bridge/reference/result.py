@@ -44,13 +44,7 @@ class SimulationResult:
     @property
     def running_readout(self) -> torch.Tensor:
         """The readout after each t = 1..T, ``[T, B, ...]`` (accuracy at every T in one run)."""
-        if self.readout_kind == "last":
-            return self.outputs
-        csum = torch.cumsum(self.outputs, dim=0)
-        if self.readout_kind == "sum":
-            return csum
-        t = torch.arange(1, self.steps + 1, dtype=csum.dtype, device=csum.device)
-        return csum / t.view(-1, *([1] * (csum.dim() - 1)))
+        return running_readout(self.outputs, self.readout_kind)
 
     @property
     def readout(self) -> torch.Tensor:
@@ -60,3 +54,20 @@ class SimulationResult:
     def predictions(self) -> torch.Tensor:
         """Predicted class per sample, ``[B]``, from the readout (flattened per sample)."""
         return self.readout.flatten(1).argmax(dim=1)
+
+
+def running_readout(outputs: torch.Tensor, kind: str = "mean") -> torch.Tensor:
+    """The readout of ``outputs`` ``[T, B, ...]`` after each t = 1..T, ``[T, B, ...]``.
+
+    ``kind`` is the graph's readout (:class:`bridge.format.extension.GraphSemantics`):
+    ``"mean"`` (bridge graphs) :math:`\frac{1}{t}\sum_{u \le t} o(u)`, ``"sum"``
+    :math:`\sum_{u \le t} o(u)`, ``"last"`` :math:`o(t)`. The one definition of the readout;
+    the exported runtimes restate it because they run where bridge is not installed.
+    """
+    if kind == "last":
+        return outputs
+    csum = torch.cumsum(outputs, dim=0)
+    if kind == "sum":
+        return csum
+    t = torch.arange(1, outputs.shape[0] + 1, dtype=csum.dtype, device=csum.device)
+    return csum / t.view(-1, *([1] * (csum.dim() - 1)))

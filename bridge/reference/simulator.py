@@ -29,7 +29,7 @@ import torch
 from bridge.format.errors import BridgeError
 from bridge.format.extension import GraphSemantics, graph_semantics
 from bridge.reference.graph import Plan, plan_graph
-from bridge.reference.ops import NeuronOp, Op, build_op
+from bridge.reference.ops import NeuronOp, NodeOp, build_op
 from bridge.reference.result import NodeTrace, SimulationResult
 
 Modes = ("auto", "layer", "step")
@@ -89,7 +89,7 @@ class ReferenceSimulator:
         self.exact_batching = dtype == torch.float64 if exact_batching is None else exact_batching
         self.semantics: GraphSemantics = graph_semantics(graph)
         self.plan: Plan = plan_graph(graph)
-        self.ops: dict[str, Op] = {
+        self.ops: dict[str, NodeOp] = {
             name: build_op(name, self.plan.nodes[name], dtype, self.device, dt)
             for name in self.plan.order
         }

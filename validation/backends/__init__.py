@@ -101,11 +101,9 @@ def names() -> list[str]:
 
 def missing_requirement(name: str) -> str | None:
     """The fix for a backend whose framework is not importable, or None when it is."""
-    module_name, package = BACKENDS[name]
+    package = BACKENDS[name][1]
     if package is not None and importlib.util.find_spec(package) is None:
         return f"backend {name!r} needs {package}, which is not installed; {INSTALL_HINT[package]}"
-    if importlib.util.find_spec(module_name) is None:
-        return f"backend {name!r} is not available in this build of bridge ({module_name} is missing)"
     return None
 
 
@@ -124,10 +122,7 @@ def get_backend(name: str) -> type[Backend]:
     for _, obj in inspect.getmembers(module, inspect.isclass):
         if issubclass(obj, Backend) and not inspect.isabstract(obj) and getattr(obj, "name", None) == name:
             return obj
-    raise BridgeError(
-        f"backend {name!r} is registered but not implemented in this build of bridge "
-        f"({BACKENDS[name][0]} defines no Backend named {name!r}); choose another backend"
-    )
+    raise LookupError(f"BACKENDS is wrong: {BACKENDS[name][0]} defines no Backend named {name!r}")
 
 
 def parse_backends(spec: str) -> list[str]:

@@ -27,14 +27,13 @@ class BackendRefused(BridgeError):
 class Backend(ABC):
     """A way of running a NIR graph for T steps.
 
-    Subclasses set ``name`` (the ``--backends`` name), ``requires`` (Python packages that
-    must import) and ``faithful`` (True when the backend is expected to reproduce the
+    Subclasses set ``name`` (the ``--backends`` name; the framework it needs is named in
+    :data:`validation.backends.BACKENDS`) and ``faithful`` (True when the backend is expected to reproduce the
     reference exactly; third-party importers that cannot read bridge metadata are not,
     and are measured instead of failed).
     """
 
     name: ClassVar[str]
-    requires: ClassVar[tuple[str, ...]] = ()
     faithful: ClassVar[bool] = True
     description: ClassVar[str] = ""
 

@@ -42,6 +42,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import nir
@@ -49,6 +50,22 @@ import torch
 
 from bridge.format.extension import graph_semantics
 from validation.backends.base import Backend, BackendRefused, NodeTrace, SimulationResult
+
+
+@contextlib.contextmanager
+def _running(backend: str, hooks: list[Any]) -> Iterator[None]:
+    """Run an imported module without gradients: any error it raises is the backend's refusal;
+    the trace ``hooks`` are removed afterwards."""
+    try:
+        with torch.no_grad():
+            yield
+    except Exception as exc:
+        raise BackendRefused(
+            f"{backend} built the graph but fails to run it: {exc.__class__.__name__}: {exc}"
+        ) from None
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _sanitized(name: str) -> str:
@@ -129,23 +146,15 @@ class _NirtorchImporter(Backend):
         xin = x.to(self.compute_dtype)
         outputs = []
         state = None
-        try:
-            with torch.no_grad():
-                for _ in range(steps):
-                    out = module(xin, state) if state is not None else module(xin)
-                    if isinstance(out, tuple):
-                        out, state = out[0], out[1]
-                    if isinstance(out, tuple):  # snnTorch: the Output receives Leaky's (spk, mem)
-                        out = out[0]
-                    out = out.reshape(x.shape[0], -1) if out.dim() == 1 or out.shape[0] != x.shape[0] else out
-                    outputs.append(out.to(self.dtype))
-        except Exception as exc:
-            raise BackendRefused(
-                f"{self.name} built the graph but fails to run it: {exc.__class__.__name__}: {exc}"
-            ) from None
-        finally:
-            for h in hooks:
-                h.remove()
+        with _running(self.name, hooks):
+            for _ in range(steps):
+                out = module(xin, state) if state is not None else module(xin)
+                if isinstance(out, tuple):
+                    out, state = out[0], out[1]
+                if isinstance(out, tuple):  # snnTorch: the Output receives Leaky's (spk, mem)
+                    out = out[0]
+                out = out.reshape(x.shape[0], -1) if out.dim() == 1 or out.shape[0] != x.shape[0] else out
+                outputs.append(out.to(self.dtype))
         traces = {}
         for n, rec in records.items():
             if len(rec) != steps:
@@ -167,7 +176,6 @@ class NorseNIR(_NirtorchImporter):
 
     name = "norse-nir"
     description = "norse.torch.from_nir (IAFCell: hard reset, v > theta, v(0)=0)"
-    requires = ("norse",)
     # node types norse 1.1.0's _import_norse_module maps; any other node would be dropped
     _MAPPED = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Conv2d, nir.Flatten,
                nir.IF, nir.LIF, nir.CubaLIF, nir.SumPool2d)
@@ -193,7 +201,6 @@ class SpikingJellyNIR(_NirtorchImporter):
 
     name = "spikingjelly-nir"
     description = "spikingjelly nir_exchange.import_from_nir (IFNode: hard reset, v >= theta, v(0)=0)"
-    requires = ("spikingjelly",)
 
     def _import(self) -> torch.nn.Module:
         from spikingjelly.activation_based.nir_exchange import import_from_nir
@@ -208,7 +215,6 @@ class SnnTorchNIR(_NirtorchImporter):
 
     name = "snntorch-nir"
     description = "snntorch import_from_nir (Leaky beta=0.9, subtract reset, v > theta)"
-    requires = ("snntorch",)
 
     def _import(self) -> torch.nn.Module:
         from snntorch.import_nir import import_from_nir
@@ -240,7 +246,6 @@ class SinabsNIR(_NirtorchImporter):
 
     name = "sinabs-nir"
     description = "sinabs.from_nir (IAF: subtract reset, v >= theta, several spikes per step, v >= -theta, v(0)=0)"
-    requires = ("sinabs",)
     # node types sinabs 3.1.3's _import_sinabs_module maps; any other becomes None in nirtorch
     _MAPPED = (nir.Input, nir.Output, nir.Affine, nir.Conv1d, nir.Conv2d, nir.Flatten,
                nir.IF, nir.LI, nir.LIF, nir.SumPool2d)
@@ -279,18 +284,10 @@ class SinabsNIR(_NirtorchImporter):
         # the same current at every step, time folded into the batch (row b*T + t)
         xin = (x.to(self.compute_dtype).unsqueeze(1)
                .expand(batch, steps, *x.shape[1:]).reshape(batch * steps, *x.shape[1:]))
-        try:
-            with torch.no_grad():
-                out = module(xin)
+        with _running(self.name, hooks):
+            out = module(xin)
             if isinstance(out, tuple):  # nirtorch's GraphExecutor returns (output, state)
                 out = out[0]
-        except Exception as exc:
-            raise BackendRefused(
-                f"{self.name} built the graph but fails to run it: {exc.__class__.__name__}: {exc}"
-            ) from None
-        finally:
-            for h in hooks:
-                h.remove()
 
         def per_step(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
             """[B*T, ...] or [B, T, ...] -> [T, B, *shape] in the requested dtype."""

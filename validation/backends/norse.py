@@ -20,7 +20,6 @@ class NorseBackend(ExportedModelBackend):
     """Norse 1.1 model from ``bridge export --to norse`` (one step per call)."""
 
     name = "norse"
-    requires = ("norse",)
     faithful = True
     description = "exported Norse 1.1 model (Norse primitives, subtract reset, v >= theta)"
 

@@ -21,7 +21,6 @@ class SpikingJellyBackend(ExportedModelBackend):
     """SpikingJelly 2.0 model from ``bridge export --to spikingjelly``, multi-step mode."""
 
     name = "spikingjelly"
-    requires = ("spikingjelly",)
     faithful = True
     description = "exported SpikingJelly 2.0 model (IFNode family, step mode 'm')"
     step_mode: ClassVar[str] = "m"

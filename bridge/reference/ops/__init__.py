@@ -1,6 +1,6 @@
 """One operator per NIR node type (the registry the graph walker looks types up in).
 
-Add a node type by writing a small :class:`~bridge.reference.ops.base.Op` subclass whose
+Add a node type by writing a small :class:`~bridge.reference.ops.base.NodeOp` subclass whose
 docstring states its math, and registering it in :data:`REGISTRY`.
 """
 
@@ -12,7 +12,7 @@ import nir
 import torch
 
 from bridge.format.errors import BridgeError
-from bridge.reference.ops.base import Identity, NeuronOp, Op, StatelessOp
+from bridge.reference.ops.base import Identity, NeuronOp, NodeOp, StatelessOp
 from bridge.reference.ops.conv import Conv1d, Conv2d
 from bridge.reference.ops.if_node import IF
 from bridge.reference.ops.leaky import LI, LIF, Integrator
@@ -20,15 +20,15 @@ from bridge.reference.ops.linear import Affine, Linear, Scale
 from bridge.reference.ops.pool import AvgPool2d, SumPool2d
 from bridge.reference.ops.shape import Flatten, Threshold
 
-Builder = Callable[[str, nir.NIRNode, torch.dtype, torch.device, "float | None"], Op]
+Builder = Callable[[str, nir.NIRNode, torch.dtype, torch.device, "float | None"], NodeOp]
 
 
-def _plain(cls: type[Op]) -> Builder:
+def _plain(cls: type[NodeOp]) -> Builder:
     return lambda name, node, dtype, device, dt: cls(name, node, dtype, device)  # type: ignore[call-arg]
 
 
 def _identity(name: str, node: nir.NIRNode, dtype: torch.dtype, device: torch.device,
-              dt: float | None) -> Op:
+              dt: float | None) -> NodeOp:
     return Identity(name)
 
 
@@ -52,7 +52,7 @@ REGISTRY: dict[type, Builder] = {
 
 
 def build_op(name: str, node: nir.NIRNode, dtype: torch.dtype, device: torch.device,
-             dt: float | None = None) -> Op:
+             dt: float | None = None) -> NodeOp:
     """Compile one NIR node; an unknown type is a BridgeError naming the node and its type."""
     builder = REGISTRY.get(type(node))
     if builder is None:
@@ -64,4 +64,4 @@ def build_op(name: str, node: nir.NIRNode, dtype: torch.dtype, device: torch.dev
     return builder(name, node, dtype, device, dt)
 
 
-__all__ = ["REGISTRY", "NeuronOp", "Op", "StatelessOp", "build_op"]
+__all__ = ["REGISTRY", "NeuronOp", "NodeOp", "StatelessOp", "build_op"]

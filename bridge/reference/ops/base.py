@@ -24,8 +24,12 @@ def param(value: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.array(value, dtype=np.float64), dtype=dtype, device=device)
 
 
-class Op:
-    """One NIR node, compiled for a dtype and device."""
+class NodeOp:
+    """One NIR node, compiled for a dtype and device (the reference simulator's operator).
+
+    Not to be confused with :class:`bridge.converter.ir.LayerOp`, a layer of the converter's
+    graph before NIR exists.
+    """
 
     stateful: ClassVar[bool] = False
     #: True where the node emits spikes and has a membrane potential (traces are kept)
@@ -35,7 +39,7 @@ class Op:
         self.name = name
 
 
-class StatelessOp(Op):
+class StatelessOp(NodeOp):
     """``forward(x)`` on ``[N, *input_shape]`` -> ``[N, *output_shape]``, N any batch.
 
     ``batch_invariant`` is False for ops whose library kernels (BLAS, oneDNN, cuDNN) may
@@ -60,7 +64,7 @@ class Identity(StatelessOp):
         return x
 
 
-class NeuronOp(Op):
+class NeuronOp(NodeOp):
     """A node with state: ``step(I(t), state(t-1)) -> (output(t), state(t))``."""
 
     stateful = True

@@ -14,26 +14,17 @@ class Affine(StatelessOp):
 
     batch_invariant = False  # a GEMM/convolution kernel may depend on the batch size
 
-    def __init__(self, name: str, node: nir.Affine, dtype: torch.dtype, device: torch.device):
+    def __init__(self, name: str, node: nir.Affine | nir.Linear, dtype: torch.dtype, device: torch.device):
         super().__init__(name)
         self.weight = param(node.weight, dtype, device)
-        self.bias = param(node.bias, dtype, device)
+        self.bias = param(node.bias, dtype, device) if isinstance(node, nir.Affine) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
 
-class Linear(StatelessOp):
-    r"""NIR ``Linear``: :math:`y = W x`, ``W`` of shape (out, in)."""
-
-    batch_invariant = False  # a GEMM/convolution kernel may depend on the batch size
-
-    def __init__(self, name: str, node: nir.Linear, dtype: torch.dtype, device: torch.device):
-        super().__init__(name)
-        self.weight = param(node.weight, dtype, device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+class Linear(Affine):
+    r"""NIR ``Linear``: :math:`y = W x`, ``W`` of shape (out, in) (an Affine without bias)."""
 
 
 class Scale(StatelessOp):
