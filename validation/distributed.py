@@ -159,3 +159,56 @@ def distributed_session(device: str = "auto") -> Iterator[ProcessGroup]:
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()
+
+
+# -- bridge validate over shards ------------------------------------------------------------
+_STATUS_RANK = {"ok": 0, "failed": 1, "refused": 2, "error": 3, "not installed": 4}
+
+
+def _shift(comparison: Any, offset: int) -> Any:
+    """A shard's comparison with its sample indices made global (shard start ``offset``)."""
+    from dataclasses import replace
+
+    def move(d: Any) -> Any:
+        return None if d is None else replace(d, sample=d.sample + offset)
+
+    layers = {k: replace(v, first_divergence=move(v.first_divergence),
+                         first_unexplained=move(v.first_unexplained)) for k, v in comparison.layers.items()}
+    return replace(comparison, layers=layers)
+
+
+def _merge_backend(a: Any, b: Any, offset: int) -> Any:
+    """Two shards' reports of one backend: counts added, the worse status kept."""
+    from dataclasses import replace
+
+    worse = b if _STATUS_RANK.get(b.status, 5) > _STATUS_RANK.get(a.status, 5) else a
+    comparison = a.comparison
+    if b.comparison is not None:
+        shifted = _shift(b.comparison, offset)
+        comparison = shifted if comparison is None else comparison.merge(shifted)
+    accuracy = a.accuracy if b.accuracy is None else (b.accuracy if a.accuracy is None else a.accuracy.merge(b.accuracy))
+    return replace(a, status=worse.status, message=worse.message, comparison=comparison,
+                   accuracy=accuracy, seconds=max(a.seconds, b.seconds))
+
+
+def merge_validation_reports(reports: list[Any], offsets: list[int]) -> Any:
+    """One :class:`validation.suite.ValidationReport` from the reports of data shards.
+
+    ``offsets[i]`` is the index of shard i's first sample: divergences keep global sample
+    indices. Counts add up; a backend's status is the worst any shard saw; seconds are the
+    slowest shard's (the shards ran side by side).
+    """
+    from dataclasses import replace
+
+    if offsets[0] != 0:
+        raise BridgeError("the first shard must start at sample 0")
+    merged = replace(reports[0], backends=list(reports[0].backends), notes=list(reports[0].notes))
+    for report, offset in zip(reports[1:], offsets[1:]):
+        merged.samples += report.samples
+        merged.reference = _merge_backend(merged.reference, report.reference, offset)
+        merged.backends = [_merge_backend(a, b, offset) for a, b in zip(merged.backends, report.backends)]
+        merged.notes += [n for n in report.notes if n not in merged.notes]
+    for b in merged.backends:  # a shard that failed fails the whole run
+        if b.status == "ok" and b.faithful and b.comparison is not None and b.comparison.unexplained:
+            b.status = "failed"
+    return merged
