@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -11,8 +13,13 @@ from bridge.format.errors import BridgeError
 
 
 def _load_graph(model: Path, arch: str | None, trust_pickle: bool, input_shape: str | None,
-                v_init: str, timesteps: int | None, calibration_samples: int, data: str):
-    """A NIR file as it is; a PyTorch model converted (thresholds auto, v_init as asked)."""
+                v_init: str, timesteps: int | None, calibration_samples: int, data: str,
+                transform=None):
+    """A NIR file as it is; a PyTorch model converted (thresholds auto, v_init as asked).
+
+    Returns ``(graph, ann)``: ``ann`` is the PyTorch model (None for a NIR file), whose
+    accuracy is measured on the same batches as the spiking network's.
+    """
     from bridge.model.loading import is_nir_file
 
     if not model.is_file():
@@ -23,9 +30,9 @@ def _load_graph(model: Path, arch: str | None, trust_pickle: bool, input_shape: 
         if v_init != "half" or timesteps is not None:
             raise BridgeError("--v-init/--timesteps apply to PyTorch models; a NIR file is "
                               "evaluated as written (re-export it to change them)")
-        return read_graph(model)
+        return read_graph(model), None
     from app.cli.export_cmd import convert_loaded, parse_input_shape, parse_v_init
-    from bridge.data.datasets import load_labelled
+    from bridge.data.streaming import first_samples, open_dataset
     from bridge.model.loading import check_finite, load_model
 
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
@@ -36,9 +43,9 @@ def _load_graph(model: Path, arch: str | None, trust_pickle: bool, input_shape: 
     v = parse_v_init(v_init)
     if v == "optimized" and timesteps is None:
         raise BridgeError("--v-init optimized needs --timesteps T")
-    # calibration (percentile thresholds of ReLU models, the optimised v_init): the start of the data
-    x, _ = load_labelled(data, input_shape=shape)
-    calib = x[:calibration_samples]
+    # calibration (percentile thresholds of ReLU models, the optimised v_init): the start of
+    # the data, read sample by sample (never the whole set)
+    calib = first_samples(open_dataset(data, input_shape=shape, transform=transform), calibration_samples)
     graph = convert_loaded(loaded, shape, calibration=calib,
                            v_init="half" if v == "optimized" else v, timesteps=timesteps)
     if v == "optimized":
@@ -47,32 +54,66 @@ def _load_graph(model: Path, arch: str | None, trust_pickle: bool, input_shape: 
         from bridge.passes.optimize import optimize_initial_potentials
 
         graph = optimize_initial_potentials(graph, calib.to(torch.float64), timesteps)
-    return graph
+    ann = loaded.module if loaded.module is not None else loaded.exported_program(shape).module()
+    return graph, ann
+
+
+def _deprecated_steps(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        click.echo("bridge: warning: `evaluate --steps LIST` is now --timesteps-list LIST "
+                   "(as in `bridge validate`); --steps will be removed", err=True)
+    return value
 
 
 @click.command(
     name="evaluate",
     epilog="""\b
 Examples:
-  bridge evaluate model.nir --data digits --steps 1,2,4,8,16,32
-  bridge evaluate model.pt2 --data cifar10:/data/cifar --steps 4,8,16,32 --device cuda
-  bridge evaluate weights.pt --arch recipes.models:vgg16 --input-shape 3,32,32 \\
-      --data imagefolder:/data/val --json
+  bridge evaluate model.nir --data digits --timesteps-list 1,2,4,8,16,32
+  bridge evaluate model.pt2 --data cifar10:/data/cifar --timesteps-list 4,8,16,32 --device cuda
+  bridge evaluate weights.pt --arch recipes.models:resnet34 --input-shape 3,224,224 \\
+      --data imagefolder:/data/imagenet/val --transform imagenet --workers 8 \\
+      --resume progress.json --output result.json
+  torchrun --nproc_per_node 8 -m bridge evaluate model.nir --data imagefolder:/data/val \\
+      --transform imagenet --workers 8 --output result.json   # one shard per GPU
   bridge evaluate model.pt2 --data test.npz --v-init optimized --timesteps 4
 
 \b
 DATA: digits (embedded), a .npz with arrays x and y, cifar10:DIR / cifar100:DIR (the
-official python format), imagefolder:DIR (one sub-folder per class).""",
+official python format), imagefolder:DIR (one sub-folder per class). Samples are read one
+at a time through a DataLoader: memory does not grow with the data set.
+--transform imagenet: resize 256, centre crop 224, ImageNet mean/std (or KEY=VALUE,...:
+resize=N, crop=N, mean=A/B/C, std=A/B/C). Under torchrun each process takes one shard
+(its own GPU with --device auto/cuda) and rank 0 prints the summed counts.""",
 )
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", required=True, metavar="digits|FILE.npz|cifar10:DIR|imagefolder:DIR",
               help="Labelled data to evaluate on.")
-@click.option("--steps", default="1,2,4,8,16,32", show_default=True,
+@click.option("--timesteps-list", default="1,2,4,8,16,32", show_default=True,
               help="Time-steps T to report (one run of max(T) steps gives them all).")
+@click.option("--steps", "steps_alias", default=None, hidden=True, callback=_deprecated_steps,
+              help="Deprecated spelling of --timesteps-list.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: this process's GPU (cuda:LOCAL_RANK) when CUDA is available, else the CPU.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--backend", default="reference", show_default=True,
+              help="The simulator: reference, or a validation backend (spikingjelly, norse, ...).")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N samples.")
+@click.option("--workers", type=int, default=None,
+              help="DataLoader worker processes per rank [default: 0 for in-memory data, else min(4, CPUs)].")
+@click.option("--transform", default=None, metavar="imagenet|KEY=VALUE,...",
+              help="Image preprocessing (default: fit the images to the model's input size).")
+@click.option("--spikes/--no-spikes", default=True, show_default=True,
+              help="Count spikes per layer (for synaptic operations).")
+@click.option("--resume", "resume_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Progress file: saved every --checkpoint-every batches; an existing one is continued.")
+@click.option("--checkpoint-every", type=int, default=20, show_default=True, help="Batches between saves.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the result as JSON to this file (atomically, by rank 0).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
+@click.option("--stop-after-batches", type=int, default=None, hidden=True,
+              help="Test hook: stop as if killed after N batches of each process.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--arch", metavar="PKG.MOD:FACTORY", help="Code that builds the architecture for a state_dict.")
 @click.option("--trust-pickle", is_flag=True, help="Allow unpickling a whole pickled module.")
@@ -82,47 +123,99 @@ official python format), imagefolder:DIR (one sub-folder per class).""",
 @click.option("--timesteps", type=int, help="T to optimise for (with --v-init optimized).")
 @click.option("--calibration-samples", type=int, default=512, show_default=True,
               help="Samples of the data used for calibration when converting.")
-def evaluate(model: Path, data: str, steps: str, batch_size: int, device: str, dtype: str,
-             limit: int | None, as_json: bool, arch: str | None, trust_pickle: bool,
-             input_shape: str | None, v_init: str, timesteps: int | None,
-             calibration_samples: int) -> None:
+def evaluate(model: Path, data: str, timesteps_list: str, steps_alias: str | None, batch_size: int,
+             device: str, dtype: str, backend: str, limit: int | None, workers: int | None,
+             transform: str | None, spikes: bool, resume_path: Path | None, checkpoint_every: int,
+             output_path: Path | None, force: bool, stop_after_batches: int | None, as_json: bool,
+             arch: str | None, trust_pickle: bool, input_shape: str | None, v_init: str,
+             timesteps: int | None, calibration_samples: int) -> None:
     """Accuracy of the spiking network after each of T time-steps, on your labelled data.
 
     MODEL is a NIR file (evaluated as written) or a PyTorch model (converted first, as by
-    `bridge export`). The readout after T steps is the mean of the output over the T steps.
+    `bridge export`; its own accuracy is measured on the same batches). The readout after T
+    steps is the mean of the output over the T steps.
     """
     import torch
+    from torch.utils.data import Subset
+
     from app.cli.console import console as make_console
-    from rich.progress import Progress
+    from app.cli.run_progress import RunProgress
+    from bridge.data.streaming import open_dataset, parse_transform
+    from bridge.format.nirio import check_output_path
+    from validation.accuracy import parse_timesteps
+    from validation.distributed import distributed_session
+    from validation.evaluation import evaluate_dataset
+    from validation.suite import input_shape as graph_input_shape
+
+    ts = parse_timesteps(steps_alias if steps_alias is not None else timesteps_list)
+    if limit is not None and limit < 1:
+        raise BridgeError(f"--limit must be >= 1, got {limit}")
+    if output_path is not None:
+        check_output_path(output_path, force=force)
+    image_transform = parse_transform(transform)
+    if backend != "reference":
+        from validation.backends import parse_backends
+
+        if len(parse_backends(backend)) != 1:
+            raise BridgeError("--backend takes one backend name, e.g. reference or spikingjelly")
+    with distributed_session(device) as group:
+        graph, ann = _load_graph(model, arch, trust_pickle, input_shape, v_init, timesteps,
+                                 calibration_samples, data, image_transform)
+        dataset = open_dataset(data, input_shape=graph_input_shape(graph), transform=image_transform)
+        if limit is not None and limit < len(dataset):
+            dataset = Subset(dataset, range(limit))
+        in_memory = getattr(getattr(dataset, "dataset", dataset), "in_memory", False)
+        n_workers = workers if workers is not None else (0 if in_memory else min(4, len(os.sched_getaffinity(0))))
+        err = make_console(stderr=True)
+        where = f"rank 0 of {group.world_size}, " if group.distributed else ""
+        with RunProgress(err, f"{where}T={max(ts)} on {group.device}",
+                         enabled=group.is_main and not as_json) as bar:
+            result = evaluate_dataset(
+                graph, dataset, ts, batch_size=batch_size, workers=n_workers, group=group,
+                dtype=getattr(torch, dtype), backend=backend, ann_model=ann, count_spikes=spikes,
+                resume=resume_path, checkpoint_every=checkpoint_every, progress=bar.update,
+                fingerprint={"model": str(model.resolve()), "data": data, "limit": limit,
+                             "transform": transform},
+                stop_after_batches=stop_after_batches)
+        if not group.is_main:
+            return
+    payload = {"model": str(model), "data": data, **result.to_dict()}
+    if output_path is not None:
+        from bridge.format.nirio import write_with
+
+        write_with(output_path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)), force=force)
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+        return
+    _print_table(model, data, result)
+    if output_path is not None:
+        print(f"result written to {output_path}", file=sys.stderr)
+
+
+def _print_table(model: Path, data: str, result) -> None:
     from rich.table import Table
 
-    from bridge.data.datasets import load_labelled
-    from validation.evaluation import evaluate_graph, parse_steps
-    from bridge.reference import ReferenceSimulator
+    from app.cli.console import console as make_console
 
-    ts = parse_steps(steps)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BridgeError("--device cuda asked for but no CUDA GPU is available; use --device cpu")
-    graph = _load_graph(model, arch, trust_pickle, input_shape, v_init, timesteps,
-                        calibration_samples, data)
-    x, y = load_labelled(data, input_shape=ReferenceSimulator(graph).input_shape)
-    if limit is not None:
-        if limit < 1:
-            raise BridgeError(f"--limit must be >= 1, got {limit}")
-        x, y = x[:limit], y[:limit]
-    console = make_console(stderr=True)
-    with Progress(console=console, transient=True, disable=as_json) as bar:
-        task = bar.add_task(f"simulating T={max(ts)}", total=len(x))
-        result = evaluate_graph(graph, x, y, ts, batch_size=batch_size, device=device,
-                                dtype=getattr(torch, dtype), progress=lambda n: bar.advance(task, n))
-    if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
-        return
-    table = Table(title=f"{model.name} on {data}: {result.samples} samples, {device}, {dtype}")
+    procs = f", {result.world_size} processes" if result.world_size > 1 else ""
+    speed = result.images_per_second
+    table = Table(title=f"{model.name} on {data}: {result.samples} samples, {result.backend} on "
+                        f"{result.device}{procs}, {result.dtype}"
+                        + (f", {speed:.1f} images/s" if speed else ""))
     table.add_column("T", justify="right")
     table.add_column("accuracy (%)", justify="right")
     table.add_column("agreement with ANN (%)", justify="right")
-    for t in ts:
-        table.add_row(str(t), f"{100 * result.accuracy[t]:.2f}", f"{100 * result.ann_agreement[t]:.2f}")
-    table.add_row("ANN", f"{100 * (result.ann_accuracy or 0):.2f}", "")
-    make_console().print(table)
+    table.add_column("spikes / image", justify="right")
+    per_sample = result.curve.spikes_per_sample()
+    for t in result.timesteps:
+        agree = result.ann_agreement.get(t)
+        spikes = sum(d[t] for d in per_sample.values()) if per_sample else None
+        table.add_row(str(t), f"{100 * result.accuracy[t]:.2f}",
+                      "-" if agree is None else f"{100 * agree:.2f}",
+                      "-" if spikes is None else f"{spikes:.0f}")
+    if result.ann_accuracy is not None:
+        table.add_row(f"ANN ({result.ann_source})", f"{100 * result.ann_accuracy:.2f}", "", "")
+    out = make_console()
+    out.print(table)
+    for note in result.notes:
+        out.print(f"note: {note}")

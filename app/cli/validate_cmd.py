@@ -18,6 +18,7 @@ Examples:
   bridge validate model.nir --backends spikingjelly,norse-nir,spikingjelly-nir --steps 64 \\
       --data cifar10:~/data/cifar-10-batches-py --limit 500 --report out/
   bridge validate model.nir --json > validation.json
+  torchrun --nproc_per_node 4 -m bridge validate model.nir --data test.npz   # 4 shards
 
 \b
 Backends: reference, spikingjelly, norse (bridge's exporters: must match the reference
@@ -62,6 +63,7 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     from bridge.format.nirio import read_graph
     from validation.accuracy import parse_timesteps
     from validation.backends import parse_backends
+    from validation.distributed import distributed_session, merge_validation_reports, shard_bounds
     from validation.report import render, write_report
     from bridge.format.graph import input_shape
     from validation.suite import validate as run_validation
@@ -81,15 +83,30 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     if limit is not None:
         x, y = x[:limit], y[:limit]
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
-    err = console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=len(x) * steps < 2000) as bar:
-        # the reference runs once as the baseline (and once more if it is also listed)
-        tasks = {n: bar.add_task(n, total=len(x) * (1 + (n == "reference"))) for n in dict.fromkeys(["reference", *names])}
-        report = run_validation(
-            graph, names, x, y, steps=steps, timesteps=ts, dtype=torch_dtype, batch_size=batch_size,
-            rel_epsilon=tie_epsilon, progress=lambda name, n: bar.advance(tasks[name], n),
-        )
+    with distributed_session("cpu") as group:  # under torchrun: one shard of the data per process
+        if len(x) < group.world_size:
+            raise BridgeError(f"{len(x)} samples for {group.world_size} processes; use more data or fewer processes")
+        start, stop = shard_bounds(len(x), group.rank, group.world_size)
+        x, y = x[start:stop], y[start:stop]
+        err = console(stderr=True)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=True,
+                      disable=len(x) * steps < 2000 or not group.is_main) as bar:
+            # the reference runs once as the baseline (and once more if it is also listed)
+            tasks = {n: bar.add_task(n, total=len(x) * (1 + (n == "reference"))) for n in dict.fromkeys(["reference", *names])}
+            report = run_validation(
+                graph, names, x, y, steps=steps, timesteps=ts, dtype=torch_dtype, batch_size=batch_size,
+                rel_epsilon=tie_epsilon, progress=lambda name, n: bar.advance(tasks[name], n),
+            )
+        shards = group.gather((report, start))  # every shard's report on rank 0
+        merged = None if shards is None else merge_validation_reports(*map(list, zip(*shards)))
+        ok = group.broadcast(None if merged is None else merged.ok)
+        if not group.is_main:
+            if not ok:
+                raise click.exceptions.Exit(1)  # rank 0 says why
+            return
+    assert merged is not None
+    report = merged
     if as_json:
         click.echo(report.to_json())
     else:
@@ -99,7 +116,6 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
         err.print(f"report written to {path}")
     if not report.ok:
         raise ValidationFailed("; ".join(report.failures()))
-
 
 def _powers_of_two(steps: int) -> list[int]:
     ts, t = [], 1
