@@ -289,7 +289,37 @@ def fit_images(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return x.contiguous()
 
 
-def load_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def check_labels(x: torch.Tensor, y: torch.Tensor, source: str, classes: int | None = None) -> torch.Tensor:
+    """Labels as int64 class indices: one per sample, integers in ``[0, classes)``; an empty
+    data set is refused (an accuracy over no samples means nothing)."""
+    if len(x) == 0:
+        raise BridgeError(f"the data {source} hold no samples; give at least one labelled sample")
+    if y.dim() != 1:
+        raise BridgeError(f"the labels in {source} have shape {list(y.shape)}; save one class "
+                          "index per sample, shape (N,) (not one-hot)")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise BridgeError(f"the labels in {source} are {y.dtype}; save integer class indices")
+    if len(y) != len(x):
+        raise BridgeError(f"{source}: x has {len(x)} samples, y {len(y)}; save one label per sample")
+    y = y.long()
+    if bool((y < 0).any()):
+        raise BridgeError(f"the labels in {source} include {int(y.min())}; class indices start at 0")
+    if classes is not None and bool((y >= classes).any()):
+        raise BridgeError(f"the labels in {source} go up to {int(y.max())} but the graph has "
+                          f"{classes} outputs (classes 0..{classes - 1}); give matching data")
+    return y
+
+
+def load_labelled(spec: str, *, input_shape: tuple[int, ...],
+                  classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`read_labelled`, with the labels checked (:func:`check_labels`; ``classes``: the
+    number of outputs of the graph, if known) and the images finite."""
+    x, y = read_labelled(spec, input_shape=input_shape)
+    y = check_labels(x, y, spec, classes)
+    return check_finite_data(x, spec), y
+
+
+def read_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """A labelled data set that fits ``input_shape`` (one sample, no batch): ``(x, y)``.
 
     ``spec``:
@@ -312,13 +342,18 @@ def load_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Ten
     if kind in ("cifar10", "cifar100") and rest:
         x, y = load_cifar(Path(rest).expanduser(), classes=10 if kind == "cifar10" else 100)
         return fit_images(x, shape), y
+    if kind == "imagefolder" and rest:
+        folder = Path(rest).expanduser()
+        if not folder.is_dir():
+            raise BridgeError(f"--data imagefolder:{rest}: {folder} is not a folder; give "
+                              "DIR/<class>/<image> files")
+        x, y, _ = load_image_folder(folder, channels=shape[0] if len(shape) == 3 else 1)
+        return fit_images(x, shape), y
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".npz":
         x = load_tensor_file(path, "x")
-        y = load_tensor_file(path, "y").long()
-        if len(y) != len(x):
-            raise BridgeError(f"{path}: x has {len(x)} samples, y {len(y)}; save one label per sample")
-        if tuple(x.shape[1:]) != shape:
+        y = load_tensor_file(path, "y")
+        if tuple(x.shape[1:]) != shape and len(x):
             x = fit_images(x, shape) if x.dim() == 4 else x
         return x, y
     if path.is_dir():
@@ -329,7 +364,12 @@ def load_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Ten
         channels = shape[0] if len(shape) == 3 else 1
         x, y, _ = load_image_folder(path, channels=channels)
         return fit_images(x, shape), y
+    if path.exists() and not path.is_dir():
+        check_input_file(path, "data file")  # a FIFO or device: say so
+    if not path.exists() and not kind.startswith(("cifar", "imagefolder")):
+        raise BridgeError(f"unknown data {spec!r} (no such file or folder): use digits, a .npz "
+                          "with x and y, cifar10:DIR, cifar100:DIR or imagefolder:DIR")
     raise BridgeError(
         f"unknown data {spec!r}: use digits, a .npz with x and y, cifar10:DIR, cifar100:DIR "
-        "or an ImageFolder directory"
+        "or imagefolder:DIR (an ImageFolder directory)"
     )

@@ -15,7 +15,8 @@ from pathlib import Path
 import nir
 
 from bridge.errors import BridgeError
-from bridge.extension import graph_semantics
+from bridge.graph_checks import check_graph
+from bridge.input_files import check_input_file, first_line
 
 
 def check_output_path(path: str | Path, *, force: bool = False) -> Path:
@@ -59,24 +60,69 @@ def write_graph(graph: nir.NIRGraph, path: str | Path, *, force: bool = False) -
     return path
 
 
-def _read(path: Path) -> nir.NIRGraph:
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def nir_file_kind(path: str | Path) -> str:
+    """``"nir"`` (an HDF5 file with NIR's top-level 'node' group), ``"hdf5"`` (another HDF5
+    file) or ``"other"``; never raises for a readable regular file."""
     try:
-        return nir.read(path)
+        with open(path, "rb") as f:
+            if f.read(8) != _HDF5_MAGIC:
+                return "other"
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return "nir" if isinstance(f.get("node"), h5py.Group) else "hdf5"
+    except Exception:  # a damaged HDF5 file: let the reader say what is wrong
+        return "hdf5"
+
+
+def _read(path: Path) -> nir.NIRGraph:
+    kind = nir_file_kind(path)
+    if kind == "other":
+        raise BridgeError(
+            f"{path} is not a readable NIR file (not HDF5); write one with `bridge export --to nir`"
+        )
+    if kind == "hdf5":
+        raise BridgeError(
+            f"{path} is an HDF5 file but not a NIR graph (no readable 'node' group); write one "
+            "with `bridge export --to nir` or nir.write"
+        )
+    try:
+        return nir.read(path, type_check=False)  # shapes: check_graph and the dry run
     except Exception as exc:  # h5py/nir raise many types on a damaged or foreign file
         raise BridgeError(
-            f"{path} is not a readable NIR file ({exc.__class__.__name__}: {exc}); "
-            "write it with `bridge export --to nir` or nir.write"
+            f"{path} is not a readable NIR file ({first_line(exc)}); the file is damaged or "
+            "was edited; write it again with `bridge export --to nir` or nir.write"
         ) from None
 
 
 def read_graph(path: str | Path) -> nir.NIRGraph:
-    """Read a NIR file; refuse one whose bridge extension version this bridge does not know."""
-    path = Path(path)
-    if not path.is_file():
-        raise BridgeError(f"no such file: {path}; check the path")
+    """Read a NIR file and validate it once (:func:`bridge.graph_checks.check_graph`):
+    a damaged, nonsensical or unknown-version graph is refused before anything runs."""
+    path = check_input_file(path, "NIR file")
     graph = _read(path)
-    graph_semantics(graph)  # raises on an unknown extension version
+    try:
+        check_graph(graph)
+    except BridgeError as exc:
+        raise BridgeError(f"{path}: {exc}") from None
+    try:  # nir's own shape inference and edge check, after the clearer node checks
+        _infer_types(graph)
+    except Exception as exc:  # nir raises many types on shapes that do not fit
+        raise BridgeError(
+            f"{path}: the node shapes do not fit together along the edges ({first_line(exc)}); the "
+            "file is damaged or was edited; re-export it with `bridge export`"
+        ) from None
     return graph
+
+
+def _infer_types(graph: nir.NIRGraph) -> None:
+    for node in graph.nodes.values():
+        if isinstance(node, nir.NIRGraph):
+            _infer_types(node)
+    graph.infer_types()
+    graph.check_types()
 
 
 def write_with(path: str | Path, writer: Callable[[Path], None], *, force: bool = False) -> Path:

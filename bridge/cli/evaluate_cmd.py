@@ -15,15 +15,16 @@ def _load_graph(model: Path, arch: str | None, trust_pickle: bool, input_shape: 
     """A NIR file as it is; a PyTorch model converted (thresholds auto, v_init as asked)."""
     from bridge.loading import is_nir_file
 
-    if not model.is_file():
-        raise BridgeError(f"no such file: {model}; check the path")
+    from bridge.input_files import check_input_file
+
+    check_input_file(model, "model file")
     if is_nir_file(model):
-        from bridge.nirio import read_graph
+        from bridge.graph_probe import read_runnable_graph
 
         if v_init != "half" or timesteps is not None:
             raise BridgeError("--v-init/--timesteps apply to PyTorch models; a NIR file is "
                               "evaluated as written (re-export it to change them)")
-        return read_graph(model)
+        return read_runnable_graph(model)
     from bridge.cli.export_cmd import convert_loaded, parse_input_shape, parse_v_init
     from bridge.data import load_labelled
     from bridge.loading import check_finite, load_model
@@ -105,7 +106,10 @@ def evaluate(model: Path, data: str, steps: str, batch_size: int, device: str, d
         raise BridgeError("--device cuda asked for but no CUDA GPU is available; use --device cpu")
     graph = _load_graph(model, arch, trust_pickle, input_shape, v_init, timesteps,
                         calibration_samples, data)
-    x, y = load_labelled(data, input_shape=ReferenceSimulator(graph).input_shape)
+    from bridge.graph_probe import output_classes
+
+    x, y = load_labelled(data, input_shape=ReferenceSimulator(graph).input_shape,
+                         classes=output_classes(graph))
     if limit is not None:
         if limit < 1:
             raise BridgeError(f"--limit must be >= 1, got {limit}")

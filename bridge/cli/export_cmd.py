@@ -265,16 +265,18 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
         raise BridgeError("--profile applies to --to nir; the exporters always build the exact graph")
     if timesteps is not None and timesteps < 1:
         raise BridgeError(f"--timesteps must be >= 1, got {timesteps}")
-    if not model.is_file():
-        raise BridgeError(f"no such file: {model}; check the path")
+    from bridge.input_files import check_input_file
+
+    check_input_file(model, "model file")
     _check_output(out, target, force)
 
     if is_nir_file(model):
-        if target == "nir":
-            raise BridgeError(f"{model} is already a NIR file; use --to spikingjelly or --to norse")
-        from bridge.nirio import read_graph
+        from bridge.graph_probe import read_runnable_graph
+        from bridge.nirio import nir_file_kind
 
-        graph = read_graph(model)
+        if target == "nir" and nir_file_kind(model) == "nir":
+            raise BridgeError(f"{model} is already a NIR file; use --to spikingjelly or --to norse")
+        graph = read_runnable_graph(model)  # an HDF5 file that is not NIR: says so
         _summary(_write_artifact(graph, target, out, force), graph, target)
         return
 

@@ -55,7 +55,8 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
              dt: float | None, limit: int | None, force: bool) -> None:
     """Run MODEL (a NIR file) for T steps with the reference simulator and print the
     predicted classes (and the accuracy on the digits)."""
-    from bridge.nirio import check_output_path, read_graph, write_with
+    from bridge.graph_probe import read_runnable_graph
+    from bridge.nirio import check_output_path, write_with
     from bridge.reference import ReferenceSimulator
 
     if steps < 1:
@@ -70,7 +71,7 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
     if output_path is not None and output_path == trace_path:
         raise BridgeError("--output and --trace name the same file; give two paths")
 
-    graph = read_graph(model)
+    graph = read_runnable_graph(model)
     sim = ReferenceSimulator(graph, dtype=getattr(torch, dtype), device=device, dt=dt)
     shape = sim.input_shape
     labels: torch.Tensor | None = None

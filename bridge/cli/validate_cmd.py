@@ -59,7 +59,7 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bridge.data import load_labelled
-    from bridge.nirio import read_graph
+    from bridge.graph_probe import output_classes, read_runnable_graph
     from validation.accuracy import parse_timesteps
     from validation.backends import parse_backends
     from validation.report import render, write_report
@@ -69,14 +69,16 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
         raise BridgeError(f"--steps must be >= 1, got {steps}")
     if batch_size < 1 or (limit is not None and limit < 1):
         raise BridgeError("--batch-size and --limit must be >= 1")
+    if tie_epsilon is not None and not (tie_epsilon >= 0 and tie_epsilon < float("inf")):
+        raise BridgeError(f"--tie-epsilon must be a finite number >= 0, got {tie_epsilon}")
     names = parse_backends(backends)  # unknown / not installed: BridgeError before any work
     ts = parse_timesteps(timesteps_list, steps) if timesteps_list else _powers_of_two(steps)
-    graph = read_graph(model)
+    graph = read_runnable_graph(model)
     if profile != "exact":
         from exporters.nir_profiles import apply_profile
 
         graph = apply_profile(graph, profile)
-    x, y = load_labelled(data, input_shape=input_shape(graph))
+    x, y = load_labelled(data, input_shape=input_shape(graph), classes=output_classes(graph))
     if limit is not None:
         x, y = x[:limit], y[:limit]
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
