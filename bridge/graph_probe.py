@@ -52,6 +52,19 @@ def probe_graph(graph: nir.NIRGraph, source: str | Path = "the graph") -> tuple[
     return tuple(result.outputs.shape[2:])
 
 
+def step_footprint(graph: nir.NIRGraph, itemsize: int, trace: bool) -> int:
+    """Bytes one sample needs per time step in a run's results: the output (kept for the
+    readout) and, with ``trace``, the spikes (1 byte) and potentials of every IF/LIF node."""
+    from bridge.reference import ReferenceSimulator
+
+    dt = 1e-3 if _has_leaky(graph) else None
+    sim = ReferenceSimulator(graph, dtype=torch.float64, dt=dt)
+    res = sim.run(torch.zeros((1, *sim.input_shape), dtype=torch.float64), 1, trace=trace)
+    out = res.outputs[0, 0].numel() * itemsize
+    traced = sum(tr.v[0, 0].numel() for tr in res.traces.values()) * (1 + itemsize)
+    return out + traced
+
+
 def read_runnable_graph(path: str | Path) -> nir.NIRGraph:
     """:func:`bridge.nirio.read_graph` plus :func:`probe_graph`: the graph is valid and runs."""
     graph = read_graph(path)

@@ -7,6 +7,7 @@ module only moves graphs between memory and disk.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,15 +18,23 @@ import nir
 from bridge.errors import BridgeError
 from bridge.graph_checks import check_graph
 from bridge.input_files import check_input_file, first_line
+from bridge.output_files import (
+    check_output_location,
+    output_error,
+    sweep_stale_temps,
+    temp_prefix,
+)
 
 
 def check_output_path(path: str | Path, *, force: bool = False) -> Path:
-    """Refuse to overwrite an existing file unless ``force`` (nothing the user had is lost)."""
+    """Refuse to overwrite an existing file unless ``force`` (nothing the user had is lost),
+    and refuse a destination that cannot be written (see :mod:`bridge.output_files`)."""
     path = Path(path)
+    check_output_location(path)
+    if path.is_dir():
+        raise BridgeError(f"{path} is a directory; give the path of a file to write")
     if path.exists() and not force:
         raise BridgeError(f"{path} already exists; choose another output path or pass --force")
-    if path.parent != Path("") and not path.parent.exists():
-        raise BridgeError(f"the folder {path.parent} does not exist; create it first")
     return path
 
 
@@ -33,31 +42,55 @@ def check_output_path(path: str | Path, *, force: bool = False) -> Path:
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
-    A crash or an error leaves no partial output behind and never touches an existing
-    file until the new one is complete.
+    A crash, an error or a signal (SIGINT, SIGTERM: see :mod:`bridge.output_files`) leaves
+    no partial output behind and never touches an existing file until the new one is
+    complete; a temporary file stranded by SIGKILL is removed by the next run. An OSError
+    (read-only folder, full disk, file-size limit) becomes a one-line BridgeError.
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent or ".")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp creates 0600; give the output the permissions a plain open() would
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    sweep_stale_temps(path)
+    tmp: Path | None = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix or ".tmp",
+                                        dir=path.parent or ".")
+        tmp = Path(tmp_name)
+        os.close(fd)
+        # mkstemp creates 0600; give the output the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        raise output_error(path, exc) from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def write_graph(graph: nir.NIRGraph, path: str | Path, *, force: bool = False) -> Path:
     """Write ``graph`` to ``path`` atomically; the same graph gives a byte-identical file."""
     path = check_output_path(path, force=force)
+    data = graph_bytes(graph)
     with atomic_path(path, ".nir") as tmp:
-        nir.write(tmp, graph)
+        tmp.write_bytes(data)  # an OSError (full disk, size limit) is named by atomic_path
     return path
+
+
+def graph_bytes(graph: nir.NIRGraph) -> bytes:
+    """The NIR file of ``graph``, built in memory.
+
+    HDF5 is never pointed at the disk: a short write inside the HDF5 library (a full disk,
+    a file-size limit) crashes the process while it closes the file; Python's own write of
+    finished bytes fails with a plain OSError instead.
+    """
+    buf = io.BytesIO()
+    try:
+        nir.write(buf, graph)
+    except Exception as exc:  # nir/h5py refuse a graph they cannot store
+        raise BridgeError(f"cannot store the graph as NIR ({first_line(exc)})") from None
+    return buf.getvalue()
 
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -97,3 +97,167 @@ def test_imagefolder_syntax_is_accepted(mlp_nir, tmp_path, capsys):
     code, _, err = run(capsys, "evaluate", mlp_nir, "--data", f"imagefolder:{tmp_path / 'none'}",
                        "--steps", "2")
     assert_one_line(code, err, "is not a folder")
+
+
+# --- the environment: where outputs go, how big they get, signals ---------------------------
+
+def _bad_destinations(tmp_path: Path, suffix: str) -> list[tuple[Path, str]]:
+    (tmp_path / "a_file").write_text("I am a file")
+    return [
+        (Path("/sys") / f"out{suffix}", "cannot write"),  # read-only (sysfs), even for root
+        (tmp_path / "a_file" / f"out{suffix}", "is a file, not a folder"),
+        (tmp_path / ("n" * 300 + suffix), "file name too long"),
+        (tmp_path / "missing" / "deeper" / f"out{suffix}", "does not exist"),
+        (tmp_path, "is a directory" if suffix else "already exists"),
+    ]
+
+
+def test_outputs_that_cannot_be_written(mlp_nir, tmp_path, capsys):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 1, 8, 8), np.float32))
+    for dest, words in _bad_destinations(tmp_path, ".npz"):
+        before = snapshot(tmp_path)
+        for flag in ("--output", "--trace"):
+            code, _, err = run(capsys, "simulate", mlp_nir, "--input", x, "--steps", "2", flag, dest)
+            assert_one_line(code, err, words)
+        assert snapshot(tmp_path) == before
+    for dest, words in _bad_destinations(tmp_path, ".nir"):
+        code, _, err = run(capsys, "export", mlp_nir, "--to", "nir", "-o", dest)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    for dest, words in _bad_destinations(tmp_path, ""):
+        before = snapshot(tmp_path)
+        code, _, err = run(capsys, "export", mlp_nir, "--to", "norse", "-o", dest)
+        assert_one_line(code, err, words)
+        assert snapshot(tmp_path) == before
+
+
+def test_steps_that_cannot_fit_in_memory_are_refused_before_running(mlp_nir, capsys):
+    for args in (["simulate", mlp_nir, "--input", "digits", "--steps", "1000000000000"],
+                 ["simulate", mlp_nir, "--input", "digits", "--steps", "100000000000", "--trace",
+                  "/tmp/never.npz"],
+                 ["evaluate", mlp_nir, "--data", "digits", "--steps", "1,1000000000000"],
+                 ["validate", mlp_nir, "--backends", "reference", "--steps", "1000000000000"]):
+        code, _, err = run(capsys, *args)
+        assert_one_line(code, err, "of memory", "available")
+    assert not Path("/tmp/never.npz").exists()
+
+
+_FSIZE_LIMIT = 20_000  # bytes: the NIR file fits, the outputs below do not
+
+
+def _limit_file_size() -> None:
+    import resource
+    import signal
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (_FSIZE_LIMIT, _FSIZE_LIMIT))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as CPython does; the write gets EFBIG
+
+
+def test_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    model, shape = zoo.vgg_bn()
+    pt2 = tmp_path / "vgg.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(1, *shape),)), pt2)
+    vgg_nir = tmp_path / "vgg.nir"
+    write_graph(convert(model, shape), vgg_nir)
+    before = snapshot(tmp_path)
+    for args in (["export", pt2, "--to", "nir", "-o", tmp_path / "o.nir"],
+                 ["export", vgg_nir, "--to", "norse", "-o", tmp_path / "o_norse"],
+                 ["simulate", vgg_nir, "--input", "digits", "--steps", "4", "--trace", tmp_path / "t.npz"]):
+        proc = subprocess.run([sys.executable, "-m", "bridge", *map(str, args)], capture_output=True,
+                              text=True, preexec_fn=_limit_file_size, timeout=300,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 2, (args[0], proc.returncode, proc.stderr[-2000:])
+        assert_one_line(proc.returncode, proc.stderr, "file too large")
+        assert snapshot(tmp_path) == before, args
+
+
+_PAUSING_WRITER = r'''
+import os, pathlib, sys, time
+import numpy as np
+
+ready = pathlib.Path(sys.argv[1])
+original_write_bytes = pathlib.Path.write_bytes
+original_savez = np.savez
+
+
+def pause():  # the temporary output exists now: tell the test, then wait to be killed
+    ready.write_text("writing")
+    time.sleep(120)
+
+
+def write_bytes(self, data):
+    n = original_write_bytes(self, data)
+    if ".bridge-tmp-" in str(self):
+        pause()
+    return n
+
+
+def savez(f, **arrays):
+    original_savez(f, **arrays)
+    pause()
+
+
+pathlib.Path.write_bytes = write_bytes
+np.savez = savez
+from bridge.cli import main
+sys.exit(main(sys.argv[2:]))
+'''
+
+
+def _interrupted_run(tmp_path: Path, args: list, signum: int) -> tuple[int, str]:
+    import subprocess
+    import sys
+    import time
+
+    ready = tmp_path / "ready.flag"
+    ready.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSING_WRITER, str(ready), *map(str, args)],
+                            stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the writer never started"
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    ready.unlink()
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("target", ["nir", "spikingjelly", "trace"])
+def test_signals_during_a_write_keep_the_old_output_and_leave_no_temp_file(mlp_nir, tmp_path, target):
+    import signal
+
+    out = tmp_path / ("out.nir" if target == "nir" else "out.npz" if target == "trace" else "out_sj")
+    if target == "spikingjelly":
+        out.mkdir()
+        (out / "old.txt").write_text("the previous export")
+    else:
+        out.write_bytes(b"the previous output")
+    args = (["simulate", mlp_nir, "--input", "digits", "--steps", "2", "--trace", out, "--force"]
+            if target == "trace" else ["export", mlp_nir, "--to", target, "-o", out, "--force"])
+    if target == "nir":  # export --to nir needs a model, not a NIR file: use the PyTorch one
+        import torch
+
+        model, shape = zoo.mlp()
+        pt2 = tmp_path / "mlp.pt2"
+        torch.export.save(torch.export.export(model, (torch.zeros(1, *shape),)), pt2)
+        args[1] = pt2
+    before = snapshot(tmp_path)
+    for signum, code in ((signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 130)):
+        rc, err = _interrupted_run(tmp_path, args, signum)
+        assert rc == code, err
+        assert "Traceback" not in err and "nothing was written" in err, err
+        assert snapshot(tmp_path) == before  # old output intact, no temp file
+    # SIGKILL cannot be caught: the temp file stays until the next run sweeps it
+    rc, _ = _interrupted_run(tmp_path, args, signal.SIGKILL)
+    assert rc == -signal.SIGKILL
+    assert any(".bridge-tmp-" in p.name for p in tmp_path.iterdir())
+    assert main([str(a) for a in args]) == 0
+    assert not any(".bridge-tmp-" in p.name for p in tmp_path.rglob("*"))

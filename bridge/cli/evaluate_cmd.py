@@ -114,6 +114,13 @@ def evaluate(model: Path, data: str, steps: str, batch_size: int, device: str, d
         if limit < 1:
             raise BridgeError(f"--limit must be >= 1, got {limit}")
         x, y = x[:limit], y[:limit]
+    from bridge.output_files import require_memory
+
+    # one batch holds its outputs and running readouts [max T, batch, classes]
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    require_memory(4.0 * max(ts) * min(batch_size, len(x)) * output_classes(graph) * itemsize,
+                   f"evaluating up to T = {max(ts)} with batches of {batch_size}",
+                   "lower --steps or --batch-size")
     console = make_console(stderr=True)
     with Progress(console=console, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"simulating T={max(ts)}", total=len(x))

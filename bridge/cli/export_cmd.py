@@ -175,15 +175,18 @@ def _check_output(out: Path, target: str, force: bool) -> None:
     from bridge.nirio import check_output_path
 
     if target == "nir":
+        from bridge.output_files import check_output_location
+
+        check_output_location(out)
         if out.is_dir():
             raise BridgeError(f"{out} is a folder; --to nir writes one file, e.g. -o model.nir")
         check_output_path(out, force=force)
     else:
+        from bridge.output_files import check_output_location
+
+        check_output_location(out)
         if out.exists() and not force:
             raise BridgeError(f"{out} already exists; choose another output folder or pass --force")
-        parent = out.parent if str(out.parent) else Path(".")
-        if not parent.is_dir():
-            raise BridgeError(f"the folder {parent} does not exist; create it first")
 
 
 def _optimize(graph: Any, calibration: Any, timesteps: int) -> Any:

@@ -91,6 +91,17 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
     if n == 0:
         raise BridgeError(f"the input {input_} holds no samples (shape {list(x.shape)})")
 
+    from bridge.graph_probe import step_footprint
+    from bridge.output_files import require_memory
+
+    # results [T, N, ...] (and traces) are kept whole, plus one more copy when they are
+    # concatenated and saved: refuse now rather than fail after minutes of simulation
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    require_memory(
+        2.0 * steps * n * step_footprint(graph, itemsize, trace_path is not None),
+        f"simulating {n} samples for T = {steps}" + (" with --trace" if trace_path else ""),
+        "lower --steps, use --limit, or drop --trace",
+    )
     outs: list[torch.Tensor] = []
     traces: dict[str, list[torch.Tensor]] = {}
     slices = _batches(n, batch_size)

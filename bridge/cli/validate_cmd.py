@@ -82,6 +82,15 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     if limit is not None:
         x, y = x[:limit], y[:limit]
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
+    from bridge.graph_probe import step_footprint
+    from bridge.output_files import require_memory
+
+    # per batch, the reference and each backend keep spikes and potentials [T, batch, ...]
+    itemsize = torch.empty((), dtype=torch_dtype).element_size()
+    require_memory(2.0 * (1 + len(names)) * steps * min(batch_size, len(x))
+                   * step_footprint(graph, itemsize, trace=True),
+                   f"validating {len(names)} backend(s) for T = {steps} with batches of {batch_size}",
+                   "lower --steps or --batch-size")
     err = console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=len(x) * steps < 2000) as bar:
