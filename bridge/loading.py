@@ -103,12 +103,10 @@ class LoadedModel:
                 f"export converter; {_RESAVE_HINT}"
             ) from None
         example = (torch.zeros((1, *input_shape)),)
-        # torch.export logs shape specialisations as warnings: noise for a fixed-shape model
-        export_log = logging.getLogger("torch._export")
-        level = export_log.level
-        export_log.setLevel(logging.ERROR)
+        # the converter logs (and prints) its failures and shape specialisations: the one
+        # line below says what matters
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_torch_logs():
                 warnings.simplefilter("ignore")
                 self.program = TS2EPConverter(self.script, example).convert()
         except Exception as exc:  # the converter raises many types on unsupported scripts
@@ -117,8 +115,6 @@ class LoadedModel:
                 f"PyTorch could not convert the TorchScript archive {self.path} to a "
                 f"torch.export program ({first[:200]}); {_RESAVE_HINT}"
             ) from None
-        finally:
-            export_log.setLevel(level)
         return self.program
 
 
@@ -137,11 +133,24 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _zip_members(data: bytes) -> list[str] | None:
+    """The member names of the zip ``data``, or None if it is not one whole zip.
+
+    A truncated archive that holds a stored zip (a ``.pt2`` keeps its example inputs as a
+    ``torch.save`` zip) can still show a zip directory: the *inner* one. The first local
+    header names the outer archive's first member; if the directory does not list it, the
+    directory found is not the file's own.
+    """
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
-            return z.namelist()
+            names = z.namelist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         return None
+    if data.startswith(_ZIP_MAGIC) and len(data) >= 30:
+        name_len = int.from_bytes(data[26:28], "little")
+        first = data[30:30 + name_len].decode("utf-8", errors="replace")
+        if first not in names:
+            return None
+    return names
 
 
 def _format_of(data: bytes) -> Literal["export", "torchscript", "torch_save"] | None:
@@ -165,7 +174,8 @@ def _damaged_zip_kind(data: bytes) -> str | None:
     member names in its local headers; None when ``data`` is not a zip at all."""
     if not data.startswith(_ZIP_MAGIC) or _zip_members(data) is not None:
         return None
-    if b"archive_format" in data or b"/models/" in data:
+    if any(m in data for m in (b"archive_format", b"/models/", b"/data/weights/",
+                               b"/data/constants/", b"/data/sample_inputs/")):
         return "torch.export archive (.pt2)"
     if b"/code/" in data or b"constants.pkl" in data:
         return "TorchScript archive"
@@ -312,17 +322,16 @@ def _load_export(data: bytes, path: Path, trust_pickle: bool) -> torch.export.Ex
 
 @contextlib.contextmanager
 def _quiet_torch_logs() -> Any:
-    """torch.export.load logs a traceback at WARNING before it falls back to an old format:
-    the error bridge raises afterwards says it in one line."""
-    loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export", "torch.export._trace")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
+    """Silence what PyTorch prints while it loads or converts a model: torch.export.load
+    logs a traceback at WARNING before it falls back to an old format, the TorchScript
+    converter logs its failures; bridge's own error says it afterwards, in one line."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     try:
-        yield
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        logging.disable(previous)
 
 
 def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bridge.cli import main
 from bridge.converter import convert
@@ -153,6 +154,7 @@ def _limit_file_size() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as CPython does; the write gets EFBIG
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path):
     import subprocess
     import sys
@@ -230,6 +232,7 @@ def _interrupted_run(tmp_path: Path, args: list, signum: int) -> tuple[int, str]
     return proc.returncode, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["nir", "spikingjelly", "trace"])
 def test_signals_during_a_write_keep_the_old_output_and_leave_no_temp_file(mlp_nir, tmp_path, target):
     import signal
@@ -261,3 +264,115 @@ def test_signals_during_a_write_keep_the_old_output_and_leave_no_temp_file(mlp_n
     assert any(".bridge-tmp-" in p.name for p in tmp_path.iterdir())
     assert main([str(a) for a in args]) == 0
     assert not any(".bridge-tmp-" in p.name for p in tmp_path.rglob("*"))
+
+
+# --- messages that name the right cause ------------------------------------------------------
+
+def test_folders_and_fifos_are_named_as_such(mlp_nir, tmp_path, capsys):
+    import os
+
+    model, shape = zoo.mlp(act="relu")
+    pt2 = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(1, *shape),)), pt2)
+
+    folder = tmp_path / "folder.pt2"
+    folder.mkdir()
+    fifo = tmp_path / "pipe.pt2"
+    os.mkfifo(fifo)
+    for path, words in ((folder, "directory"), (fifo, "not a regular file")):
+        for args in (["export", path, "--to", "nir", "-o", tmp_path / "o.nir"],
+                     ["evaluate", path, "--data", "digits"],
+                     ["inspect", path],
+                     ["simulate", path, "--input", "digits"],
+                     ["validate", path],
+                     ["simulate", mlp_nir, "--input", path],
+                     *([["evaluate", mlp_nir, "--data", path]] if path == fifo else []),
+                     ["export", "--calibration", path, "--thresholds", "p99", pt2, "--to",
+                      "nir", "-o", tmp_path / "o.nir"]):
+            code, _, err = run(capsys, *args)
+            line = assert_one_line(code, err)
+            assert words in line and "no such file" not in line, (args, line)
+
+
+def test_a_truncated_pt2_is_called_truncated(tmp_path, capsys):
+    import torch
+
+    model, shape = zoo.mlp()
+    whole = tmp_path / "whole.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(1, *shape),)), whole)
+    data = whole.read_bytes()
+    for cut in (len(data) // 3, len(data) - 30, 200):
+        path = tmp_path / f"cut{cut}.pt2"
+        path.write_bytes(data[:cut])
+        for args in (["export", path, "--to", "nir", "-o", tmp_path / "o.nir"],
+                     ["evaluate", path, "--data", "digits"]):
+            code, _, err = run(capsys, *args)
+            line = assert_one_line(code, err, "truncated or corrupt torch.export archive")
+            assert "pickled Python object" not in line and "--trust-pickle" not in line
+
+
+def test_nan_in_calibration_data_is_named(tmp_path, capsys):
+    import torch
+
+    model, shape = zoo.mlp(act="relu")
+    pt2 = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(1, *shape),)), pt2)
+    calib = np.random.default_rng(0).random((20, 1, 8, 8)).astype(np.float32)
+    calib[3, 0, 2, 2] = np.inf
+    np.save(tmp_path / "c.npy", calib)
+    code, _, err = run(capsys, "export", pt2, "--calibration", tmp_path / "c.npy", "--to", "nir",
+                       "-o", tmp_path / "o.nir")
+    line = assert_one_line(code, err, "NaN/inf")
+    assert "dead" not in line and "percentile" not in line
+
+
+class TwoInputs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.fc(a + b)
+
+
+def test_a_model_with_two_inputs_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # tests.* importable for unpickling
+    path = tmp_path / "two.pt2"
+    torch.export.save(torch.export.export(TwoInputs(), (torch.zeros(1, 4), torch.zeros(1, 4))), path)
+    torch.save(TwoInputs(), tmp_path / "two_whole.pt")
+    for args in (["export", path, "--to", "nir", "-o", tmp_path / "o.nir"],
+                 ["export", path, "--input-shape", "4", "--to", "nir", "-o", tmp_path / "o.nir"],
+                 ["export", tmp_path / "two_whole.pt", "--trust-pickle", "--input-shape", "4",
+                  "--to", "nir", "-o", tmp_path / "o.nir"]):
+        code, _, err = run(capsys, *args)
+        assert_one_line(code, err, "2 inputs", "one input")
+
+
+def test_usage_errors_are_one_line(mlp_nir, capsys):
+    for args in (["simulate", mlp_nir], ["simulate", mlp_nir, "--input", "digits", "--steps", "x"],
+                 ["export", mlp_nir], ["nonsense"], ["validate", mlp_nir, "--dtype", "float16"]):
+        code, _, err = run(capsys, *args)
+        assert_one_line(code, err)
+
+
+class LoopingScript(torch.nn.Module):
+    """A network PyTorch's TorchScript-to-export converter cannot convert (a prim::Loop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.jit.annotate(list[torch.Tensor], [])
+        for i in range(x.size(0)):
+            out.append(self.fc(x[i:i + 1]))
+        return torch.clamp(torch.cat(out), 0, 1)
+
+
+def test_torchscript_conversion_failure_prints_only_its_line(tmp_path, capfd):
+    path = tmp_path / "ts.pt"
+    torch.jit.save(torch.jit.script(LoopingScript()), path)
+    code = main(["export", str(path), "--input-shape", "4", "--to", "nir", "-o", str(tmp_path / "o.nir")])
+    err = capfd.readouterr().err  # file-descriptor level: logging and C++ output included
+    assert_one_line(code, err, "could not convert the TorchScript archive", "torch.export.save")
+    assert not (tmp_path / "o.nir").exists()

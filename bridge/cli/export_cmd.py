@@ -335,6 +335,20 @@ def check_runs(module: Any, input_shape: tuple[int, ...]) -> None:
     """Run the model once on zeros: a wrong --input-shape fails here with one clear line."""
     import torch
 
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        params = []
+    required = [p for p in params if p.default is p.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) > 1:
+        raise BridgeError(
+            f"the model's forward takes {len(required)} inputs "
+            f"({', '.join(p.name for p in required)}); bridge converts networks with exactly "
+            "one input tensor (an image or a feature vector)"
+        )
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     try:
         with torch.no_grad():
