@@ -129,6 +129,10 @@ def test_outputs_that_cannot_be_written(mlp_nir, tmp_path, capsys):
         before = snapshot(tmp_path)
         code, _, err = run(capsys, "export", mlp_nir, "--to", "norse", "-o", dest)
         assert_one_line(code, err, words)
+        if dest != tmp_path:  # an existing folder is a valid report folder
+            code, _, err = run(capsys, "validate", mlp_nir, "--backends", "reference", "--steps",
+                               "2", "--limit", "2", "--report", dest / "report")
+            assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
         assert snapshot(tmp_path) == before
 
 

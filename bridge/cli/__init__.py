@@ -108,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as exc:
         click.echo(f"bridge: terminated by signal {exc.signum}; nothing was written", err=True)
         return 128 + exc.signum
+    except OSError as exc:  # the environment (disk, permissions) after every check passed
+        from bridge.input_files import describe_os_error
+
+        where = f" {exc.filename}" if exc.filename else ""
+        click.echo(f"bridge: error: cannot complete the command:{where}: {describe_os_error(exc)}",
+                   err=True)
+        return 2
     except MemoryError:
         click.echo("bridge: error: out of memory; use fewer samples (--limit, --batch-size) "
                    "or fewer --steps", err=True)

@@ -71,6 +71,12 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
         raise BridgeError("--batch-size and --limit must be >= 1")
     if tie_epsilon is not None and not (tie_epsilon >= 0 and tie_epsilon < float("inf")):
         raise BridgeError(f"--tie-epsilon must be a finite number >= 0, got {tie_epsilon}")
+    if report_dir:  # refuse an unwritable report folder before the work, not after
+        from pathlib import Path
+
+        from bridge.output_files import check_output_location
+
+        check_output_location(Path(report_dir))
     names = parse_backends(backends)  # unknown / not installed: BridgeError before any work
     ts = parse_timesteps(timesteps_list, steps) if timesteps_list else _powers_of_two(steps)
     graph = read_runnable_graph(model)
@@ -105,7 +111,14 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     else:
         render(report, console())
     if report_dir:
-        path = write_report(report, report_dir, force=force)
+        try:
+            path = write_report(report, report_dir, force=force)
+        except OSError as exc:
+            from pathlib import Path
+
+            from bridge.output_files import output_error
+
+            raise output_error(Path(report_dir), exc) from None
         err.print(f"report written to {path}")
     if not report.ok:
         raise ValidationFailed("; ".join(report.failures()))
