@@ -16,6 +16,7 @@ so a failure leaves nothing behind; an existing ``out_dir`` is refused unless ``
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -27,6 +28,8 @@ import nir
 import torch
 
 from bridge.format.errors import BridgeError
+from bridge.format.nirio import graph_bytes
+from bridge.format.output_files import output_error, sweep_stale_temps, temp_prefix, write_failure
 from exporters.graph_spec import graph_to_spec
 
 Target = Literal["spikingjelly", "norse"]
@@ -83,12 +86,17 @@ def write_artifact(graph: nir.NIRGraph, target: Target, out_dir: str | Path, *, 
     # Check that the runtime really builds (the target framework imports, the spec is whole).
     _build_in_process(target, spec, tensors)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+    sweep_stale_temps(out_dir)  # folders stranded by killed runs
+    tmp: Path | None = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), suffix=".tmp", dir=parent))
         shutil.copyfile(Path(__file__).with_name(_RUNTIMES[target]), tmp / "model.py")
         (tmp / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
-        torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp / "tensors.pt")
-        nir.write(tmp / "model.nir", graph)
+        # serialised in memory, written by Python: a full disk is an OSError, not a C++ error
+        buf = io.BytesIO()
+        torch.save({k: v.contiguous() for k, v in tensors.items()}, buf)
+        (tmp / "tensors.pt").write_bytes(buf.getvalue())
+        (tmp / "model.nir").write_bytes(graph_bytes(graph))  # HDF5 built in memory
         shape = ", ".join(str(d) for d in next(n for n in spec["nodes"] if n["op"] == "input")["shape"])
         (tmp / "README.md").write_text(_README.format(
             target="SpikingJelly" if target == "spikingjelly" else "Norse",
@@ -100,15 +108,20 @@ def write_artifact(graph: nir.NIRGraph, target: Target, out_dir: str | Path, *, 
         ))
         os.chmod(tmp, 0o755)
         if out_dir.exists():  # force: replace the old folder only now that the new one is whole
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), suffix=".old", dir=parent))
             os.replace(out_dir, old / "x")
             os.replace(tmp, out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)
+    except OSError as exc:  # read-only folder, full disk, file-size limit
+        raise output_error(out_dir, exc) from None
+    except RuntimeError as exc:  # torch.save / h5py report a short write in their own words
+        raise write_failure(out_dir, exc) from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(tmp)
     return out_dir
 
 

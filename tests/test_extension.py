@@ -86,13 +86,18 @@ def test_existing_output_is_not_overwritten_without_force(tmp_path):
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    def broken_write(path, graph):
-        open(path, "wb").write(b"half a file")
-        raise OSError("disk full")
+    import errno
+    import pathlib
 
-    monkeypatch.setattr(nir, "write", broken_write)
-    with pytest.raises(OSError):
+    def broken_write(path, data):
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", broken_write)
+    with pytest.raises(BridgeError, match="no space left on the device") as info:
         write_graph(tiny_graph(), tmp_path / "g.nir")
+    assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -304,7 +304,7 @@ def test_cli_fails_with_exit_1_on_unexplained(tmp_path, capsys, stand_ins):
 def test_cli_bad_input_exit_2(model_file, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.setitem(sys.modules, "sinabs", None)  # as on a machine without sinabs
     if "WRONG" in args:
-        args = ["--data", _npz(tmp_path, np.zeros((2, 5)), np.zeros(2))]
+        args = ["--data", _npz(tmp_path, np.zeros((2, 5)), np.zeros(2, dtype=np.int64))]
     rc = main(["validate", str(model_file), "--steps", "8", *args] if "--steps" not in args
               else ["validate", str(model_file), *args])
     err = capsys.readouterr().err

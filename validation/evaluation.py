@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from bridge.format.errors import BridgeError
 from bridge.reference.ops.base import NeuronOp
+from bridge.reference.probe import output_classes
 from validation.accuracy import AccuracyCurve, parse_timesteps
 from validation.distributed import ProcessGroup, shard_bounds
 
@@ -286,6 +287,22 @@ def _save_progress(path: Path, fingerprint: dict, ranks: list[dict], complete: b
 
 
 # -- the run --------------------------------------------------------------------------------
+def _check_batch(x: torch.Tensor, y: torch.Tensor, classes: int, first: int) -> None:
+    """Streamed data is checked batch by batch as it arrives (it is never held whole): finite
+    inputs, integer labels in ``[0, classes)``."""
+    if not bool(torch.isfinite(x).all()):
+        raise BridgeError(f"the data hold NaN/inf values (in samples {first}..{first + len(x) - 1}); "
+                          "clean or re-save the data")
+    if y.is_floating_point() or y.dim() != 1:
+        raise BridgeError(f"the labels are {y.dtype} of shape {list(y.shape)}; save one integer class "
+                          "index per sample")
+    if bool((y < 0).any()):
+        raise BridgeError(f"the labels include {int(y.min())}; class indices start at 0")
+    if bool((y >= classes).any()):
+        raise BridgeError(f"the labels go up to {int(y.max())} but the graph has {classes} outputs "
+                          f"(classes 0..{classes - 1}); give matching data")
+
+
 def evaluate_dataset(
     graph: nir.NIRGraph,
     dataset: Dataset,
@@ -353,11 +370,13 @@ def evaluate_dataset(
     loader = DataLoader(Subset(dataset, range(start + done, stop)), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=group.device.type == "cuda",
                         persistent_workers=False)
+    classes = output_classes(graph)
     t0 = time.perf_counter()
     this_run = 0
     if progress is not None:
         progress(done, stop - start)
     for xb, yb in loader:
+        _check_batch(xb, yb, classes, done)
         running, spikes = runner.run(xb, tmax)
         curve.add_readout(running, yb, predictor(xb))
         if spikes:

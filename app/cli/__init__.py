@@ -81,22 +81,45 @@ def _quiet_framework_logs() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; user errors print one line and exit 2 (1 for failed checks)."""
+    from bridge.format.output_files import Terminated, termination_handlers
+
     _quiet_framework_logs()
     try:
-        cli.main(args=argv, prog_name="bridge", standalone_mode=False)
+        with termination_handlers():  # SIGTERM unwinds like Ctrl-C: temp files are removed
+            cli.main(args=argv, prog_name="bridge", standalone_mode=False)
     except BridgeError as exc:
-        click.echo(f"bridge: error: {exc}", err=True)
+        # one line, always: a library's message may carry newlines
+        click.echo(f"bridge: error: {' '.join(str(exc).split())}", err=True)
         return exc.exit_code
+    except Terminated as exc:
+        click.echo(f"bridge: terminated by signal {exc.signum}; nothing was written", err=True)
+        return 128 + exc.signum
+    except OSError as exc:  # the environment (disk, permissions) after every check passed
+        from bridge.format.input_files import describe_os_error
+
+        where = f" {exc.filename}" if exc.filename else ""
+        click.echo(f"bridge: error: cannot complete the command:{where}: {describe_os_error(exc)}",
+                   err=True)
+        return 2
+    except MemoryError:
+        click.echo("bridge: error: out of memory; use fewer samples (--limit, --batch-size) "
+                   "or fewer --steps", err=True)
+        return 2
     except click.exceptions.Abort:
-        click.echo("bridge: aborted", err=True)
+        click.echo("bridge: interrupted; nothing was written", err=True)
         return 130
     except click.ClickException as exc:
-        exc.show()
+        # click's usage block is several lines; bridge's contract is one line per error
+        message = " ".join(exc.format_message().split())
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see `{exc.ctx.command_path} --help`)"
+        click.echo(f"bridge: error: {message}{hint}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("bridge: interrupted", err=True)
+        click.echo("bridge: interrupted; nothing was written", err=True)
         return 130
     return 0
 

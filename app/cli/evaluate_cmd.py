@@ -22,15 +22,16 @@ def _load_graph(model: Path, arch: str | None, trust_pickle: bool, input_shape: 
     """
     from bridge.model.loading import is_nir_file
 
-    if not model.is_file():
-        raise BridgeError(f"no such file: {model}; check the path")
+    from bridge.format.input_files import check_input_file
+
+    check_input_file(model, "model file")
     if is_nir_file(model):
-        from bridge.format.nirio import read_graph
+        from bridge.reference.probe import read_runnable_graph
 
         if v_init != "half" or timesteps is not None:
             raise BridgeError("--v-init/--timesteps apply to PyTorch models; a NIR file is "
                               "evaluated as written (re-export it to change them)")
-        return read_graph(model), None
+        return read_runnable_graph(model), None
     from app.cli.export_cmd import convert_loaded, parse_input_shape, parse_v_init
     from bridge.data.streaming import first_samples, open_dataset
     from bridge.model.loading import check_finite, load_model
@@ -161,7 +162,17 @@ def evaluate(model: Path, data: str, timesteps_list: str, steps_alias: str | Non
     with distributed_session(device) as group:
         graph, ann = _load_graph(model, arch, trust_pickle, input_shape, v_init, timesteps,
                                  calibration_samples, data, image_transform)
+        from bridge.format.output_files import require_memory
+        from bridge.reference.probe import output_classes
+
+        # one batch holds its outputs and running readouts [max T, batch, classes]
+        itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+        require_memory(4.0 * max(ts) * batch_size * output_classes(graph) * itemsize,
+                       f"evaluating up to T = {max(ts)} with batches of {batch_size}",
+                       "lower --timesteps-list or --batch-size")
         dataset = open_dataset(data, input_shape=graph_input_shape(graph), transform=image_transform)
+        if len(dataset) == 0:
+            raise BridgeError(f"the data {data} hold no samples; give at least one labelled sample")
         if limit is not None and limit < len(dataset):
             dataset = Subset(dataset, range(limit))
         in_memory = getattr(getattr(dataset, "dataset", dataset), "in_memory", False)

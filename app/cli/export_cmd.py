@@ -168,15 +168,18 @@ def _check_output(out: Path, target: str, force: bool) -> None:
     from bridge.format.nirio import check_output_path
 
     if target == "nir":
+        from bridge.format.output_files import check_output_location
+
+        check_output_location(out)
         if out.is_dir():
             raise BridgeError(f"{out} is a folder; --to nir writes one file, e.g. -o model.nir")
         check_output_path(out, force=force)
     else:
+        from bridge.format.output_files import check_output_location
+
+        check_output_location(out)
         if out.exists() and not force:
             raise BridgeError(f"{out} already exists; choose another output folder or pass --force")
-        parent = out.parent if str(out.parent) else Path(".")
-        if not parent.is_dir():
-            raise BridgeError(f"the folder {parent} does not exist; create it first")
 
 
 def _optimize(graph: Any, calibration: Any, timesteps: int) -> Any:
@@ -258,16 +261,18 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
         raise BridgeError("--profile applies to --to nir; the exporters always build the exact graph")
     if timesteps is not None and timesteps < 1:
         raise BridgeError(f"--timesteps must be >= 1, got {timesteps}")
-    if not model.is_file():
-        raise BridgeError(f"no such file: {model}; check the path")
+    from bridge.format.input_files import check_input_file
+
+    check_input_file(model, "model file")
     _check_output(out, target, force)
 
     if is_nir_file(model):
-        if target == "nir":
-            raise BridgeError(f"{model} is already a NIR file; use --to spikingjelly or --to norse")
-        from bridge.format.nirio import read_graph
+        from bridge.reference.probe import read_runnable_graph
+        from bridge.format.nirio import nir_file_kind
 
-        graph = read_graph(model)
+        if target == "nir" and nir_file_kind(model) == "nir":
+            raise BridgeError(f"{model} is already a NIR file; use --to spikingjelly or --to norse")
+        graph = read_runnable_graph(model)  # an HDF5 file that is not NIR: says so
         _summary(_write_artifact(graph, target, out, force), graph, target)
         return
 
@@ -323,6 +328,20 @@ def check_runs(module: Any, input_shape: tuple[int, ...]) -> None:
     """Run the model once on zeros: a wrong --input-shape fails here with one clear line."""
     import torch
 
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        params = []
+    required = [p for p in params if p.default is p.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) > 1:
+        raise BridgeError(
+            f"the model's forward takes {len(required)} inputs "
+            f"({', '.join(p.name for p in required)}); bridge converts networks with exactly "
+            "one input tensor (an image or a feature vector)"
+        )
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     try:
         with torch.no_grad():

@@ -24,9 +24,11 @@ def inspect(path: Path, as_json: bool) -> None:
     bridge metadata) is described with the NIR-text semantics.
     """
     from bridge.format.inspect import inspect_graph, render
-    from bridge.format.nirio import read_graph
+    from bridge.reference.probe import read_runnable_graph
 
-    info = inspect_graph(read_graph(path))
+    # the same checks (and dry run) as every command that runs the graph: a file inspect
+    # accepts is one simulate accepts
+    info = inspect_graph(read_runnable_graph(path))
     if as_json:
         click.echo(json.dumps({"file": str(path), **info}, indent=2))
         return

@@ -59,6 +59,9 @@ class RunProgress:
                 self._task = self._bar.add_task(self.description, total=total, completed=done)
             self._bar.update(self._task, completed=done)
             return
+        if self._last_log == 0.0:  # the first log line comes after log_every, not at 0 images
+            self._last_log = now
+            return
         if now - self._last_log >= self.log_every or done == total:
             self._last_log = now
             t0, d0 = self._first

@@ -60,7 +60,7 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bridge.data.datasets import load_labelled
-    from bridge.format.nirio import read_graph
+    from bridge.reference.probe import output_classes, read_runnable_graph
     from validation.accuracy import parse_timesteps
     from validation.backends import parse_backends
     from validation.distributed import distributed_session, merge_validation_reports, shard_bounds
@@ -72,17 +72,34 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
         raise BridgeError(f"--steps must be >= 1, got {steps}")
     if batch_size < 1 or (limit is not None and limit < 1):
         raise BridgeError("--batch-size and --limit must be >= 1")
+    if tie_epsilon is not None and not (tie_epsilon >= 0 and tie_epsilon < float("inf")):
+        raise BridgeError(f"--tie-epsilon must be a finite number >= 0, got {tie_epsilon}")
+    if report_dir:  # refuse an unwritable report folder before the work, not after
+        from pathlib import Path
+
+        from bridge.format.output_files import check_output_location
+
+        check_output_location(Path(report_dir))
     names = parse_backends(backends)  # unknown / not installed: BridgeError before any work
     ts = parse_timesteps(timesteps_list, steps) if timesteps_list else _powers_of_two(steps)
-    graph = read_graph(model)
+    graph = read_runnable_graph(model)
     if profile != "exact":
         from bridge.passes.profiles import apply_profile
 
         graph = apply_profile(graph, profile)
-    x, y = load_labelled(data, input_shape=input_shape(graph))
+    x, y = load_labelled(data, input_shape=input_shape(graph), classes=output_classes(graph))
     if limit is not None:
         x, y = x[:limit], y[:limit]
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
+    from bridge.reference.probe import step_footprint
+    from bridge.format.output_files import require_memory
+
+    # per batch, the reference and each backend keep spikes and potentials [T, batch, ...]
+    itemsize = torch.empty((), dtype=torch_dtype).element_size()
+    require_memory(2.0 * (1 + len(names)) * steps * min(batch_size, len(x))
+                   * step_footprint(graph, itemsize, trace=True),
+                   f"validating {len(names)} backend(s) for T = {steps} with batches of {batch_size}",
+                   "lower --steps or --batch-size")
     with distributed_session("cpu") as group:  # under torchrun: one shard of the data per process
         if len(x) < group.world_size:
             raise BridgeError(f"{len(x)} samples for {group.world_size} processes; use more data or fewer processes")
@@ -112,7 +129,14 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     else:
         render(report, console())
     if report_dir:
-        path = write_report(report, report_dir, force=force)
+        try:
+            path = write_report(report, report_dir, force=force)
+        except OSError as exc:
+            from pathlib import Path
+
+            from bridge.format.output_files import output_error
+
+            raise output_error(Path(report_dir), exc) from None
         err.print(f"report written to {path}")
     if not report.ok:
         raise ValidationFailed("; ".join(report.failures()))

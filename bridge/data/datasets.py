@@ -6,6 +6,8 @@ where labelled, int64 labels ``y`` of shape ``(N,)``. Nothing here downloads any
 
 from __future__ import annotations
 
+import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from bridge.format.errors import BridgeError
+from bridge.format.input_files import check_input_file, first_line, read_input_bytes
 
 DIGITS_SIZE = 16  # 8x8 digits are upsampled so that two conv + pool stages fit
 
@@ -57,21 +60,53 @@ def digits_split(seed: int = 0, test_fraction: float = 0.2, size: int = DIGITS_S
     return Split(x[tr_t], y[tr_t], x[te_t], y[te_t])
 
 
+_NO_UNPICKLING = "bridge never unpickles data files (it would run code stored in them)"
+
+
+def _refused_pickle(path: Path, exc: BaseException) -> BridgeError | None:
+    """The error for a data file that holds pickled Python objects, or None if ``exc`` is
+    another failure (numpy and torch say so in their own words)."""
+    text = str(exc)
+    if "allow_pickle=False" in text or "Object arrays" in text:
+        return BridgeError(f"{path} holds Python objects (an object array), not numbers; "
+                           f"{_NO_UNPICKLING}; save a numeric array")
+    if "GLOBAL" in text or "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        named = f" ({found.group(1)})" if found else ""
+        return BridgeError(f"{path} holds a pickled Python object{named}, not plain tensors; "
+                           f"{_NO_UNPICKLING}; save a tensor or a numeric array")
+    return None
+
+
+def check_finite_data(x: torch.Tensor, source: str | Path) -> torch.Tensor:
+    """Refuse inputs with NaN or inf: they propagate into every potential and spike."""
+    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise BridgeError(
+            f"{source} holds {bad} NaN/inf value(s); clean the data (every value must be a "
+            "finite number)"
+        )
+    return x
+
+
 def load_tensor_file(path: str | Path, key: str | None = None) -> torch.Tensor:
     """Load an input tensor from ``.npy``, ``.npz`` (key ``x`` or the only array) or ``.pt``.
 
-    ``.pt`` files are read with ``torch.load(weights_only=True)``: plain tensors only, no
-    pickled code is executed.
+    The file is read once into memory. ``.npy``/``.npz`` are read with
+    ``allow_pickle=False`` and ``.pt`` with ``torch.load(weights_only=True)``: numbers and
+    plain tensors only, no pickled code is executed. NaN/inf values are refused.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BridgeError(f"no such file: {path}; check the path")
     suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz", ".pt"):
+        check_input_file(path, "data file")
+        raise BridgeError(f"cannot read {path}: use a .npy, .npz or .pt tensor file, or 'digits'")
+    data = read_input_bytes(path, "data file")
     try:
         if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
         elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 names = list(z.keys())
                 chosen = key or ("x" if "x" in names else names[0] if len(names) == 1 else None)
                 if chosen is None or chosen not in names:
@@ -79,24 +114,27 @@ def load_tensor_file(path: str | Path, key: str | None = None) -> torch.Tensor:
                         f"{path} holds arrays {names}; name the input array 'x' or keep one array"
                     )
                 arr = z[chosen]
-        elif suffix == ".pt":
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             if isinstance(obj, dict):
                 obj = obj.get(key or "x")
             if not isinstance(obj, torch.Tensor):
                 raise BridgeError(f"{path} holds no tensor (or dict with 'x'); save a tensor")
-            return obj.float()
-        else:
-            raise BridgeError(
-                f"cannot read {path}: use a .npy, .npz or .pt tensor file, or 'digits'"
-            )
+            if key == "y":
+                return obj
+            return check_finite_data(obj.float(), path)
     except BridgeError:
         raise
     except Exception as exc:  # numpy/torch raise many types on corrupt files
-        raise BridgeError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
+        refused = _refused_pickle(path, exc)
+        if refused is not None:
+            raise refused from None
+        raise BridgeError(f"cannot read {path} (truncated or corrupt?): {first_line(exc)}") from None
     if arr.dtype.kind not in "fiub":
         raise BridgeError(f"{path} holds {arr.dtype} data; save numbers")
-    return torch.from_numpy(np.ascontiguousarray(arr)).float()
+    if key == "y":
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    return check_finite_data(torch.from_numpy(np.ascontiguousarray(arr)).float(), path)
 
 
 # --- labelled data sets for validation and evaluation -------------------------------------
@@ -127,18 +165,19 @@ class _ArraysOnlyUnpickler:
             def find_class(self, module: str, name: str) -> object:
                 if (module, name) not in allowed:
                     raise BridgeError(
-                        f"{path} asks to load {module}.{name}: refused (only arrays, lists and "
-                        "dicts are read from data pickles); use the official CIFAR files"
+                        f"{path} holds a pickled Python object ({module}.{name}): refused, "
+                        f"{_NO_UNPICKLING} (only arrays, lists and dicts are read from CIFAR "
+                        "batches); use the official CIFAR files"
                     )
                 return super().find_class(module, name)
 
-        with open(path, "rb") as fh:
-            try:
-                return Restricted(fh, encoding="bytes").load()
-            except BridgeError:
-                raise
-            except Exception as exc:
-                raise BridgeError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
+        data = read_input_bytes(path, "CIFAR batch")
+        try:
+            return Restricted(io.BytesIO(data), encoding="bytes").load()
+        except BridgeError:
+            raise
+        except Exception as exc:
+            raise BridgeError(f"cannot read {path} (truncated or corrupt?): {first_line(exc)}") from None
 
 
 def _key(d: dict, name: str) -> object:
@@ -250,7 +289,37 @@ def fit_images(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return x.contiguous()
 
 
-def load_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def check_labels(x: torch.Tensor, y: torch.Tensor, source: str, classes: int | None = None) -> torch.Tensor:
+    """Labels as int64 class indices: one per sample, integers in ``[0, classes)``; an empty
+    data set is refused (an accuracy over no samples means nothing)."""
+    if len(x) == 0:
+        raise BridgeError(f"the data {source} hold no samples; give at least one labelled sample")
+    if y.dim() != 1:
+        raise BridgeError(f"the labels in {source} have shape {list(y.shape)}; save one class "
+                          "index per sample, shape (N,) (not one-hot)")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise BridgeError(f"the labels in {source} are {y.dtype}; save integer class indices")
+    if len(y) != len(x):
+        raise BridgeError(f"{source}: x has {len(x)} samples, y {len(y)}; save one label per sample")
+    y = y.long()
+    if bool((y < 0).any()):
+        raise BridgeError(f"the labels in {source} include {int(y.min())}; class indices start at 0")
+    if classes is not None and bool((y >= classes).any()):
+        raise BridgeError(f"the labels in {source} go up to {int(y.max())} but the graph has "
+                          f"{classes} outputs (classes 0..{classes - 1}); give matching data")
+    return y
+
+
+def load_labelled(spec: str, *, input_shape: tuple[int, ...],
+                  classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`read_labelled`, with the labels checked (:func:`check_labels`; ``classes``: the
+    number of outputs of the graph, if known) and the images finite."""
+    x, y = read_labelled(spec, input_shape=input_shape)
+    y = check_labels(x, y, spec, classes)
+    return check_finite_data(x, spec), y
+
+
+def read_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """A labelled data set that fits ``input_shape`` (one sample, no batch): ``(x, y)``.
 
     ``spec``:
@@ -273,13 +342,18 @@ def load_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Ten
     if kind in ("cifar10", "cifar100") and rest:
         x, y = load_cifar(Path(rest).expanduser(), classes=10 if kind == "cifar10" else 100)
         return fit_images(x, shape), y
+    if kind == "imagefolder" and rest:
+        folder = Path(rest).expanduser()
+        if not folder.is_dir():
+            raise BridgeError(f"--data imagefolder:{rest}: {folder} is not a folder; give "
+                              "DIR/<class>/<image> files")
+        x, y, _ = load_image_folder(folder, channels=shape[0] if len(shape) == 3 else 1)
+        return fit_images(x, shape), y
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".npz":
         x = load_tensor_file(path, "x")
-        y = load_tensor_file(path, "y").long()
-        if len(y) != len(x):
-            raise BridgeError(f"{path}: x has {len(x)} samples, y {len(y)}; save one label per sample")
-        if tuple(x.shape[1:]) != shape:
+        y = load_tensor_file(path, "y")
+        if tuple(x.shape[1:]) != shape and len(x):
             x = fit_images(x, shape) if x.dim() == 4 else x
         return x, y
     if path.is_dir():
@@ -290,7 +364,12 @@ def load_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Ten
         channels = shape[0] if len(shape) == 3 else 1
         x, y, _ = load_image_folder(path, channels=channels)
         return fit_images(x, shape), y
+    if path.exists() and not path.is_dir():
+        check_input_file(path, "data file")  # a FIFO or device: say so
+    if not path.exists() and not kind.startswith(("cifar", "imagefolder")):
+        raise BridgeError(f"unknown data {spec!r} (no such file or folder): use digits, a .npz "
+                          "with x and y, cifar10:DIR, cifar100:DIR or imagefolder:DIR")
     raise BridgeError(
         f"unknown data {spec!r}: use digits, a .npz with x and y, cifar10:DIR, cifar100:DIR "
-        "or an ImageFolder directory"
+        "or imagefolder:DIR (an ImageFolder directory)"
     )

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from bridge.data.datasets import IMAGE_SUFFIXES, digits_split, fit_images, load_cifar
 from bridge.format.errors import BridgeError
+from bridge.format.input_files import check_input_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -214,17 +215,25 @@ class NpzArrays(Dataset):
             self.x, self.y = NpyMember(path, "x"), NpyMember(path, "y")
             self.in_memory = False
         except ValueError:  # compressed (savez_compressed) or unusual layout: load it whole
-            with np.load(path, allow_pickle=False) as z:
-                self.x, self.y = np.ascontiguousarray(z["x"]), np.ascontiguousarray(z["y"])
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    self.x, self.y = np.ascontiguousarray(z["x"]), np.ascontiguousarray(z["y"])
+            except ValueError:  # object arrays: numpy would have to unpickle them
+                raise BridgeError(f"{path} holds Python objects (pickled arrays); bridge never unpickles "
+                                  "data files: save numeric arrays with numpy.savez") from None
+            except Exception as exc:
+                raise BridgeError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
             self.in_memory = True
         except Exception as exc:
             raise BridgeError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
         if self.x.dtype.kind not in "fiub" or self.y.dtype.kind not in "iub":
             raise BridgeError(f"{path}: x must hold numbers and y integer labels "
                               f"(got {self.x.dtype}, {self.y.dtype})")
-        if len(self.x) != len(self.y) or len(self.y.shape) != 1:
-            raise BridgeError(f"{path}: x has {len(self.x)} samples, y has shape {list(self.y.shape)}; "
-                              "save one label per sample")
+        if len(self.y.shape) != 1:
+            raise BridgeError(f"the labels in {path} have shape {list(self.y.shape)}; save one class "
+                              "index per sample, shape (N,) (not one-hot)")
+        if len(self.x) != len(self.y):
+            raise BridgeError(f"{path}: x has {len(self.x)} samples, y {len(self.y)}; save one label per sample")
         sample = tuple(self.x.shape[1:])
         if sample != self.shape and not (len(sample) == 3 and len(self.shape) in (1, 3)):
             raise BridgeError(f"{path}: samples of shape {list(sample)}, the model expects "
@@ -257,7 +266,9 @@ class ImageFolderImages(Dataset):
     def __init__(self, root: Path, input_shape: Sequence[int], transform: ImageTransform | None = None) -> None:
         self.shape = tuple(int(s) for s in input_shape)
         self.transform = transform
-        class_dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if not root.is_dir():
+            raise BridgeError(f"{root} is not a folder; give a folder of class sub-folders of images")
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
         if not class_dirs:
             raise BridgeError(f"{root} has no class sub-folders; lay images out as {root}/<class>/<image>.jpg")
         self.classes = [d.name for d in class_dirs]
@@ -311,9 +322,8 @@ def open_dataset(spec: str, *, input_shape: Sequence[int],
     if kind == "imagefolder" and rest:
         return ImageFolderImages(Path(rest).expanduser(), shape, transform)
     path = Path(spec).expanduser()
-    if path.suffix.lower() == ".npz":
-        if not path.is_file():
-            raise BridgeError(f"no such file: {path}; check the path")
+    if path.suffix.lower() == ".npz" or (path.exists() and not path.is_dir()):
+        check_input_file(path, "data file")  # a FIFO or a folder is named as such
         return NpzArrays(path, shape, transform)
     if path.is_dir():
         for classes, marker in ((10, "test_batch"), (100, "meta"), (10, "cifar-10-batches-py"),

@@ -7,6 +7,7 @@ module only moves graphs between memory and disk.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,16 +16,25 @@ from pathlib import Path
 import nir
 
 from bridge.format.errors import BridgeError
-from bridge.format.extension import graph_semantics
+from bridge.format.graph_checks import check_graph
+from bridge.format.input_files import check_input_file, first_line
+from bridge.format.output_files import (
+    check_output_location,
+    output_error,
+    sweep_stale_temps,
+    temp_prefix,
+)
 
 
 def check_output_path(path: str | Path, *, force: bool = False) -> Path:
-    """Refuse to overwrite an existing file unless ``force`` (nothing the user had is lost)."""
+    """Refuse to overwrite an existing file unless ``force`` (nothing the user had is lost),
+    and refuse a destination that cannot be written (see :mod:`bridge.format.output_files`)."""
     path = Path(path)
+    check_output_location(path)
+    if path.is_dir():
+        raise BridgeError(f"{path} is a directory; give the path of a file to write")
     if path.exists() and not force:
         raise BridgeError(f"{path} already exists; choose another output path or pass --force")
-    if path.parent != Path("") and not path.parent.exists():
-        raise BridgeError(f"the folder {path.parent} does not exist; create it first")
     return path
 
 
@@ -32,51 +42,120 @@ def check_output_path(path: str | Path, *, force: bool = False) -> Path:
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
-    A crash or an error leaves no partial output behind and never touches an existing
-    file until the new one is complete.
+    A crash, an error or a signal (SIGINT, SIGTERM: see :mod:`bridge.format.output_files`) leaves
+    no partial output behind and never touches an existing file until the new one is
+    complete; a temporary file stranded by SIGKILL is removed by the next run. An OSError
+    (read-only folder, full disk, file-size limit) becomes a one-line BridgeError.
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent or ".")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp creates 0600; give the output the permissions a plain open() would
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    sweep_stale_temps(path)
+    tmp: Path | None = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix or ".tmp",
+                                        dir=path.parent or ".")
+        tmp = Path(tmp_name)
+        os.close(fd)
+        # mkstemp creates 0600; give the output the permissions a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        raise output_error(path, exc) from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def write_graph(graph: nir.NIRGraph, path: str | Path, *, force: bool = False) -> Path:
     """Write ``graph`` to ``path`` atomically; the same graph gives a byte-identical file."""
     path = check_output_path(path, force=force)
+    data = graph_bytes(graph)
     with atomic_path(path, ".nir") as tmp:
-        nir.write(tmp, graph)
+        tmp.write_bytes(data)  # an OSError (full disk, size limit) is named by atomic_path
     return path
 
 
-def _read(path: Path) -> nir.NIRGraph:
+def graph_bytes(graph: nir.NIRGraph) -> bytes:
+    """The NIR file of ``graph``, built in memory.
+
+    HDF5 is never pointed at the disk: a short write inside the HDF5 library (a full disk,
+    a file-size limit) crashes the process while it closes the file; Python's own write of
+    finished bytes fails with a plain OSError instead.
+    """
+    buf = io.BytesIO()
     try:
-        return nir.read(path)
+        nir.write(buf, graph)
+    except Exception as exc:  # nir/h5py refuse a graph they cannot store
+        raise BridgeError(f"cannot store the graph as NIR ({first_line(exc)})") from None
+    return buf.getvalue()
+
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def nir_file_kind(path: str | Path) -> str:
+    """``"nir"`` (an HDF5 file with NIR's top-level 'node' group), ``"hdf5"`` (another HDF5
+    file) or ``"other"``; never raises for a readable regular file."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _HDF5_MAGIC:
+                return "other"
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return "nir" if isinstance(f.get("node"), h5py.Group) else "hdf5"
+    except Exception:  # a damaged HDF5 file: let the reader say what is wrong
+        return "hdf5"
+
+
+def _read(path: Path) -> nir.NIRGraph:
+    kind = nir_file_kind(path)
+    if kind == "other":
+        raise BridgeError(
+            f"{path} is not a readable NIR file (not HDF5); write one with `bridge export --to nir`"
+        )
+    if kind == "hdf5":
+        raise BridgeError(
+            f"{path} is an HDF5 file but not a NIR graph (no readable 'node' group); write one "
+            "with `bridge export --to nir` or nir.write"
+        )
+    try:
+        return nir.read(path, type_check=False)  # shapes: check_graph and the dry run
     except Exception as exc:  # h5py/nir raise many types on a damaged or foreign file
         raise BridgeError(
-            f"{path} is not a readable NIR file ({exc.__class__.__name__}: {exc}); "
-            "write it with `bridge export --to nir` or nir.write"
+            f"{path} is not a readable NIR file ({first_line(exc)}); the file is damaged or "
+            "was edited; write it again with `bridge export --to nir` or nir.write"
         ) from None
 
 
 def read_graph(path: str | Path) -> nir.NIRGraph:
-    """Read a NIR file; refuse one whose bridge extension version this bridge does not know."""
-    path = Path(path)
-    if not path.is_file():
-        raise BridgeError(f"no such file: {path}; check the path")
+    """Read a NIR file and validate it once (:func:`bridge.format.graph_checks.check_graph`):
+    a damaged, nonsensical or unknown-version graph is refused before anything runs."""
+    path = check_input_file(path, "NIR file")
     graph = _read(path)
-    graph_semantics(graph)  # raises on an unknown extension version
+    try:
+        check_graph(graph)
+    except BridgeError as exc:
+        raise BridgeError(f"{path}: {exc}") from None
+    try:  # nir's own shape inference and edge check, after the clearer node checks
+        _infer_types(graph)
+    except Exception as exc:  # nir raises many types on shapes that do not fit
+        raise BridgeError(
+            f"{path}: the node shapes do not fit together along the edges ({first_line(exc)}); the "
+            "file is damaged or was edited; re-export it with `bridge export`"
+        ) from None
     return graph
+
+
+def _infer_types(graph: nir.NIRGraph) -> None:
+    for node in graph.nodes.values():
+        if isinstance(node, nir.NIRGraph):
+            _infer_types(node)
+    graph.infer_types()
+    graph.check_types()
 
 
 def write_with(path: str | Path, writer: Callable[[Path], None], *, force: bool = False) -> Path:

@@ -15,12 +15,16 @@ anything else                 refused: not a model
 ============================  =============================================================
 
 A pickled module is never unpickled without ``trust_pickle=True``: unpickling runs
-arbitrary code stored in the file.
+arbitrary code stored in the file. The same holds for the pickles *inside* archives: a
+``.pt2`` or TorchScript archive is checked member by member (:mod:`bridge.model.safety`)
+before PyTorch reads it, and the file is read once, so what was checked is what is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import logging
 import os
 import re
@@ -35,6 +39,12 @@ import torch
 from torch import nn
 
 from bridge.format.errors import BridgeError
+from bridge.format.input_files import first_line, read_input_bytes
+from bridge.model.safety import (
+    check_export_archive,
+    check_torchscript_archive,
+    weights_only_torch_load,
+)
 
 ModelFormat = Literal["export", "torchscript", "state_dict", "pickle"]
 
@@ -93,12 +103,10 @@ class LoadedModel:
                 f"export converter; {_RESAVE_HINT}"
             ) from None
         example = (torch.zeros((1, *input_shape)),)
-        # torch.export logs shape specialisations as warnings: noise for a fixed-shape model
-        export_log = logging.getLogger("torch._export")
-        level = export_log.level
-        export_log.setLevel(logging.ERROR)
+        # the converter logs (and prints) its failures and shape specialisations: the one
+        # line below says what matters
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_torch_logs():
                 warnings.simplefilter("ignore")
                 self.program = TS2EPConverter(self.script, example).convert()
         except Exception as exc:  # the converter raises many types on unsupported scripts
@@ -107,8 +115,6 @@ class LoadedModel:
                 f"PyTorch could not convert the TorchScript archive {self.path} to a "
                 f"torch.export program ({first[:200]}); {_RESAVE_HINT}"
             ) from None
-        finally:
-            export_log.setLevel(level)
         return self.program
 
 
@@ -123,19 +129,32 @@ def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
             )
 
 
-def _zip_members(path: Path) -> list[str] | None:
-    if not zipfile.is_zipfile(path):
-        return None
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _zip_members(data: bytes) -> list[str] | None:
+    """The member names of the zip ``data``, or None if it is not one whole zip.
+
+    A truncated archive that holds a stored zip (a ``.pt2`` keeps its example inputs as a
+    ``torch.save`` zip) can still show a zip directory: the *inner* one. The first local
+    header names the outer archive's first member; if the directory does not list it, the
+    directory found is not the file's own.
+    """
     try:
-        with zipfile.ZipFile(path) as z:
-            return z.namelist()
-    except (zipfile.BadZipFile, OSError):
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         return None
+    if data.startswith(_ZIP_MAGIC) and len(data) >= 30:
+        name_len = int.from_bytes(data[26:28], "little")
+        first = data[30:30 + name_len].decode("utf-8", errors="replace")
+        if first not in names:
+            return None
+    return names
 
 
-def detect_format(path: Path) -> Literal["export", "torchscript", "torch_save"] | None:
-    """The format of ``path`` from its content, or None when it holds no model."""
-    members = _zip_members(path)
+def _format_of(data: bytes) -> Literal["export", "torchscript", "torch_save"] | None:
+    members = _zip_members(data)
     if members is not None:
         tails = {m.split("/", 1)[1] if "/" in m else m for m in members}
         if "archive_format" in tails or any(t.startswith("models/") and t.endswith(".json") for t in tails):
@@ -145,11 +164,29 @@ def detect_format(path: Path) -> Literal["export", "torchscript", "torch_save"] 
         if "data.pkl" in tails:
             return "torch_save"
         return None
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if head.startswith(_LEGACY_TORCH_MAGIC) or head.startswith(_PICKLE_PROTOCOL_MAGIC):
+    if data.startswith(_LEGACY_TORCH_MAGIC) or data.startswith(_PICKLE_PROTOCOL_MAGIC):
         return "torch_save"
     return None
+
+
+def _damaged_zip_kind(data: bytes) -> str | None:
+    """What a zip that cannot be opened (truncated, corrupt) was meant to be, from the
+    member names in its local headers; None when ``data`` is not a zip at all."""
+    if not data.startswith(_ZIP_MAGIC) or _zip_members(data) is not None:
+        return None
+    if any(m in data for m in (b"archive_format", b"/models/", b"/data/weights/",
+                               b"/data/constants/", b"/data/sample_inputs/")):
+        return "torch.export archive (.pt2)"
+    if b"/code/" in data or b"constants.pkl" in data:
+        return "TorchScript archive"
+    if b"data.pkl" in data:
+        return "torch.save file"
+    return "zip file"
+
+
+def detect_format(path: Path) -> Literal["export", "torchscript", "torch_save"] | None:
+    """The format of ``path`` from its content, or None when it holds no model."""
+    return _format_of(read_input_bytes(path, "model file"))
 
 
 def import_factory(arch: str) -> Any:
@@ -237,13 +274,20 @@ def _load_state_dict(module: nn.Module, state: dict[str, torch.Tensor], path: Pa
         ) from None
 
 
-def _torch_load(path: Path, trust_pickle: bool) -> Any:
+def _torch_load(data: bytes, path: Path, trust_pickle: bool) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         safe_error = exc
+    message = str(safe_error)
+    if "GLOBAL" not in message and "weights_only" not in message.lower():
+        # not a refused global: the file itself is damaged (truncated, bad zip, bad pickle)
+        raise BridgeError(
+            f"{path} is a truncated or corrupt torch.save file ({first_line(safe_error)}); "
+            "save it again"
+        ) from None
     if not trust_pickle:
-        found = re.search(r"GLOBAL ([\w.]+)", str(safe_error))
+        found = re.search(r"GLOBAL ([\w.]+)", message)
         hint = f" ({found.group(1)})" if found else ""
         raise BridgeError(
             f"{path} holds a pickled Python object{hint}, not plain weights; unpickling it would "
@@ -252,12 +296,42 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             "state_dict or a torch.export program"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:
         raise BridgeError(
-            f"cannot unpickle {path} ({type(exc).__name__}: {str(exc)[:200]}); the code that "
+            f"cannot unpickle {path} ({first_line(exc)}); the code that "
             f"defines the model must be importable; {_RESAVE_HINT}"
         ) from None
+
+
+def _load_export(data: bytes, path: Path, trust_pickle: bool) -> torch.export.ExportedProgram:
+    """``torch.export.load`` on the checked bytes (see :mod:`bridge.model.safety`)."""
+    guard = contextlib.nullcontext() if trust_pickle else weights_only_torch_load()
+    if not trust_pickle:
+        check_export_archive(data, path)
+    try:
+        with warnings.catch_warnings(), _quiet_torch_logs(), guard:
+            warnings.simplefilter("ignore")
+            return torch.export.load(io.BytesIO(data))
+    except Exception as exc:
+        raise BridgeError(
+            f"cannot read the torch.export program {path} ({first_line(exc)}); the archive is "
+            "corrupt or from another PyTorch version; save it again with torch.export.save"
+        ) from None
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Any:
+    """Silence what PyTorch prints while it loads or converts a model: torch.export.load
+    logs a traceback at WARNING before it falls back to an old format, the TorchScript
+    converter logs its failures; bridge's own error says it afterwards, in one line."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
@@ -269,45 +343,47 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
     which runs code from the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BridgeError(f"no such file: {path}; check the path")
-    fmt = detect_format(path)
+    data = read_input_bytes(path, "model file")  # read once: checked and loaded from memory
+    fmt = _format_of(data)
     if fmt is None:
-        with open(path, "rb") as f:
-            is_nir = f.read(8) == _HDF5_MAGIC
+        damaged = _damaged_zip_kind(data)
+        if damaged is not None:
+            raise BridgeError(
+                f"{path} is a truncated or corrupt {damaged} (its zip directory cannot be read); "
+                "copy or save it again"
+            )
+        is_nir = data.startswith(_HDF5_MAGIC)
         kind = "an HDF5 file (a NIR graph?)" if is_nir else "not a model file"
         raise BridgeError(
             f"{path} is {kind}: bridge reads torch.export programs (.pt2), state_dicts "
             "(with --arch), TorchScript archives and, with --trust-pickle, pickled modules"
         )
     if fmt == "export":
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # torch.export.load insists on a .pt2 name for paths: give it the open file
-                with open(path, "rb") as f:
-                    program = torch.export.load(f)
-        except Exception as exc:
-            raise BridgeError(
-                f"cannot read the torch.export program {path} ({type(exc).__name__}: "
-                f"{str(exc)[:200]}); save it again with torch.export.save"
-            ) from None
+        program = _load_export(data, path, trust_pickle)
         shape = None
+        inputs = [n for n in program.graph_signature.input_specs if n.kind.name == "USER_INPUT"]
+        if len(inputs) != 1:
+            raise BridgeError(
+                f"{path} is a program with {len(inputs)} inputs; bridge converts networks with "
+                "exactly one input tensor (an image or a feature vector)"
+            )
         if program.example_inputs is not None:
             args, _ = program.example_inputs
             if len(args) == 1 and isinstance(args[0], torch.Tensor):
                 shape = tuple(int(s) for s in args[0].shape[1:])
         return LoadedModel("export", path, program=program, input_shape=shape)
     if fmt == "torchscript":
+        if not trust_pickle:
+            check_torchscript_archive(data, path)
         try:
-            script = torch.jit.load(str(path), map_location="cpu")
+            script = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except Exception as exc:
             raise BridgeError(
-                f"cannot read the TorchScript archive {path} ({type(exc).__name__}); {_RESAVE_HINT}"
+                f"cannot read the TorchScript archive {path} ({first_line(exc)}); {_RESAVE_HINT}"
             ) from None
         script.eval()
         return LoadedModel("torchscript", path, script=script)
-    obj = _torch_load(path, trust_pickle)
+    obj = _torch_load(data, path, trust_pickle)
     if isinstance(obj, nn.Module):
         obj.eval()
         return LoadedModel("pickle", path, module=obj)
@@ -337,7 +413,10 @@ def read_bytes_head(path: Path, n: int = 8) -> bytes:
 def is_nir_file(path: str | Path) -> bool:
     """True when ``path`` is an HDF5 file (the container of NIR files)."""
     path = Path(path)
-    return path.is_file() and read_bytes_head(path) == _HDF5_MAGIC
+    try:
+        return path.is_file() and read_bytes_head(path) == _HDF5_MAGIC
+    except OSError:
+        return False
 
 
 __all__ = ["LoadedModel", "ModelFormat", "check_finite", "detect_format", "import_factory",
