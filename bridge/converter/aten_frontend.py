@@ -116,6 +116,18 @@ def _module(node: Node) -> tuple[str, str] | None:
     return stack[-1] if stack else None
 
 
+def _display_names(ep: torch.export.ExportedProgram) -> dict[str, str]:
+    """In-place ops named as their out-of-place op (``relu_`` -> ``relu``, ``relu__1`` -> ``relu_1``),
+    as torch.fx names ``F.relu(x, inplace=True)`` and ``out += y``."""
+    names = {}
+    for node in ep.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        packet = schema.name.split("::")[-1] if schema is not None else ""
+        if packet.endswith("_") and not packet.startswith("_") and node.name.startswith(packet):
+            names[node.name] = packet[:-1] + node.name[len(packet):]
+    return names
+
+
 def _arg(node: Node, i: int, name: str, default: Any = None) -> Any:
     if len(node.args) > i:
         return node.args[i]
@@ -140,7 +152,7 @@ class _Reader:
                     if node.target in _LAYER_OPS or (node.target in _BINARY and _BINARY[node.target] == "add"
                                                      and all(not self._is_const(a) for a in node.args[:2])):
                         self.layer_modules.add(path)
-        self.out = rules.LayerGraphWriter(members, (n.name for n in ep.graph.nodes))
+        self.out = rules.LayerGraphWriter(members, (n.name for n in ep.graph.nodes), _display_names(ep))
 
     # ---- parameters and constants -----------------------------------------------------
     def _parameter_table(self) -> dict[str, torch.Tensor]:

@@ -130,6 +130,20 @@ def _bound(m: ClippedReLU | QCFS) -> float:
     return float(m.raw_bound.detach().double().abs() + m.min_bound)
 
 
+# Python operators named as their torch functions, as ATen programs name them
+_OPERATOR_NAMES = {"truediv": "div", "itruediv": "div", "iadd": "add", "isub": "sub", "imul": "mul"}
+
+
+def _display_names(nodes: list[torch.fx.Node]) -> dict[str, str]:
+    """``truediv_1`` -> ``div_1``, ``iadd`` -> ``add``: the names a torch.export program gives."""
+    names = {}
+    for node in nodes:
+        op = getattr(node.target, "__name__", "") if node.op == "call_function" else ""
+        if op in _OPERATOR_NAMES and node.name.startswith(op):
+            names[node.name] = _OPERATOR_NAMES[op] + node.name[len(op):]
+    return names
+
+
 def _module_stack(node: torch.fx.Node) -> list[tuple[str, type]]:
     return [(str(path), cls) for path, cls in (node.meta.get("nn_module_stack") or {}).values()]
 
@@ -153,7 +167,7 @@ class _Converter:
                     members.setdefault(path, set()).add(node.name)
                     if self._is_layer(node):
                         self.layer_modules.add(path)
-        self.out = rules.LayerGraphWriter(members, (n.name for n in nodes))
+        self.out = rules.LayerGraphWriter(members, (n.name for n in nodes), _display_names(nodes))
 
     # ---- constants and data ---------------------------------------------------------------
     def _fold(self, node: torch.fx.Node) -> None:

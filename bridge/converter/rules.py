@@ -367,13 +367,17 @@ class LayerGraphWriter:
     a pending chain of element-wise steps (closed into one activation op, or refused, when a
     layer reads it: :meth:`ref`). ``members`` maps each module path to the data nodes run inside
     that module's call (nested modules included), ``node_names`` are all the front-end's node
-    names (names this writer makes up avoid them).
+    names (names this writer makes up avoid them), ``display`` the op name of a node where it
+    is not the node's own (ATen's in-place ``relu_`` names its op ``relu``, as torch.fx names
+    ``F.relu(x, inplace=True)``).
     """
 
-    def __init__(self, members: dict[str, set[str]], node_names: Iterable[str]) -> None:
+    def __init__(self, members: dict[str, set[str]], node_names: Iterable[str],
+                 display: dict[str, str] | None = None) -> None:
         self.graph = LayerGraph()
         self.members = members
         self.taken: set[str] = set(node_names)
+        self.display = display or {}  # node -> the name its op takes, where it differs
         self.values: dict[str, str] = {}
         self.chains: dict[str, _Chain] = {}
 
@@ -381,7 +385,7 @@ class LayerGraphWriter:
     def name(self, nodes: Sequence[str], module: str) -> str:
         """The op name for the front-end ``nodes`` (in order) run inside ``module``: the module's
         name when these nodes are everything that module's call computes, else the last node's."""
-        last = nodes[-1]
+        last = self.display.get(nodes[-1], nodes[-1])
         whole = bool(module) and self.members.get(module) == set(nodes)
         base = module_op_name(module) if whole else last
         if base == last and base not in self.graph.ops:
@@ -445,12 +449,16 @@ class LayerGraphWriter:
         return src
 
 
+_ACTIVATION_STEPS = ("relu", "clamp", "min", "max")
+
+
 def split_chain(steps: list[Step]) -> list[tuple[int, Recognised]]:
-    """Cut a chain of element-wise steps into activations, as many as possible: ``relu`` then
-    ``clamp(0, 6)`` are two IF layers (as the model spells two activations), but ``relu`` then
-    ``a - x``, ``relu``, ``a - x`` is one clip (no shorter part is an activation). Returns the
-    end index (exclusive) and the activation of each part; raises the whole chain's
-    :class:`ChainError` when no cut works."""
+    """Cut a chain of element-wise steps into activations, as many as the model spells out: a
+    cut may only come before an activation function (relu, clamp, min, max) and each part must be
+    an activation. So ``relu`` then ``clamp(0, 6)`` are two IF layers, as two activations are
+    written, but ``relu`` then ``a - x``, ``relu``, ``a - x`` is one clip, and ``clamp(min=0)``
+    then the QCFS arithmetic one staircase. Returns the end index (exclusive) and the activation
+    of each part; raises the whole chain's :class:`ChainError` when no cut works."""
     n = len(steps)
     memo: dict[int, list[tuple[int, Recognised]] | None] = {n: []}
 
@@ -458,6 +466,8 @@ def split_chain(steps: list[Step]) -> list[tuple[int, Recognised]]:
         if i not in memo:
             memo[i] = None
             for j in range(i + 1, n + 1):
+                if j < n and steps[j].kind not in _ACTIVATION_STEPS:
+                    continue
                 try:
                     found = recognise(steps[i:j])
                 except ChainError:
