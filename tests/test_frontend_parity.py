@@ -144,16 +144,19 @@ CASES: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], dict, str | Non
     ("AvgPool2d count_include_pad=False", seq(nn.Conv2d(1, 2, 3), nn.ReLU(),
                                               nn.AvgPool2d(3, 1, padding=1, count_include_pad=False), nn.Flatten(),
                                               nn.Linear(2 * 4 * 4, 3)), (1, 6, 6), {"thresholds": "max"},
-     r"count_include_pad=False"),
+     ACCEPT),
     ("AvgPool2d divisor_override", seq(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(2, divisor_override=3),
                                        nn.Flatten(), nn.Linear(2 * 2 * 2, 3)), (1, 6, 6), {"thresholds": "max"},
-     r"divisor_override=3"),
+     ACCEPT),
     ("AvgPool2d ceil_mode, same size", seq(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(2, ceil_mode=True),
                                            nn.Flatten(), nn.Linear(2 * 2 * 2, 3)), (1, 6, 6),
      {"thresholds": "max"}, ACCEPT),
     ("AvgPool2d ceil_mode, larger output", seq(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(2, ceil_mode=True),
                                                nn.Flatten(), nn.Linear(2 * 3 * 3, 3)), (1, 7, 7),
-     {"thresholds": "max"}, r"ceil_mode=True adds a partial window"),
+     {"thresholds": "max"}, ACCEPT),
+    ("MaxPool2d ceil_mode, maxpool avg", seq(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                             nn.Flatten(), nn.Linear(2 * 3 * 3, 3)), (1, 8, 8),
+     {"thresholds": "max", "maxpool": "avg"}, ACCEPT),
     ("MaxPool2d refused by default", seq(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                                          nn.Linear(2 * 2 * 2, 3)), (1, 6, 6), {"thresholds": "max"},
      r"max of spike trains is not the max of their rates"),
@@ -252,7 +255,7 @@ def test_both_front_ends_give_the_same_verdict_and_graph(case):
 
 def test_the_table_covers_both_verdicts():
     accepted = sum(c[4] is None for c in CASES)
-    assert accepted >= 15 and len(CASES) - accepted >= 15
+    assert accepted >= 20 and len(CASES) - accepted >= 15
 
 
 def test_convert_reads_a_pt2_file_and_an_exported_program(tmp_path):

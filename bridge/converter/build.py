@@ -63,6 +63,7 @@ from bridge.converter.ir import (
     MaxPoolOp,
     Op,
     OutputOp,
+    ScaleOp,
 )
 
 @dataclass
@@ -234,6 +235,11 @@ class _Builder:
         out_shape = self.shapes[op.name]
         k = None if kc is None else np.broadcast_to(kc.reshape(-1, 1, 1), out_shape).copy()
         self.values[op.name] = [_Term(name, k)]
+
+    def _ScaleOp(self, op: ScaleOp) -> None:
+        """A constant factor per element (a pool's divisor correction) multiplies every term's k."""
+        f = np.broadcast_to(op.factor.detach().to(torch.float64).numpy(), self.shapes[op.name])
+        self.values[op.name] = [_Term(t.node, f * (1.0 if t.k is None else t.k)) for t in self.values[op.inputs[0]]]
 
     def _FlattenOp(self, op: FlattenOp) -> None:
         sources, k = self._unify(self.values[op.inputs[0]])

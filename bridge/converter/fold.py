@@ -75,9 +75,8 @@ def replace_maxpool(graph: LayerGraph, maxpool: str) -> LayerGraph:
     shapes = op_shapes(graph)
     out = LayerGraph()
     for op in graph.ops.values():
-        if isinstance(op, MaxPoolOp):
-            op = maxpool_replacement(op, shapes[op.inputs[0]])
-        out.add(op)
+        for new in maxpool_replacement(op, shapes[op.inputs[0]], set(graph.ops)) if isinstance(op, MaxPoolOp) else [op]:
+            out.add(new)
     return out
 
 

@@ -95,6 +95,14 @@ class MaxPoolOp(Op):
 
 
 @dataclass
+class ScaleOp(Op):
+    """Element-wise constant factor ``y = factor * x`` (``factor`` broadcasts to one sample), e.g.
+    the per-window divisor correction of an average pool."""
+
+    factor: torch.Tensor = None  # type: ignore[assignment]
+
+
+@dataclass
 class FlattenOp(Op):
     """torch.flatten(x, 1): everything but the batch dimension into one."""
 

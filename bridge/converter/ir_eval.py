@@ -34,6 +34,7 @@ from bridge.converter.ir import (
     MaxPoolOp,
     Op,
     OutputOp,
+    ScaleOp,
 )
 
 Recorder = Callable[[ActivationOp, torch.Tensor, torch.Tensor], None]
@@ -87,6 +88,8 @@ def run_op(op: Op, inputs: list[torch.Tensor]) -> torch.Tensor:
         return F.max_pool2d(x, op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode)  # type: ignore[arg-type]
     if isinstance(op, FlattenOp):
         return torch.flatten(x, 1)  # type: ignore[arg-type]
+    if isinstance(op, ScaleOp):
+        return x * op.factor.to(x.dtype)  # type: ignore[operator]
     if isinstance(op, AddOp):
         out = inputs[0] + inputs[1]  # a new tensor: the inputs may still be needed elsewhere
         for other in inputs[2:]:

@@ -61,6 +61,7 @@ from bridge.converter.ir import (
     LinearOp,
     MaxPoolOp,
     Op,
+    ScaleOp,
 )
 
 SUPPORTED_LAYERS = ("Conv1d/2d, Linear, BatchNorm, ReLU-family activations (ReLU, clamp, clipped ReLU, "
@@ -236,29 +237,50 @@ def pool_divisors(size: int, kernel: int, stride: int, padding: int, out: int,
 
 def avg_pool(site: Site, name: str, src: str, in_shape: Sequence[int], *, kernel: Any, stride: Any,
              padding: Any = 0, ceil_mode: bool = False, count_include_pad: bool = True,
-             divisor_override: Any = None) -> AvgPoolOp:
-    """``AvgPool2d`` as torch defines it, where NIR's ``AvgPool2d`` states the same map."""
+             divisor_override: Any = None) -> list[Op]:
+    r"""``AvgPool2d`` exactly as torch defines it (see the module docstring).
+
+    Written as a window average with divisor :math:`k_H k_W` (NIR ``AvgPool2d``, zero padding),
+    then, where torch divides a window by another :math:`D_{ij}` (``count_include_pad=False``,
+    ``divisor_override``, the partial last window of ``ceil_mode``), a constant factor
+    :math:`k_H k_W / D_{ij}` per output position (:class:`ScaleOp`; a ``Scale`` node in NIR).
+    When ``ceil_mode`` adds a window, the windows are a depthwise convolution with kernel
+    :math:`k + d` whose first :math:`d` taps are 0 and padding :math:`p + d`: its windows start
+    at :math:`i s - p` as torch's do, and :math:`d < s` is the smallest that gives torch's size
+    (NIR's pooling has no asymmetric padding).
+    """
     hw = _spatial(in_shape, site)
     k = pair(kernel)
     s = pair(stride) if stride not in (None, [], ()) else k
     p = pair(padding)
     if any(pi > ki // 2 for pi, ki in zip(p, k)):
         raise refuse(site, f"padding {p} larger than half the kernel {k}", "torch refuses it too; reduce the padding")
+    if divisor_override is not None and not (isinstance(divisor_override, int) and divisor_override > 0):
+        raise refuse(site, f"divisor_override={divisor_override!r}", "use a positive integer or None")
     sizes = [pool_output_size(hw[i], k[i], s[i], p[i], bool(ceil_mode)) for i in range(2)]
-    floor_sizes = [pool_output_size(hw[i], k[i], s[i], p[i], False) for i in range(2)]
-    if sizes != floor_sizes:
-        raise refuse(site, f"average pooling with ceil_mode=True adds a partial window ({hw[0]}x{hw[1]} -> "
-                     f"{sizes[0]}x{sizes[1]} instead of {floor_sizes[0]}x{floor_sizes[1]})",
-                     "use ceil_mode=False or an input size the pool divides")
-    divisors = [pool_divisors(hw[i], k[i], s[i], p[i], sizes[i], bool(count_include_pad)) for i in range(2)]
     full = k[0] * k[1]
-    if divisor_override not in (None, full):
-        raise refuse(site, f"average pooling with divisor_override={divisor_override}",
-                     "use the default divisor (kernel area)")
-    if divisor_override is None and any(dh * dw != full for dh in divisors[0] for dw in divisors[1]):
-        raise refuse(site, f"average pooling with padding {p} and count_include_pad=False (border windows are "
-                     "divided by fewer elements)", "use count_include_pad=True (the default)")
-    return AvgPoolOp(name, [src], site.source, kernel=k, stride=s, padding=p)  # type: ignore[arg-type]
+    divisors = [pool_divisors(hw[i], k[i], s[i], p[i], sizes[i], bool(count_include_pad)) for i in range(2)]
+    if divisor_override is not None:
+        divisor = torch.full(sizes, float(divisor_override), dtype=torch.float64)
+    else:
+        divisor = torch.outer(torch.tensor(divisors[0], dtype=torch.float64),
+                              torch.tensor(divisors[1], dtype=torch.float64))
+    extra = []
+    for i in range(2):  # taps in front of each window so that a symmetric padding gives torch's windows
+        d = next(d for d in range(s[i]) if (hw[i] + 2 * p[i] + d - k[i]) // s[i] + 1 == sizes[i])
+        extra.append(d)
+    window_name = f"{name}_windows" if (divisor != full).any() else name
+    if not any(extra):
+        ops: list[Op] = [AvgPoolOp(window_name, [src], site.source, kernel=k, stride=s, padding=p)]  # type: ignore[arg-type]
+    else:
+        channels = int(in_shape[1])
+        weight = torch.zeros(channels, 1, k[0] + extra[0], k[1] + extra[1], dtype=torch.float64)
+        weight[:, :, extra[0]:, extra[1]:] = 1.0 / full
+        ops = [ConvOp(window_name, [src], site.source, weight=weight, bias=_zeros(channels), stride=s,
+                      padding=(p[0] + extra[0], p[1] + extra[1]), dilation=(1, 1), groups=channels)]
+    if (divisor != full).any():
+        ops.append(ScaleOp(name, [window_name], site.source, factor=(full / divisor).unsqueeze(0)))
+    return ops
 
 
 def max_pool(site: Site, name: str, src: str, in_shape: Sequence[int], *, kernel: Any, stride: Any,
@@ -273,12 +295,17 @@ def max_pool(site: Site, name: str, src: str, in_shape: Sequence[int], *, kernel
                      ceil_mode=bool(ceil_mode))
 
 
-def maxpool_replacement(op: MaxPoolOp, in_shape: Sequence[int]) -> AvgPoolOp:
+def maxpool_replacement(op: MaxPoolOp, in_shape: Sequence[int], taken: set[str]) -> list[Op]:
     """The average pool that replaces ``op`` under ``maxpool='avg'``: ``AvgPool2d(kernel, stride,
-    padding, ceil_mode)`` with torch's defaults (zero padding counted in the average)."""
+    padding, ceil_mode)`` with torch's defaults (zero padding counted in the average), as
+    :func:`avg_pool` writes it; the last op keeps ``op``'s name."""
     site = Site(f"max pooling {op.name!r}", op.source)
-    return avg_pool(site, op.name, op.inputs[0], (1, *in_shape), kernel=op.kernel, stride=op.stride,
-                    padding=op.padding, ceil_mode=op.ceil_mode)
+    ops = avg_pool(site, op.name, op.inputs[0], (1, *in_shape), kernel=op.kernel, stride=op.stride,
+                   padding=op.padding, ceil_mode=op.ceil_mode)
+    if len(ops) == 2:  # a fresh name for the windows
+        ops[0].name = fresh_name(ops[0].name, taken)
+        ops[1].inputs = [ops[0].name]
+    return ops
 
 
 def adaptive_avg_pool(site: Site, name: str, src: str, in_shape: Sequence[int], output_size: Any) -> AvgPoolOp:
@@ -402,6 +429,11 @@ class LayerGraphWriter:
     def emit(self, node: str, ops: Op | list[Op]) -> None:
         """Add ``ops``; the last one computes ``node``'s value."""
         ops = ops if isinstance(ops, list) else [ops]
+        for i, op in enumerate(ops[:-1]):  # helper ops (a pool's windows) take a free name
+            if op.name in self.graph.ops:
+                old, op.name = op.name, self.fresh(op.name)
+                for later in ops[i + 1:]:
+                    later.inputs = [op.name if n == old else n for n in later.inputs]
         for op in ops:
             self.graph.add(op)
         self.values[node] = ops[-1].name
