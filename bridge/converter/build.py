@@ -59,6 +59,7 @@ from bridge.format.extension import conv_metadata, graph_metadata, make_if
 from bridge.format.graph import per_channel, scale_input_channels
 from bridge.converter.adaptive_pool import adaptive_pool_as_avgpool, adaptive_pool_matrix
 from bridge.converter.ir_eval import shapes as op_shapes
+from bridge.converter.options import check_timesteps, v_init_fraction
 from bridge.converter.ir import (
     ActivationOp,
     AdaptiveAvgPoolOp,
@@ -73,34 +74,8 @@ from bridge.converter.ir import (
     LinearOp,
     MaxPoolOp,
     OutputOp,
+    ScaleOp,
 )
-
-V_INIT_HELP = "use 'half' (theta/2, default), 'zero', or a fraction of theta in [0, 1)"
-
-
-def v_init_fraction(v_init: str | float) -> float:
-    """The fraction ``f`` of theta that ``v_init`` stands for (``v(0) = f * theta``)."""
-    if isinstance(v_init, str):
-        if v_init == "half":
-            return 0.5
-        if v_init == "zero":
-            return 0.0
-        if v_init == "optimized":
-            raise BridgeError(
-                "v_init='optimized' is applied after conversion by bridge.passes.optimize on the NIR graph; "
-                f"convert with 'half' first. Here {V_INIT_HELP}")
-        try:
-            value = float(v_init)
-        except ValueError:
-            raise BridgeError(f"unknown v_init {v_init!r}; {V_INIT_HELP}") from None
-    elif isinstance(v_init, (int, float)) and not isinstance(v_init, bool):
-        value = float(v_init)
-    else:
-        raise BridgeError(f"unknown v_init {v_init!r}; {V_INIT_HELP}")
-    if not 0.0 <= value < 1.0:
-        raise BridgeError(f"v_init fraction {value} is outside [0, 1); {V_INIT_HELP}")
-    return value
-
 
 @dataclass
 class _Term:
@@ -303,6 +278,11 @@ class _Builder:
         self.values[op.name] = [_Term(name, None)]
         self.flat.add(op.name)
 
+    def _ScaleOp(self, op: ScaleOp) -> None:
+        """A constant factor per element (a pool's divisor correction) multiplies every term's k."""
+        f = np.broadcast_to(op.factor.detach().to(torch.float64).numpy(), self.shapes[op.name])
+        self.values[op.name] = [_Term(t.node, f * (1.0 if t.k is None else t.k)) for t in self.values[op.inputs[0]]]
+
     def _FlattenOp(self, op: FlattenOp) -> None:
         if op.inputs[0] in self.flat:  # flat already: the flatten is the identity
             self.values[op.name] = self.values[op.inputs[0]]
@@ -342,12 +322,7 @@ def build_nir(
     shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> nir.NIRGraph:
     """The NIR graph of a folded LayerGraph with per-neuron thresholds (see module docstring)."""
-    _check_timesteps(timesteps)
+    check_timesteps(timesteps)
     builder = _Builder(graph, thresholds, v_init_fraction(v_init), shapes)
     nodes = builder.build()
     return nir.NIRGraph(nodes=nodes, edges=builder.edges, metadata=graph_metadata(timesteps), type_check=True)
-
-
-def _check_timesteps(timesteps: int | None) -> None:
-    if timesteps is not None and (isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1):
-        raise BridgeError(f"timesteps {timesteps!r} must be a positive integer (or None)")
