@@ -70,7 +70,7 @@ _RESHAPE_OPS = set(_ops("view", "reshape", "_unsafe_view", "flatten.using_ints")
 _CONV_OPS = set(_ops("conv1d", "conv2d", "conv1d.padding", "conv2d.padding", "convolution"))
 _LAYER_OPS = _CONV_OPS | _RESHAPE_OPS | set(_ops(
     "linear", "addmm", "mm", "batch_norm", "_native_batch_norm_legit_no_training", "avg_pool2d",
-    "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "mean.dim", "max_pool2d", "max_pool2d_with_indices"))
+    "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "mean.dim", "max_pool2d", "max_pool2d_with_indices", "cat"))
 # element-wise ops with a constant operand: x <op> c
 _BINARY = {op: kind for kind, names in (
     ("add", ("add.Tensor", "add_.Tensor", "add.Scalar")),
@@ -79,6 +79,7 @@ _BINARY = {op: kind for kind, names in (
     ("div", ("div.Tensor", "div_.Tensor", "div.Scalar")),
 ) for op in _ops(*names)}
 _RSUB = set(_ops("rsub.Scalar", "rsub.Tensor"))
+_CHUNK_OPS = set(_ops("chunk"))
 
 
 def _source(node: Node) -> str:
@@ -140,6 +141,7 @@ class _Reader:
     def __init__(self, ep: torch.export.ExportedProgram) -> None:
         self.ep = ep
         self.consts: dict[str, torch.Tensor | Any] = {}  # fx node name -> folded value
+        self.tuples: dict[str, tuple] = {}  # split / chunk nodes -> (input, kind, argument, dim)
         self.module_groups: dict[str, tuple[str, str]] = {}  # fx node -> (module path, type)
         self._params = self._parameter_table()
         self._fold_constants()
@@ -240,6 +242,12 @@ class _Reader:
 
     def name(self, node: Node) -> str:
         return self.out.name([node.name], self.site(node).module)
+
+    def layout(self, node: Node, x: Any, step: Any) -> None:
+        """``node = step(x)``, a layout step (slice, view, transpose) of a value."""
+        if not isinstance(x, Node) or not self.out.has(x.name):
+            self.data(node, x)  # raises: not a value computed from the input
+        self.out.layout(node.name, x.name, self.shape(x)[1:], step, self.site(node))
 
     def emit(self, node: Node, ops: Any) -> None:
         if ops is None:  # an identity
@@ -530,9 +538,60 @@ def _reshape(r: _Reader, node: Node) -> None:
     r.emit(node, rules.flatten(r.site(node), r.name(node), src, r.shape(x), r.shape(node)))
 
 
+def _reshape_or_layout(r: _Reader, node: Node) -> None:
+    """A flatten (or no-op reshape) as before; any other view is a layout step (a channel shuffle)."""
+    x = node.args[0]
+    if isinstance(x, Node) and r.out.has(x.name) and not rules.is_flatten(r.shape(x), r.shape(node)):
+        return r.layout(node, x, rules.reshape_step(r.site(node), r.shape(x), r.shape(node)))
+    _reshape(r, node)
+
+
+def _cat(r: _Reader, node: Node) -> None:
+    tensors = list(node.args[0])
+    srcs = [r.data(node, t) for t in tensors]
+    op = rules.concat(r.site(node), r.name(node), srcs, [r.shape(t) for t in tensors], _arg(node, 1, "dim", 0))
+    if op is None:
+        return r.out.alias(node.name, tensors[0].name)
+    r.out.emit(node.name, op)
+
+
+def _transpose(r: _Reader, node: Node) -> None:
+    x = node.args[0]
+    r.layout(node, x, rules.transpose_step(r.site(node), len(r.shape(x)), node.args[1], node.args[2]))
+
+
+def _permute(r: _Reader, node: Node) -> None:
+    x = node.args[0]
+    r.layout(node, x, rules.permute_step(r.site(node), len(r.shape(x)), list(node.args[1])))
+
+
+def _slice(r: _Reader, node: Node) -> None:
+    x = node.args[0]
+    r.layout(node, x, rules.slice_step(r.site(node), r.shape(x), _arg(node, 1, "dim", 0), _arg(node, 2, "start"),
+                                       _arg(node, 3, "end"), _arg(node, 4, "step", 1)))
+
+
+def _narrow(r: _Reader, node: Node) -> None:
+    x = node.args[0]
+    start = int(node.args[2])
+    r.layout(node, x, rules.slice_step(r.site(node), r.shape(x), node.args[1], start, start + int(node.args[3])))
+
+
+def _split(r: _Reader, node: Node) -> None:
+    """``split`` / ``split_with_sizes`` / ``chunk``: a tuple, read part by part through ``getitem``."""
+    x = node.args[0]
+    if not (isinstance(x, Node) and r.out.has(x.name)):
+        r.data(node, x)  # raises: not a value computed from the input
+    kind = "chunk" if node.target in _CHUNK_OPS else "split"
+    r.tuples[node.name] = (x, kind, node.args[1], _arg(node, 2, "dim", 0))
+
+
 def _getitem(r: _Reader, node: Node) -> None:
     # the first result of a multi-output op (max_pool2d_with_indices, native batch norm)
     src, index = node.args
+    if src.name in r.tuples:  # a part of a split / chunk
+        x, kind, arg, dim = r.tuples[src.name]
+        return r.layout(node, x, rules.split_step(r.site(node), len(r.shape(x)), kind, arg, dim, int(index)))
     if index != 0 and not node.users:  # an unused secondary result (saved statistics)
         return
     if index != 0 or not r.out.has(src.name):
@@ -568,7 +627,13 @@ _HANDLERS: dict[Any, Callable[[_Reader, Node], None]] = {
     aten.max_pool2d.default: _max_pool,
     aten.max_pool2d_with_indices.default: _max_pool,
     operator.getitem: _getitem,
-    **{op: _reshape for op in _RESHAPE_OPS},
+    **{op: _reshape_or_layout for op in _RESHAPE_OPS},
+    **{op: _cat for op in _ops("cat", "concat")},
+    **{op: _transpose for op in _ops("transpose.int", "swapaxes", "swapdims")},
+    **{op: _permute for op in _ops("permute")},
+    **{op: _slice for op in _ops("slice.Tensor")},
+    **{op: _narrow for op in _ops("narrow")},
+    **{op: _split for op in _ops("split.Tensor", "split_with_sizes", "chunk", "split.sizes")},
 }
 
 

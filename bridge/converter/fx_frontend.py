@@ -111,8 +111,13 @@ _MAX = {torch.maximum, torch.max, torch.fmax}
 _LAYER_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d,
                   nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.Flatten)
 _LAYER_FUNCTIONS = {F.conv1d, F.conv2d, F.linear, F.batch_norm, F.avg_pool2d, F.adaptive_avg_pool2d,
-                    F.max_pool2d, torch.flatten, torch.mean, torch.conv1d, torch.conv2d}
+                    F.max_pool2d, torch.flatten, torch.mean, torch.conv1d, torch.conv2d, torch.cat, torch.concat}
 _LAYER_METHODS = {"view", "reshape", "flatten", "mean"}
+# layout: concatenation, slices, transposes (fixed channel maps, rules.concat and the layout steps)
+_LAYOUT_FUNCTIONS = {torch.cat: "cat", torch.concat: "cat", torch.concatenate: "cat", torch.transpose: "transpose",
+                     torch.swapaxes: "transpose", torch.permute: "permute", torch.narrow: "narrow",
+                     torch.chunk: "chunk", torch.split: "split"}
+_LAYOUT_METHODS = {"transpose", "swapaxes", "swapdims", "permute", "narrow", "chunk", "split"}
 
 
 def _arg(args: tuple, kw: dict, i: int, name: str, default: Any = ...) -> Any:
@@ -156,6 +161,7 @@ class _Converter:
         self.modules = dict(gm.named_modules())
         self.input_shape = input_shape
         self.consts: dict[str, Any] = {}  # fx node -> value (float64), for nodes without data
+        self.tuples: dict[str, tuple] = {}  # split / chunk nodes -> (input, kind, argument, dim)
         nodes = list(gm.graph.nodes)
         for node in nodes:
             self._fold(node)
@@ -332,15 +338,82 @@ class _Converter:
         raise rules.unsupported(site)
 
     def _flatten(self, node: torch.fx.Node, x: Any) -> None:
+        if isinstance(x, torch.fx.Node) and self.out.has(x.name) and not rules.is_flatten(self._shape(x), self._shape(node)):
+            # a view that is not a flatten (a channel shuffle's 5-d view): a layout step
+            return self._layout(node, x, rules.reshape_step(self._site(node), self._shape(x), self._shape(node)))
         src = self._ref(node, x)
         self._emit(node, rules.flatten(self._site(node), self._name(node), src, self._shape(x),
                                        self._shape(node), _EXAMPLE_BATCH))
+
+    # ---- layout: concatenation, slices, views -----------------------------------------------
+    def _layout(self, node: torch.fx.Node, x: Any, step: Any) -> None:
+        if not isinstance(x, torch.fx.Node) or not self.out.has(x.name):
+            self._ref(node, x)  # raises: not a value computed from the input
+        self.out.layout(node.name, x.name, self._shape(x)[1:], step, self._site(node))
+
+    def _cat(self, node: torch.fx.Node, tensors: Any, dim: Any) -> None:
+        if not isinstance(tensors, (list, tuple)) or not tensors:
+            raise rules.unsupported(self._site(node))
+        srcs = [self._ref(node, t) for t in tensors]
+        op = rules.concat(self._site(node), self._name(node), srcs, [self._shape(t) for t in tensors], dim)
+        if op is None:
+            return self.out.alias(node.name, tensors[0].name)
+        self.out.emit(node.name, op)
+
+    def _split(self, node: torch.fx.Node, x: Any, kind: str, arg: Any, dim: Any) -> None:
+        """``chunk`` / ``split``: a tuple, read part by part through ``getitem``."""
+        if not isinstance(x, torch.fx.Node) or not self.out.has(x.name):
+            self._ref(node, x)
+        self.tuples[node.name] = (x, kind, arg, dim)
+
+    def _getitem(self, node: torch.fx.Node, x: Any, index: Any) -> bool:
+        """``parts[i]`` of a split or ``x[slices]`` of a value: a layout step (False: not data)."""
+        if isinstance(x, torch.fx.Node) and x.name in self.tuples:
+            src, kind, arg, dim = self.tuples[x.name]
+            self._layout(node, src, rules.split_step(self._site(node), len(self._shape(src)), kind, arg, dim,
+                                                     int(index)))
+            return True
+        if isinstance(x, torch.fx.Node) and self.out.has(x.name) and "bridge_shape" in node.meta:
+            self._layout(node, x, rules.getitem_step(self._site(node), self._shape(x), index))
+            return True
+        return False
+
+    def _layout_call(self, node: torch.fx.Node, name: str, args: tuple, kw: dict) -> bool:
+        """Layout functions and methods by name (``transpose``, ``permute``, ``narrow``, ``chunk``,
+        ``split``, ``cat``); False when ``name`` is none of them."""
+        x = args[0] if args else kw.get("input")
+        site = self._site(node)
+        if name in ("cat", "concat", "concatenate"):
+            self._cat(node, _arg(args, kw, 0, "tensors"), _arg(args, kw, 1, "dim", 0))
+        elif name in ("transpose", "swapaxes", "swapdims"):
+            self._layout(node, x, rules.transpose_step(site, len(self._shape(x)), _arg(args, kw, 1, "dim0"),
+                                                       _arg(args, kw, 2, "dim1")))
+        elif name == "permute":
+            dims = args[1:] if len(args) > 2 or (len(args) == 2 and isinstance(args[1], int)) else \
+                _arg(args, kw, 1, "dims")
+            self._layout(node, x, rules.permute_step(site, len(self._shape(x)), list(dims)))
+        elif name == "narrow":
+            start, length = int(_arg(args, kw, 2, "start")), int(_arg(args, kw, 3, "length"))
+            self._layout(node, x, rules.slice_step(site, self._shape(x), _arg(args, kw, 1, "dim"), start, start + length))
+        elif name in ("chunk", "split"):
+            key = "chunks" if name == "chunk" else "split_size_or_sections"
+            arg = _arg(args, kw, 1, key, None)
+            if arg is None:
+                arg = kw.get("split_size")
+            self._split(node, x, name, arg, _arg(args, kw, 2, "dim", 0))
+        else:
+            return False
+        return True
 
     # ---- functions and methods -----------------------------------------------------------
     def call_function(self, node: torch.fx.Node) -> None:
         f, args, kw = node.target, node.args, node.kwargs
         x = args[0] if args else kw.get("input")
         site = self._site(node)
+        if f is operator.getitem and self._getitem(node, x, args[1]):
+            return None
+        if f in _LAYOUT_FUNCTIONS and self._layout_call(node, _LAYOUT_FUNCTIONS[f], args, kw):
+            return None
         if f in _RELU_FUNCTIONS:
             return self._pointwise(node, x, "relu")
         if f is F.relu6:
@@ -440,6 +513,8 @@ class _Converter:
     def call_method(self, node: torch.fx.Node) -> None:
         name, args, kw = str(node.target), node.args, node.kwargs
         x = args[0]
+        if name in _LAYOUT_METHODS and self._layout_call(node, name, args, kw):
+            return None
         if name in ("relu", "relu_"):
             return self._pointwise(node, x, "relu")
         if name in ("clamp", "clamp_", "clip", "clip_"):

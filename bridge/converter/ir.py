@@ -6,7 +6,7 @@ module level, the other reads ``torch.export`` programs at ATen level. Everythin
 representation, so each conversion rule is written once.
 
 Tensors are float64 and detached. ``inputs`` name the producing ops; an op with several
-inputs other than :class:`AddOp` is not allowed.
+inputs other than :class:`AddOp` and :class:`ConcatOp` is not allowed.
 """
 
 from __future__ import annotations
@@ -124,6 +124,20 @@ class ScaleOp(Op):
 @dataclass
 class FlattenOp(LayerOp):
     """torch.flatten(x, 1): everything but the batch dimension into one."""
+
+
+@dataclass
+class ConcatOp(LayerOp):
+    """``torch.cat(inputs, dim=1)``: the inputs' channels (features, for flat values) one after
+    another, in the order of ``inputs`` (the same op may appear more than once)."""
+
+
+@dataclass
+class ChannelGatherOp(LayerOp):
+    """``y[:, j] = x[:, index[j]]``: a fixed selection / permutation of channels (features, for
+    flat values): slices ``x[:, a:b]``, ``split``, ``chunk``, a channel shuffle."""
+
+    index: tuple[int, ...] = ()
 
 
 @dataclass

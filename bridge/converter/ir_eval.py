@@ -27,6 +27,8 @@ from bridge.converter.ir import (
     AddOp,
     AvgPoolOp,
     BatchNormOp,
+    ChannelGatherOp,
+    ConcatOp,
     ConvOp,
     FlattenOp,
     InputOp,
@@ -98,6 +100,10 @@ def run_op(op: LayerOp, inputs: list[torch.Tensor]) -> torch.Tensor:
         for other in inputs[2:]:
             out += other
         return out
+    if isinstance(op, ConcatOp):
+        return torch.cat(inputs, 1)
+    if isinstance(op, ChannelGatherOp):
+        return x[:, list(op.index)]  # type: ignore[index]
     if isinstance(op, OutputOp):
         return x  # type: ignore[return-value]
     raise TypeError(f"unknown layer op {type(op).__name__}")
@@ -193,6 +199,10 @@ def shapes(graph: LayerGraph) -> dict[str, tuple[int, ...]]:
             shape = (x[0], *op.output_size)
         elif isinstance(op, FlattenOp):
             shape = (math.prod(x),)
+        elif isinstance(op, ConcatOp):
+            shape = (sum(out[i][0] for i in op.inputs),) + x[1:]
+        elif isinstance(op, ChannelGatherOp):
+            shape = (len(op.index),) + x[1:]
         else:  # BatchNorm, activations, Add, Output keep the shape
             shape = x
         out[op.name] = tuple(int(s) for s in shape)

@@ -28,6 +28,13 @@ Layer rules (one function each; shapes include the batch dimension):
   the output size divides the input size. :func:`global_mean`: ``x.mean((2, 3))`` is the pool
   ``kernel = stride = (H, W)`` then a flatten (none with ``keepdim``).
 * :func:`flatten`: only ``(N, ...) -> (N, prod(...))``; an identity reshape is no op.
+* :func:`concat`: ``torch.cat(xs, 1)`` (channels, or features of flat values) -> :class:`ConcatOp`.
+* layout steps (:func:`reshape_step`, :func:`transpose_step`, :func:`permute_step`,
+  :func:`slice_step`, :func:`getitem_step`, :func:`split_step`): slices, ``split``, ``chunk``,
+  ``narrow``, views and transposes are recorded on an index tensor
+  (:mod:`bridge.converter.layout`) and, when a layer reads the result, become a
+  :class:`ChannelGatherOp` (a fixed selection / permutation of channels: a channel shuffle is
+  ``view``-``transpose``-``view``), the identity, or a refusal. The batch dimension must stay.
 
 Activations are recognised by the function they compute (:mod:`bridge.converter.pointwise`):
 a chain of element-wise steps is folded into one clipped affine map and matched to
@@ -49,12 +56,16 @@ from typing import Any
 import torch
 
 from bridge.format.errors import BridgeError
+from bridge.converter import layout as layouts
 from bridge.converter.pointwise import ChainError, Recognised, Step, describe, recognise
 from bridge.converter.ir import (
     ActivationOp,
+    AdaptiveAvgPoolOp,
     AddOp,
     AvgPoolOp,
     BatchNormOp,
+    ChannelGatherOp,
+    ConcatOp,
     ConvOp,
     FlattenOp,
     LayerGraph,
@@ -65,7 +76,8 @@ from bridge.converter.ir import (
 )
 
 SUPPORTED_LAYERS = ("Conv1d/2d, Linear, BatchNorm, ReLU-family activations (ReLU, clamp, clipped ReLU, "
-                    "QCFS), AvgPool, flatten, residual add")
+                    "QCFS), AvgPool, adaptive average pooling, flatten, residual add, torch.cat on channels, "
+                    "channel slices / split / chunk / shuffle")
 ACTIVATION_SWAP = (
     "use bridge.ClippedReLU(bound) (bridge.model.activations.ClippedReLU: clip(z, 0, bound)) or "
     "bridge.QCFS(bound, levels) (bridge.model.activations.QCFS: the quantised clip) in its place, "
@@ -308,21 +320,21 @@ def maxpool_replacement(op: MaxPoolOp, in_shape: Sequence[int], taken: set[str])
     return ops
 
 
-def adaptive_avg_pool(site: Site, name: str, src: str, in_shape: Sequence[int], output_size: Any) -> AvgPoolOp:
-    """``AdaptiveAvgPool2d(o)`` on (N, C, H, W) = ``AvgPool2d(kernel = stride = (H/o_H, W/o_W))``
-    when ``o`` divides the input size (None keeps a dimension)."""
+def adaptive_avg_pool(site: Site, name: str, src: str, in_shape: Sequence[int], output_size: Any
+                      ) -> AdaptiveAvgPoolOp:
+    """``AdaptiveAvgPool2d(o)`` on (N, C, H, W), any output size (None keeps a dimension): PyTorch's
+    windows, possibly overlapping; the NIR builder writes the exact form
+    (:mod:`bridge.converter.adaptive_pool`: an ``AvgPool2d`` where one kernel and stride give the
+    same windows)."""
     h, w = _spatial(in_shape, site)
     if isinstance(output_size, int):
         out = (output_size, output_size)
     else:
         sizes = list(output_size) * (2 if len(output_size) == 1 else 1)
         out = tuple(size if o is None else int(o) for o, size in zip(sizes, (h, w)))
-    if h % out[0] or w % out[1]:
-        raise refuse(site, f"adaptive pooling from {h}x{w} to {out[0]}x{out[1]} is not a fixed pool",
-                     "only an output size that divides the input size is a fixed average pool; "
-                     "change the input shape or use AvgPool2d")
-    kernel = (h // out[0], w // out[1])
-    return AvgPoolOp(name, [src], site.source, kernel=kernel, stride=kernel, padding=(0, 0))
+    if min(out) < 1:
+        raise refuse(site, f"adaptive pooling to {out[0]}x{out[1]}", "give a positive output size")
+    return AdaptiveAvgPoolOp(name, [src], site.source, output_size=out)  # type: ignore[arg-type]
 
 
 def global_mean(site: Site, name: str, pool_name: str, src: str, in_shape: Sequence[int], dim: Any,
@@ -344,6 +356,12 @@ def global_mean(site: Site, name: str, pool_name: str, src: str, in_shape: Seque
             FlattenOp(name, [pool_name], site.source)]
 
 
+def is_flatten(in_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
+    """Whether a reshape keeps the shape or flattens everything but the batch dimension."""
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    return out_shape == in_shape or (len(in_shape) >= 1 and out_shape == (in_shape[0], math.prod(in_shape[1:])))
+
+
 def flatten(site: Site, name: str, src: str, in_shape: Sequence[int], out_shape: Sequence[int],
             example_batch: int | None = None) -> FlattenOp | None:
     """A reshape that keeps the batch and flattens the rest -> :class:`FlattenOp`; a reshape to
@@ -357,6 +375,87 @@ def flatten(site: Site, name: str, src: str, in_shape: Sequence[int], out_shape:
     raise refuse(site, f"reshape from {list(in_shape)} to {list(out_shape)}{batch} (only flattening "
                  "everything but the batch dimension has a spiking equivalent)",
                  "use torch.flatten(x, 1) or x.view(x.size(0), -1)")
+
+
+def concat(site: Site, name: str, srcs: Sequence[str], shapes: Sequence[Sequence[int]], dim: Any) -> ConcatOp | None:
+    """``torch.cat(xs, dim)`` of tensors computed from the input, along the channels (features of
+    flat values): ``dim`` 1 (or ``-ndim + 1``). One tensor: None (the identity)."""
+    ndim = len(shapes[0])
+    d = int(dim) % ndim if ndim else 0
+    if d != 1 or ndim < 2:
+        raise refuse(site, f"concatenation along dimension {dim} of {ndim}-d tensors",
+                     "only concatenation along the channels (dim=1) has a fixed spiking equivalent")
+    if any(len(s) != ndim or tuple(s[2:]) != tuple(shapes[0][2:]) for s in shapes):
+        raise refuse(site, f"concatenation of tensors of shapes {[list(s) for s in shapes]}",
+                     "the tensors must agree in every dimension but the channels")
+    if len(srcs) == 1:
+        return None
+    return ConcatOp(name, list(srcs), site.source)
+
+
+def _batch_kept(site: Site, what: str) -> BridgeError:
+    return refuse(site, f"{what} changes the batch dimension",
+                  "keep the batch dimension first and whole (x[:, ...], view(x.size(0), ...))")
+
+
+def reshape_step(site: Site, in_shape: Sequence[int], out_shape: Sequence[int]) -> layouts.Step:
+    """``view`` / ``reshape`` to ``out_shape`` (with batch), the batch kept."""
+    if not out_shape or int(out_shape[0]) != int(in_shape[0]):
+        raise _batch_kept(site, f"reshape from {list(in_shape)} to {list(out_shape)}")
+    rest = tuple(int(s) for s in out_shape[1:])
+    return lambda t: t.reshape((1, *rest))
+
+
+def transpose_step(site: Site, ndim: int, d0: Any, d1: Any) -> layouts.Step:
+    a, b = int(d0) % ndim, int(d1) % ndim
+    if 0 in (a, b) and a != b:
+        raise _batch_kept(site, f"transpose({d0}, {d1})")
+    return lambda t: t.transpose(a, b)
+
+
+def permute_step(site: Site, ndim: int, dims: Sequence[Any]) -> layouts.Step:
+    order = [int(d) % ndim for d in dims]
+    if not order or order[0] != 0:
+        raise _batch_kept(site, f"permute({list(dims)})")
+    return lambda t: t.permute(order)
+
+
+def slice_step(site: Site, in_shape: Sequence[int], dim: Any, start: Any, end: Any, step: Any = 1) -> layouts.Step:
+    """``x[..., start:end:step, ...]`` along ``dim`` (``aten.slice``, ``narrow``)."""
+    ndim = len(in_shape)
+    d = int(dim) % ndim
+    sl = slice(None if start is None else int(start), None if end is None else int(end),
+               None if step is None else int(step))
+    if d == 0:
+        if range(*sl.indices(int(in_shape[0]))) != range(int(in_shape[0])):
+            raise _batch_kept(site, "a slice of the batch dimension")
+        return lambda t: t
+    return lambda t: t[(slice(None),) * d + (sl,)]
+
+
+def getitem_step(site: Site, in_shape: Sequence[int], index: Any) -> layouts.Step:
+    """``x[index]`` with slices only (``x[:, a:b]``, ``x[:, :, ::2]``), the batch whole."""
+    items = index if isinstance(index, tuple) else (index,)
+    if not all(isinstance(i, slice) or i is Ellipsis for i in items) or items.count(Ellipsis) > 1:
+        raise refuse(site, f"indexing with {index!r}", "only slices of whole dimensions (x[:, a:b]) convert")
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items = items[:at] + (slice(None),) * (len(in_shape) - len(items) + 1) + items[at + 1:]
+    if items and range(*items[0].indices(int(in_shape[0]))) != range(int(in_shape[0])):
+        raise _batch_kept(site, "a slice of the batch dimension")
+    rest = tuple(slice(i.start, i.stop, i.step) for i in items[1:])
+    return lambda t: t[(slice(None),) + rest]
+
+
+def split_step(site: Site, ndim: int, kind: str, arg: Any, dim: Any, i: int) -> layouts.Step:
+    """Part ``i`` of ``x.split(arg, dim)`` / ``x.chunk(arg, dim)`` / ``split_with_sizes``."""
+    d = int(dim) % ndim
+    if d == 0:
+        raise _batch_kept(site, f"{kind} along dimension {dim}")
+    if kind == "chunk":
+        return lambda t: t.chunk(int(arg), d)[i]
+    sizes = [int(a) for a in arg] if isinstance(arg, (list, tuple)) else int(arg)
+    return lambda t: t.split(sizes, d)[i]
 
 
 def activation(site: Site, name: str, src: str, kind: str, bound: Any = None,
@@ -407,6 +506,7 @@ class LayerGraphWriter:
         self.display = display or {}  # node -> the name its op takes, where it differs
         self.values: dict[str, str] = {}
         self.chains: dict[str, _Chain] = {}
+        self.layouts: dict[str, tuple[layouts.Layout, Site, tuple[str, ...]]] = {}
 
     # names
     def name(self, nodes: Sequence[str], module: str) -> str:
@@ -424,7 +524,20 @@ class LayerGraphWriter:
 
     # values
     def has(self, node: str) -> bool:
-        return node in self.values or node in self.chains
+        return node in self.values or node in self.chains or node in self.layouts
+
+    def layout(self, node: str, x: str, x_shape: Sequence[int], step: layouts.Step, site: Site) -> None:
+        """``node = step(x)``, a layout step (slice, view, transpose): extends ``x``'s pending
+        layout chain or starts one on ``x``'s value of shape ``x_shape`` (one sample)."""
+        if x in self.layouts:
+            lay, _, nodes = self.layouts[x]
+        else:
+            lay, nodes = layouts.start(self.ref(x), x_shape), ()
+        try:
+            new = layouts.apply(lay, step)
+        except (IndexError, RuntimeError, ValueError) as exc:
+            raise refuse(site, f"a layout step that does not apply ({exc})", "check the model") from None
+        self.layouts[node] = (new, site, nodes + (node,))
 
     def emit(self, node: str, ops: Op | list[Op]) -> None:
         """Add ``ops``; the last one computes ``node``'s value."""
@@ -442,11 +555,15 @@ class LayerGraphWriter:
         """``node`` has the value of ``other`` (dropout, identity, contiguous, no-op reshape)."""
         if other in self.values:
             self.values[node] = self.values[other]
+        elif other in self.layouts:
+            self.layouts[node] = self.layouts[other]
         else:
             self.chains[node] = self.chains[other]
 
     def pointwise(self, node: str, x: str, step: Step, site: Site) -> None:
         """``node = step(x)``: extends ``x``'s chain (or starts one on ``x``'s op)."""
+        if x in self.layouts:
+            self.ref(x)
         parent = self.chains.get(x)
         if parent is None:
             self.chains[node] = _Chain(self.values[x], (step,), (node,), (site,))
@@ -459,6 +576,8 @@ class LayerGraphWriter:
         (:func:`split_chain`: one IF layer per activation the model spells out)."""
         if node in self.values:
             return self.values[node]
+        if node in self.layouts:
+            return self._close_layout(node)
         chain = self.chains[node]
         try:
             segments = split_chain(list(chain.steps))
@@ -479,6 +598,22 @@ class LayerGraphWriter:
             src, start = self.values[last], end
         self.values[node] = src
         return src
+
+
+    def _close_layout(self, node: str) -> str:
+        """A pending layout chain read by a layer: the identity, or a :class:`ChannelGatherOp`."""
+        lay, site, nodes = self.layouts[node]
+        index = layouts.resolve(lay)
+        if index is None:
+            raise refuse(site, f"a slice / reshape / transpose from {list(lay.base)} to "
+                         f"{list(lay.index.shape[1:])} that is not a fixed map of whole channels",
+                         "only channel slices (x[:, a:b], split, chunk), channel permutations (a channel "
+                         "shuffle: view-transpose-view) and torch.flatten(x, 1) convert")
+        if index == tuple(range(lay.base[0])) and len(index) == lay.base[0]:
+            self.values[node] = lay.source
+        else:
+            self.emit(node, ChannelGatherOp(self.name([node], site.module), [lay.source], site.source, index=index))
+        return self.values[node]
 
 
 _ACTIVATION_STEPS = ("relu", "clamp", "min", "max")
