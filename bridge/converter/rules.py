@@ -503,6 +503,7 @@ class LayerGraphWriter:
         self.graph = LayerGraph()
         self.members = members
         self.taken: set[str] = set(node_names)
+        self.module_names = {module_op_name(path) for path in members}
         self.display = display or {}  # node -> the name its op takes, where it differs
         self.values: dict[str, str] = {}
         self.chains: dict[str, _Chain] = {}
@@ -514,10 +515,14 @@ class LayerGraphWriter:
         name when these nodes are everything that module's call computes, else the last node's."""
         last = self.display.get(nodes[-1], nodes[-1])
         whole = bool(module) and self.members.get(module) == set(nodes)
-        base = module_op_name(module) if whole else last
-        if base == last and base not in self.graph.ops:
-            return base
-        return fresh_name(base, self.taken | set(self.graph.ops))
+        if whole:
+            base = module_op_name(module)
+            if base == last and base not in self.graph.ops:
+                return base
+            return fresh_name(base, self.taken | set(self.graph.ops))
+        # a function's op: its name without the front-end's counter, counted again over the ops
+        # written (torch.fx and torch.export count differently: fx names module calls by path)
+        return fresh_name(re.sub(r"_\d+$", "", last), self.module_names | set(self.graph.ops))
 
     def fresh(self, base: str) -> str:
         return fresh_name(base, self.taken | set(self.graph.ops))
@@ -612,7 +617,8 @@ class LayerGraphWriter:
         if index == tuple(range(lay.base[0])) and len(index) == lay.base[0]:
             self.values[node] = lay.source
         else:
-            self.emit(node, ChannelGatherOp(self.name([node], site.module), [lay.source], site.source, index=index))
+            name = fresh_name("channels", self.module_names | set(self.graph.ops))
+            self.emit(node, ChannelGatherOp(name, [lay.source], site.source, index=index))
         return self.values[node]
 
 
