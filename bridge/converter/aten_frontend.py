@@ -432,6 +432,13 @@ def _relu(r: _Reader, node: Node) -> None:
     r.pointwise(node, "relu", node.args[0])
 
 
+def _leaky_relu(r: _Reader, node: Node) -> None:
+    """``leaky_relu(x, 0)`` is ``relu``; any other slope is refused (negative outputs)."""
+    if float(_arg(node, 1, "negative_slope", 0.01)) != 0.0:
+        raise rules.unsupported(r.site(node))
+    r.pointwise(node, "relu", node.args[0])
+
+
 def _hardtanh(r: _Reader, node: Node) -> None:
     r.pointwise(node, "clamp", node.args[0], lo=_arg(node, 1, "min_val", -1.0), hi=_arg(node, 2, "max_val", 1.0))
 
@@ -541,7 +548,9 @@ def _reshape(r: _Reader, node: Node) -> None:
 def _reshape_or_layout(r: _Reader, node: Node) -> None:
     """A flatten (or no-op reshape) as before; any other view is a layout step (a channel shuffle)."""
     x = node.args[0]
-    if isinstance(x, Node) and r.out.has(x.name) and not rules.is_flatten(r.shape(x), r.shape(node)):
+    if isinstance(x, Node) and r.out.has(x.name) and (
+            (x.name in r.out.layouts and not r.out.layout_is_channel_map(x.name))
+            or not rules.is_flatten(r.shape(x), r.shape(node))):
         return r.layout(node, x, rules.reshape_step(r.site(node), r.shape(x), r.shape(node)))
     _reshape(r, node)
 
@@ -609,6 +618,7 @@ _HANDLERS: dict[Any, Callable[[_Reader, Node], None]] = {
     aten._native_batch_norm_legit_no_training.default: _batch_norm,
     **{op: _relu for op in _ops("relu", "relu_")},
     **{op: _hardtanh for op in _ops("hardtanh", "hardtanh_")},
+    **{op: _leaky_relu for op in _ops("leaky_relu", "leaky_relu_")},
     aten.relu6.default: _relu6,
     **{op: _clamp for op in _ops("clamp", "clamp.Tensor", "clamp_", "clamp_.Tensor")},
     **{op: _clamp_min for op in _ops("clamp_min", "clamp_min.Tensor", "clamp_min_")},

@@ -307,6 +307,8 @@ class _Converter:
                 site, self._name(node), self._ref(node, x), "qcfs" if levels else "clip", _bound(m), levels))
         if isinstance(m, nn.ReLU):
             return self._pointwise(node, x, "relu")
+        if isinstance(m, nn.LeakyReLU) and m.negative_slope == 0:
+            return self._pointwise(node, x, "relu")
         if isinstance(m, nn.ReLU6):
             return self._pointwise(node, x, "clamp", lo=0.0, hi=6.0)
         if isinstance(m, nn.Hardtanh):
@@ -338,7 +340,9 @@ class _Converter:
         raise rules.unsupported(site)
 
     def _flatten(self, node: torch.fx.Node, x: Any) -> None:
-        if isinstance(x, torch.fx.Node) and self.out.has(x.name) and not rules.is_flatten(self._shape(x), self._shape(node)):
+        if isinstance(x, torch.fx.Node) and self.out.has(x.name) and (
+                (x.name in self.out.layouts and not self.out.layout_is_channel_map(x.name))
+                or not rules.is_flatten(self._shape(x), self._shape(node))):
             # a view that is not a flatten (a channel shuffle's 5-d view): a layout step
             return self._layout(node, x, rules.reshape_step(self._site(node), self._shape(x), self._shape(node)))
         src = self._ref(node, x)
@@ -415,6 +419,8 @@ class _Converter:
         if f in _LAYOUT_FUNCTIONS and self._layout_call(node, _LAYOUT_FUNCTIONS[f], args, kw):
             return None
         if f in _RELU_FUNCTIONS:
+            return self._pointwise(node, x, "relu")
+        if f is F.leaky_relu and _arg(args, kw, 1, "negative_slope", 0.01) == 0:
             return self._pointwise(node, x, "relu")
         if f is F.relu6:
             return self._pointwise(node, x, "clamp", lo=0.0, hi=6.0)

@@ -15,6 +15,7 @@ front). When a layer reads the result, :func:`resolve` says what the chain is:
 * shape :math:`(1, C', *S[1:])` with each output channel ``j`` holding exactly the positions of
   one input channel ``c_j`` in order: the channel gather :math:`y_{:, j} = x_{:, c_j}`
   (a selection, a permutation, or both);
+* shape :math:`(1, |S|)` in order: ``torch.flatten(x, 1)`` (:func:`is_flatten_of_base`);
 * anything else (a slice of a spatial axis, a mix of channels and positions) has no fixed
   channel map and is refused by the caller.
 """
@@ -48,6 +49,14 @@ def start(source: str, base: Sequence[int]) -> Layout:
 def apply(layout: Layout, step: Step) -> Layout:
     """``layout`` followed by ``step`` (a function of a tensor with batch dimension 1)."""
     return Layout(layout.source, layout.base, step(layout.index))
+
+
+def is_flatten_of_base(layout: Layout) -> bool:
+    """Whether the chain is ``torch.flatten(x, 1)`` of a value with more than one dimension."""
+    index = layout.index
+    return (len(layout.base) > 1 and index.dim() == 2
+            and torch.equal(index[0], torch.arange(index.shape[1], dtype=torch.int64))
+            and index.shape[1] == math.prod(layout.base))
 
 
 def resolve(layout: Layout) -> tuple[int, ...] | None:

@@ -116,7 +116,32 @@ def refuse(site: Site, problem: str, fix: str) -> BridgeError:
     return BridgeError(f"{site.label}{at}: {problem}; {fix}{hint}")
 
 
+#: functions that are not a clipped ReLU, and why an IF neuron cannot compute them: its rate
+#: under a constant input z is clip(z / theta, 0, 1) (times theta), piecewise linear with a kink
+#: at 0 and at theta, never negative, one input summed over its incoming edges
+_WHY_NOT_IF = (
+    (("sigmoid", "hardsigmoid"), "a sigmoid is a smooth S-curve (and SE gating multiplies by it)"),
+    (("silu", "swish", "hardswish", "mish"), "SiLU / swish x*sigmoid(x) is smooth and negative for x < 0"),
+    (("gelu",), "GELU x*Phi(x) is smooth and negative for x < 0"),
+    (("tanh", "softsign"), "tanh is smooth and negative for x < 0"),
+    (("elu", "selu", "celu"), "ELU is negative (exponential) for x < 0"),
+    (("softplus",), "softplus is smooth and positive for x < 0"),
+    (("leaky_relu", "leakyrelu", "prelu", "rrelu"), "a leaky ReLU with a negative slope is negative for x < 0"),
+    (("layer_norm", "layernorm", "group_norm", "groupnorm", "instance_norm", "instancenorm"),
+     "a LayerNorm / GroupNorm divides by a statistic of each sample, not a fixed affine map"),
+    (("softmax", "log_softmax"), "softmax normalises by a sum over the sample"),
+)
+
+
 def unsupported(site: Site) -> BridgeError:
+    """No rule for this op. A known activation that is not a clipped ReLU (sigmoid, SiLU, GELU,
+    SE gating, LayerNorm ...) says why an IF neuron cannot represent it."""
+    what = re.findall(r"[a-z_]+", site.label.lower().replace("aten.", " "))
+    for names, why in _WHY_NOT_IF:
+        if any(w in names for w in what):
+            return refuse(site, f"not a clipped ReLU: an IF neuron's rate is clip(z / theta, 0, 1) "
+                          f"(piecewise linear, never negative), and {why}",
+                          "replace it by ReLU, ReLU6, clamp(0, a), bridge.ClippedReLU or bridge.QCFS and retrain")
     return refuse(site, "this operation has no spiking equivalent in bridge",
                   f"rewrite the model with the supported layers ({SUPPORTED_LAYERS})")
 
@@ -520,9 +545,17 @@ class LayerGraphWriter:
             if base == last and base not in self.graph.ops:
                 return base
             return fresh_name(base, self.taken | set(self.graph.ops))
+        if module and set(nodes) <= self.members.get(module, set()) and self._leaf(module):
+            # one of several calls of a module without submodules (a ReLU used twice): the
+            # module's name, counted over the ops written
+            base = module_op_name(module)
+            return fresh_name(base, (self.module_names - {base}) | set(self.graph.ops))
         # a function's op: its name without the front-end's counter, counted again over the ops
         # written (torch.fx and torch.export count differently: fx names module calls by path)
         return fresh_name(re.sub(r"_\d+$", "", last), self.module_names | set(self.graph.ops))
+
+    def _leaf(self, module: str) -> bool:
+        return not any(p.startswith(module + ".") for p in self.members)
 
     def fresh(self, base: str) -> str:
         return fresh_name(base, self.taken | set(self.graph.ops))
@@ -605,10 +638,18 @@ class LayerGraphWriter:
         return src
 
 
+    def layout_is_channel_map(self, node: str) -> bool:
+        """Whether ``node``'s pending layout chain already is a channel gather (or the identity)."""
+        return node in self.layouts and layouts.resolve(self.layouts[node][0]) is not None
+
     def _close_layout(self, node: str) -> str:
         """A pending layout chain read by a layer: the identity, or a :class:`ChannelGatherOp`."""
         lay, site, nodes = self.layouts[node]
         index = layouts.resolve(lay)
+        if index is None and layouts.is_flatten_of_base(lay):  # e.g. view(N, C, -1) then flatten
+            self.emit(node, FlattenOp(fresh_name("flatten", self.module_names | set(self.graph.ops)),
+                                      [lay.source], site.source))
+            return self.values[node]
         if index is None:
             raise refuse(site, f"a slice / reshape / transpose from {list(lay.base)} to "
                          f"{list(lay.index.shape[1:])} that is not a fixed map of whole channels",
