@@ -125,7 +125,7 @@ def _dense(weight: torch.Tensor, groups: int) -> np.ndarray:
     """A grouped conv weight (Cout, Cin/g, *k) as the equivalent dense (Cout, Cin, *k)."""
     w = weight.detach().to(torch.float64).numpy()
     if groups == 1:
-        return w.copy()
+        return w  # shared with the layer graph's own float64 copy (nothing writes to either)
     cout, cin_g = w.shape[:2]
     co = cout // groups
     dense = np.zeros((cout, cin_g * groups, *w.shape[2:]), dtype=np.float64)
@@ -414,7 +414,7 @@ class _Builder:
         return True
 
     def _ConvOp(self, op: ConvOp) -> None:
-        self._conv_node(op, _dense(op.weight, op.groups), op.bias.detach().numpy().astype(np.float64),
+        self._conv_node(op, _dense(op.weight, op.groups), np.asarray(op.bias.detach().numpy(), dtype=np.float64),
                         op.stride, op.padding, op.dilation, op.groups)
 
     def _affine_node(self, op: LayerOp, weight: np.ndarray, bias: np.ndarray) -> None:
@@ -425,8 +425,9 @@ class _Builder:
         self._conv_node(op, weight, bias, (), (), ())
 
     def _LinearOp(self, op: LinearOp) -> None:
-        self._affine_node(op, op.weight.detach().numpy().astype(np.float64),
-                          op.bias.detach().numpy().astype(np.float64))
+        # no copy: the layer graph's weights are already the converter's own float64 copies
+        self._affine_node(op, np.asarray(op.weight.detach().numpy(), dtype=np.float64),
+                          np.asarray(op.bias.detach().numpy(), dtype=np.float64))
 
     def _BatchNormOp(self, op: BatchNormOp) -> None:
         """Unfolded BatchNorm: y_c = a_c x_c + b_c, a = gamma / sqrt(var + eps), b = beta - a mu."""
