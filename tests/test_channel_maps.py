@@ -116,3 +116,56 @@ def test_optimiser_fits_a_graph_with_concatenations(converted) -> None:
                not np.allclose(np.asarray((a.metadata or {}).get("bridge", {}).get("v_init", 0)),
                                np.asarray((b.metadata or {}).get("bridge", {}).get("v_init", 0)))
                for a, b in zip(before, after))
+
+
+class _Edge(torch.nn.Module):
+    """Small models for the builder's less common paths (fallback projections included)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.a, self.b = torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.Conv2d(2, 2, 1)
+        self.bn = torch.nn.BatchNorm2d(6)
+        self.pool = torch.nn.AdaptiveAvgPool2d(3)
+        self.fc = torch.nn.Linear({"output": 5, "twice": 5 * 25, "adaptive": 5 * 9,
+                                   "residual": 3 * 25, "flat_bn": 8}[kind], 4)
+        self.fc2 = torch.nn.Linear(5 * 25, 3)
+        self.bn1 = torch.nn.BatchNorm1d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.a(x).relu(), self.b(x).relu()
+        if self.kind == "output":  # the readout is a concatenation of two linear maps
+            return torch.cat([self.fc(torch.flatten(torch.cat([a, b], 1).mean((2, 3), keepdim=True), 1)),
+                              self.fc2(torch.flatten(torch.cat([b, a], 1), 1))], 1)
+        if self.kind == "twice":  # the same branch twice: a gather that repeats channels
+            y = torch.cat([a, b, a[:, :1]], 1)
+            return self.fc(torch.flatten(self.bn(y)[:, :5].relu(), 1))
+        if self.kind == "adaptive":  # uneven adaptive pool of a concatenation (Flatten + Affine)
+            return self.fc(torch.flatten(self.pool(torch.cat([a, b], 1)), 1))
+        if self.kind == "residual":  # a residual sum of a slice and a branch, then an IF layer
+            return self.fc(torch.flatten((torch.cat([b, a], 1)[:, 2:] + a).relu(), 1))
+        # flat features concatenated, then BatchNorm1d and an IF layer
+        f = torch.cat([a.mean((2, 3)), b.mean((2, 3)), a.mean((2, 3))], 1)
+        return self.fc(self.bn1(f).relu())
+
+
+@pytest.mark.parametrize("kind", ["output", "twice", "adaptive", "residual", "flat_bn"])
+def test_less_common_channel_maps_are_exact_on_both_paths(kind: str) -> None:
+    from bridge.converter import convert_layer_graph, trace_module
+    from bridge.converter.aten_frontend import exported_to_layer_graph
+    from tests.test_frontend_parity import assert_same_nir
+
+    model = zoo._randomize(_Edge(kind), 5).double().eval()
+    with torch.no_grad():  # every branch active on the calibration inputs
+        model.a.bias.add_(1.0)
+        model.b.bias.add_(1.0)
+    shape = (2, 5, 5)
+    x = _inputs(shape, 6)
+    graphs = [convert_layer_graph(lg, thresholds="max", calibration=x)
+              for lg in (trace_module(model, shape), exported_to_layer_graph(torch.export.export(model, (x,))))]
+    assert_same_nir(*graphs)
+    with torch.no_grad():
+        assert (ann_view(graphs[0], x) - model(x)).abs().max().item() < 1e-10
+    ref = simulate(graphs[0], x[:2], 6, trace=True)
+    got = SpikingJellyBackend(graphs[0]).run(x[:2], 6, trace=True)
+    assert torch.equal(got.outputs, ref.outputs)
