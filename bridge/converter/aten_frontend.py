@@ -19,6 +19,10 @@ Rules:
 * Dropout, clone, alias, contiguous and detach are identities in inference and vanish.
 * ``aten.mean.dim`` over the spatial dimensions (2, 3) of (N, C, H, W) is global average
   pooling: an average pool with kernel = stride = (H, W), then a flatten unless ``keepdim``.
+* ``aten.cat`` on channels is a :class:`ConcatOp`; ``slice``, ``split``/``chunk`` + ``getitem``,
+  ``narrow``, ``transpose``, ``permute`` and views that are not a flatten are layout steps
+  (:mod:`bridge.converter.layout`), read as a :class:`ChannelGatherOp` or refused, exactly as
+  the module-level front-end reads them.
 * Op names follow the module-level front-end: the module path with ``.`` -> ``_``
   (``features.0`` -> ``features_0``) for a module's main op, the ATen node name otherwise.
 * An operator with no rule raises :class:`BridgeError` naming the node, the op and the

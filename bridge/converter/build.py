@@ -39,6 +39,21 @@ node, ``1`` elsewhere). A consumer makes ``k`` disappear:
   different ``k``): a ``nir.Scale(k)`` node named ``<source>_scale`` is inserted after the
   source node, so the term becomes ``1 * out(scale)``.
 
+**Concatenations, channel slices and shuffles** have no node either: a term also carries a
+channel gather ``idx`` (value channel ``j`` is node channel ``idx[j]``, or nothing), so a value
+is :math:`\sum_t G_t(k_t \odot out(node_t))`. ``ConcatOp`` places each input's terms at its
+channel offset, ``ChannelGatherOp`` composes the gathers; consumers absorb them (standard nodes
+only; docs/nir-extension.md):
+
+* conv / affine: term ``t`` is read through :math:`W_t[:, c] = \sum_{j: idx_t[j] = c} W[:, j]`
+  (one node per term, the bias on the first, summed at the next node): the consumer's weights,
+  split by input channel;
+* per-channel layers (BatchNorm, depthwise conv, average pool, Scale, flatten) run in each
+  term's own channels and keep its gather;
+* an IF layer is split into channel pieces (:meth:`_Builder._pieces`); where terms overlap, a
+  term is written in the piece's channels by a copy of its producer's weight rows (a conv /
+  affine the builder wrote) or a 1x1 0/1 projection (anything else; :meth:`_Builder._place`).
+
 **Residual additions** have no node: the terms of all summands become incoming edges of the
 consumer (NIR sums the incoming edges of a node). Terms with the same source are merged
 (``k_1 + k_2``). Because each term keeps its own ``k``, paths with different thresholds

@@ -15,8 +15,12 @@ Mapping (PyTorch -> layer op):
 * ``ReLU``, ``F.relu``, ``torch.relu`` -> ``ActivationOp(kind="relu")``;
   ``ReLU6``, ``Hardtanh(0, a)``, ``clamp(0, a)``, ``ClippedReLU`` -> ``kind="clip"`` with
   bound ``a`` (``lambda`` for ClippedReLU); ``QCFS`` -> ``kind="qcfs"``.
-* ``AvgPool2d`` -> :class:`AvgPoolOp`; ``AdaptiveAvgPool2d`` -> :class:`AvgPoolOp` with
-  kernel = stride = ``(H / oh, W / ow)`` when they divide; ``MaxPool2d`` -> :class:`MaxPoolOp`.
+* ``AvgPool2d`` -> :class:`AvgPoolOp`; ``AdaptiveAvgPool2d`` (any output size) ->
+  :class:`AdaptiveAvgPoolOp`; ``MaxPool2d`` -> :class:`MaxPoolOp`.
+* ``torch.cat(xs, 1)`` -> :class:`ConcatOp`; slices ``x[:, a:b]``, ``chunk``, ``split``,
+  ``narrow``, ``transpose``, ``permute`` and views that are not a flatten are layout steps
+  (:mod:`bridge.converter.layout`), read as a :class:`ChannelGatherOp` (a channel shuffle is
+  view-transpose-view) or refused.
 * global average pooling ``x.mean(dim=(2, 3))``, ``x.mean((-2, -1))``, ``torch.mean(x, [2, 3])``
   on (N, C, H, W) -> :class:`AvgPoolOp` with kernel = stride = ``(H, W)`` followed by
   :class:`FlattenOp` (no flatten with ``keepdim=True``): ``mean_{h,w} x = avgpool_{H x W}(x)``.
