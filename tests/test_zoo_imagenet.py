@@ -19,7 +19,6 @@ import torch
 from bridge.converter import convert, convert_layer_graph, prepare, trace_module
 from bridge.converter.aten_frontend import exported_to_layer_graph
 from bridge.converter.ir_eval import evaluate
-from bridge.format.errors import BridgeError
 from bridge.reference import ann_view
 from tests import zoo_imagenet as zoo
 from tests.test_frontend_parity import assert_same_nir
