@@ -11,7 +11,7 @@ Thresholds are the per-layer ``max`` of 8 random inputs, so on those inputs the 
 view must reproduce the ANN exactly; options are tried in order: none, then
 ``maxpool="avg"`` (max pools become average pools: the ANN is then the model with that
 change, and the view is compared with it). Where both paths convert, their NIR graphs are
-compared (node types, and the ANN view on the same inputs). The table goes to stdout and,
+compared (node names, edges and every array to 1e-12: tests/test_frontend_parity.py). The table goes to stdout and,
 with ``--write``, into docs/model-families.md between the coverage markers.
 
     python benchmarks/arch_coverage.py --write
@@ -40,6 +40,7 @@ from bridge.converter.ir_eval import evaluate  # noqa: E402
 from bridge.format.errors import BridgeError  # noqa: E402
 from bridge.reference import ann_view  # noqa: E402
 from tests import zoo_imagenet as zoo  # noqa: E402
+from tests.test_frontend_parity import assert_same_nir  # noqa: E402
 
 BEGIN, END = "<!-- coverage:begin -->", "<!-- coverage:end -->"
 OPTIONS = ({}, {"maxpool": "avg"})
@@ -59,6 +60,7 @@ CASES = [
     Case("VGG-11-BN", lambda: zoo.vgg11_bn(16, 224), "ImageNet layout, 3x224x224 (7x7 before the pool)"),
     Case("VGG-16-BN", lambda: zoo.vgg16_bn(16, 224), "ImageNet layout, 3x224x224"),
     Case("VGG-16-BN", lambda: zoo.vgg16_bn(16, 32), "ImageNet layout on 3x32x32 (1x1 -> 7x7 pool)"),
+    Case("VGG-11-BN", lambda: zoo.vgg11_bn(16, 100), "ImageNet layout on 3x100x100 (3x3 -> 7x7 pool, overlapping)"),
     Case("MobileNetV2", lambda: zoo.mobilenet_v2(8, 224), "ImageNet layout, 3x224x224"),
     Case("AlexNet", lambda: zoo.alexnet(16, 224), "ImageNet layout, 3x224x224"),
     Case("AlexNet", lambda: zoo.alexnet(16, 64), "ImageNet layout on 3x64x64 (1x1 -> 6x6 pool)"),
@@ -128,10 +130,11 @@ def row(case: Case) -> tuple[str, ...]:
     same = ""
     if "graph" in res["module"] and "graph" in res["export"]:
         g1, g2 = res["module"]["graph"], res["export"]["graph"]
-        types = lambda g: sorted(type(n).__name__ for n in g.nodes.values())  # noqa: E731
-        with torch.no_grad():
-            agree = torch.allclose(ann_view(g1, x), ann_view(g2, x), rtol=0, atol=1e-9)
-        same = "yes" if types(g1) == types(g2) and agree else "no"
+        try:
+            assert_same_nir(g1, g2)  # node names, edges, every array to 1e-12
+            same = "yes"
+        except AssertionError:
+            same = "no"
     converts = "yes" if not errs else ("partly" if err_view else "no")
     return (case.family, case.note, converts, "; ".join(marks), " / ".join(sorted(opts)) or "-", same or "-",
             f"{max(err_view):.1e}" if err_view else "-", "; ".join(errs) or "-", f"{seconds:.1f}")

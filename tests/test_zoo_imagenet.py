@@ -1,9 +1,9 @@
 """The architecture zoo (tests/zoo_imagenet.py) through the converter, at tiny widths.
 
-What converts today must keep converting with an exact ANN view (thresholds = the per-layer
-max on the very inputs compared, so the view must equal the ANN to rounding); what does not
-must be refused with a BridgeError (never another exception), so that the families a later
-converter rule adds (concatenation, slicing, shuffle) turn these cases green without edits.
+Every family converts through both front-ends (torch.fx and torch.export) to the same NIR
+graph, with an exact ANN view (thresholds = the per-layer max on the very inputs compared, so
+the view must equal the ANN to rounding). Concatenating families through the reference and both
+exports: tests/test_channel_maps.py.
 The full table, both front-ends: benchmarks/arch_coverage.py -> docs/model-families.md.
 """
 
@@ -11,30 +11,37 @@ from __future__ import annotations
 
 import warnings
 
+import nir
+import numpy as np
 import pytest
 import torch
 
 from bridge.converter import convert, convert_layer_graph, prepare, trace_module
 from bridge.converter.aten_frontend import exported_to_layer_graph
 from bridge.converter.ir_eval import evaluate
-from bridge.format.errors import BridgeError
 from bridge.reference import ann_view
 from tests import zoo_imagenet as zoo
+from tests.test_frontend_parity import assert_same_nir
 
-# name -> (builder, front-end, maxpool policy)
+# name -> (builder, maxpool policy); every family converts through both front-ends
 CONVERTS = {
-    "ResNet-18": (lambda: zoo.resnet18(16, 64), "export", "avg"),  # module path: padded stem max pool refused
-    "ResNet-34": (lambda: zoo.resnet34(16, 64), "export", "avg"),
-    "ResNet-50": (lambda: zoo.resnet50(16, 64), "export", "avg"),
-    "VGG-11-BN": (lambda: zoo.vgg11_bn(16, 224), "module", "avg"),
-    "VGG-16-BN": (lambda: zoo.vgg16_bn(16, 224), "module", "avg"),
-    "MobileNetV2": (lambda: zoo.mobilenet_v2(8, 32), "module", "error"),
-    "AlexNet": (lambda: zoo.alexnet(16, 224), "module", "avg"),
-    "MobileNet": (zoo.mobilenet_v1, "module", "error"),
-    "PreAct-ResNet": (zoo.preact_resnet, "module", "error"),
-    "RegNetX": (zoo.regnetx, "module", "error"),
+    "ResNet-18": (lambda: zoo.resnet18(16, 64), "avg"),
+    "ResNet-34": (lambda: zoo.resnet34(16, 64), "avg"),
+    "ResNet-50": (lambda: zoo.resnet50(16, 64), "avg"),
+    "VGG-11-BN": (lambda: zoo.vgg11_bn(16, 224), "avg"),
+    "VGG-16-BN": (lambda: zoo.vgg16_bn(16, 224), "avg"),
+    "VGG-11-BN at 3x100x100 (adaptive pool 3x3 -> 7x7)": (lambda: zoo.vgg11_bn(16, 100), "avg"),
+    "MobileNetV2": (lambda: zoo.mobilenet_v2(8, 32), "error"),
+    "AlexNet": (lambda: zoo.alexnet(16, 224), "avg"),
+    "MobileNet": (zoo.mobilenet_v1, "error"),
+    "PreAct-ResNet": (zoo.preact_resnet, "error"),
+    "RegNetX": (zoo.regnetx, "error"),
+    "DenseNet-BC": (zoo.densenet, "error"),
+    "GoogLeNet": (zoo.googlenet, "avg"),
+    "ShuffleNetV2": (zoo.shufflenet_v2, "error"),
+    "DLA": (zoo.dla, "error"),
+    "DPN": (zoo.dpn, "error"),
 }
-NOT_YET = ["DenseNet-BC", "GoogLeNet", "ShuffleNetV2", "DLA", "DPN"]
 
 
 @pytest.fixture(autouse=True)
@@ -74,33 +81,30 @@ def test_published_depths() -> None:
 
 
 @pytest.mark.parametrize("name", list(CONVERTS))
-def test_converts_with_an_exact_ann_view(name: str) -> None:
-    build, path, maxpool = CONVERTS[name]
+def test_converts_on_both_paths_with_the_same_nir_and_an_exact_ann_view(name: str) -> None:
+    build, maxpool = CONVERTS[name]
     model, shape = build()
     model = model.double()
     x = _inputs(shape)
+    graphs = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the maxpool='avg' replacement warns by design
-        if path == "module":
-            layer_graph = trace_module(model, shape)
-        else:
-            layer_graph = exported_to_layer_graph(torch.export.export(model, (x,)))
-        graph = convert_layer_graph(layer_graph, thresholds="max", calibration=x, maxpool=maxpool)
+        for layer_graph in (trace_module(model, shape), exported_to_layer_graph(torch.export.export(model, (x,)))):
+            graphs.append(convert_layer_graph(layer_graph, thresholds="max", calibration=x, maxpool=maxpool))
         ann = model(x) if maxpool == "error" else evaluate(prepare(layer_graph, maxpool=maxpool), x)
+    assert_same_nir(*graphs)
     with torch.no_grad():
-        err = (ann_view(graph, x) - ann).abs().max().item()
+        err = (ann_view(graphs[0], x) - ann).abs().max().item()
     assert err < 1e-5 * max(1.0, ann.abs().max().item()), err
 
 
-@pytest.mark.parametrize("name", NOT_YET)
-def test_other_families_are_refused_cleanly_or_convert_exactly(name: str) -> None:
-    model, shape = zoo.ALL[name]()
-    model = model.double()
-    x = _inputs(shape)
-    try:
-        graph = convert(model, shape, thresholds="max", calibration=x)
-    except BridgeError as e:
-        assert "node" in str(e)  # names the node that is refused
-        return
-    with torch.no_grad():
-        assert (ann_view(graph, x) - model(x)).abs().max().item() < 1e-5
+def test_a_concatenation_costs_no_more_than_its_consumer() -> None:
+    """DenseNet: the consumer of a concatenation reads each branch through its own slice of the
+    weight (no projection node): the file's weights are the model's, to within the IF layers the
+    BatchNorm-ReLU pairs add per branch (each BatchNorm runs in its branch's channels)."""
+    model, shape = zoo.densenet()
+    graph = convert(model.double(), shape, thresholds="max", calibration=_inputs(shape))
+    model_convs = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    file_convs = sum(int(np.asarray(n.weight).size) for n in graph.nodes.values()
+                     if isinstance(n, nir.Conv2d) and not (n.metadata or {}).get("bridge"))
+    assert file_convs == model_convs

@@ -32,24 +32,21 @@ def _load_graph(model: Path, arch: str | None, trust_pickle: bool, input_shape: 
             raise BridgeError("--v-init/--timesteps apply to PyTorch models; a NIR file is "
                               "evaluated as written (re-export it to change them)")
         return read_runnable_graph(model), None
-    from app.cli.export_cmd import convert_loaded, parse_input_shape, parse_v_init
+    from app.cli.export_cmd import conversion_options, convert_loaded, model_input_shape, parse_input_shape
     from bridge.data.streaming import first_samples, open_dataset
     from bridge.model.loading import check_finite, load_model
 
+    options, optimized = conversion_options(v_init=v_init, timesteps=timesteps)
+    if optimized and timesteps is None:
+        raise BridgeError("--v-init optimized needs --timesteps T")
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     check_finite(loaded.named_tensors(), str(model))
-    shape = parse_input_shape(input_shape) or loaded.input_shape
-    if shape is None:
-        raise BridgeError(f"the input shape of {model} is unknown; pass --input-shape (e.g. 3,32,32)")
-    v = parse_v_init(v_init)
-    if v == "optimized" and timesteps is None:
-        raise BridgeError("--v-init optimized needs --timesteps T")
+    shape = model_input_shape(loaded, parse_input_shape(input_shape), model)
     # calibration (percentile thresholds of ReLU models, the optimised v_init): the start of
     # the data, read sample by sample (never the whole set)
     calib = first_samples(open_dataset(data, input_shape=shape, transform=transform), calibration_samples)
-    graph = convert_loaded(loaded, shape, calibration=calib,
-                           v_init="half" if v == "optimized" else v, timesteps=timesteps)
-    if v == "optimized":
+    graph = convert_loaded(loaded, shape, options, calibration=calib)
+    if optimized:
         import torch
 
         from bridge.passes.optimize import optimize_initial_potentials

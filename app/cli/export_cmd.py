@@ -40,37 +40,20 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     return shape
 
 
-def parse_v_init(text: str) -> str | float:
-    """``half``, ``zero``, ``optimized`` or a fraction of theta in [0, 1)."""
-    if text in ("half", "zero", "optimized"):
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (0.0 <= value < 1.0):
-        raise BridgeError(
-            f"--v-init {text!r} must be half, zero, optimized or a fraction of the threshold "
-            "in [0, 1) (0.5 = half)"
-        )
-    return value
+def conversion_options(thresholds: str = "auto", v_init: str = "half", **fields: Any) -> tuple[Any, bool]:
+    """The command line's options as a checked :class:`bridge.converter.ConversionOptions`, and
+    whether ``--v-init optimized`` asks for the data-driven fit after conversion (the converter
+    itself starts from theta/2 then)."""
+    from bridge.converter.options import ConversionOptions
 
-
-def parse_thresholds(text: str) -> str:
-    """``auto``, ``trained``, ``max`` or a percentile ``pNN.N`` (0 < NN.N <= 100)."""
-    if text in ("auto", "trained", "max"):
-        return text
-    ok = text.startswith("p")
-    if ok:
+    optimized = v_init == "optimized"
+    value: str | float = v_init
+    if not optimized and v_init not in ("half", "zero"):
         try:
-            ok = 0.0 < float(text[1:]) <= 100.0
+            value = float(v_init)
         except ValueError:
-            ok = False
-    if not ok:
-        raise BridgeError(
-            f"--thresholds {text!r} must be auto, trained, max or a percentile such as p99.9"
-        )
-    return text
+            value = v_init  # refused by ConversionOptions, naming --v-init
+    return ConversionOptions(thresholds=thresholds, v_init="half" if optimized else value, **fields), optimized
 
 
 def digits_calibration(input_shape: tuple[int, ...], samples: int) -> Any:
@@ -253,9 +236,9 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     from bridge.model.loading import check_finite, is_nir_file, load_model
 
     shape = parse_input_shape(input_shape)
-    thresholds = parse_thresholds(thresholds)
-    v = parse_v_init(v_init)
-    if v == "optimized" and (timesteps is None or calibration is None):
+    options, optimized = conversion_options(thresholds, v_init, channel_wise=channel_wise, maxpool=maxpool,
+                                            timesteps=timesteps)
+    if optimized and (timesteps is None or calibration is None):
         raise BridgeError("--v-init optimized needs --timesteps T and --calibration data")
     if profile != "exact" and target != "nir":
         raise BridgeError("--profile applies to --to nir; the exporters always build the exact graph")
@@ -278,25 +261,11 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
 
     loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
     check_finite(loaded.named_tensors(), str(model))
-    if shape is None:
-        shape = loaded.input_shape
-    elif loaded.program is not None and loaded.input_shape is not None and shape != loaded.input_shape:
-        raise BridgeError(
-            f"{model} was exported for input shape {list(loaded.input_shape)}, not "
-            f"{list(shape)}; drop --input-shape or export the program again for that shape"
-        )
-    if shape is None:
-        raise BridgeError(
-            f"the input shape of {model} is unknown; pass --input-shape (one sample without "
-            "batch, e.g. --input-shape 1,16,16)"
-        )
+    shape = model_input_shape(loaded, shape, model)
     calib = load_calibration(calibration, shape, calibration_samples)
     with _one_line_warnings():
-        graph = convert_loaded(
-            loaded, shape, thresholds=thresholds, channel_wise=channel_wise, calibration=calib,
-            v_init="half" if v == "optimized" else v, maxpool=maxpool, timesteps=timesteps,
-        )
-        if v == "optimized":
+        graph = convert_loaded(loaded, shape, options, calibration=calib)
+        if optimized:
             assert timesteps is not None
             graph = _optimize(graph, calib, timesteps)
 
@@ -310,18 +279,22 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     _summary(written, graph, target)
 
 
-def convert_loaded(loaded: Any, input_shape: tuple[int, ...], **options: Any) -> Any:
-    """Convert a :class:`bridge.model.loading.LoadedModel`: modules through torch.fx, programs
-    (and TorchScript, converted to a program) through the ATen front-end."""
+def model_input_shape(loaded: Any, given: tuple[int, ...] | None, path: Path) -> tuple[int, ...]:
+    """The sample shape: ``--input-shape`` or the program's own (the converter's rule)."""
+    from bridge.converter import resolve_input_shape
+
+    own = loaded.input_shape if loaded.module is None else None
+    return resolve_input_shape(own, given if given is not None else (
+        loaded.input_shape if loaded.module is not None else None), str(path))
+
+
+def convert_loaded(loaded: Any, input_shape: tuple[int, ...], options: Any, calibration: Any = None) -> Any:
+    """Convert a :class:`bridge.model.loading.LoadedModel` (the converter picks the front-end)."""
     from bridge import converter
 
     if loaded.module is not None:
         check_runs(loaded.module, input_shape)
-        return converter.convert(loaded.module, input_shape, **options)
-    from bridge.converter.aten_frontend import exported_to_layer_graph
-
-    program = loaded.exported_program(input_shape)
-    return converter.convert_layer_graph(exported_to_layer_graph(program), **options)
+    return converter.convert(loaded, input_shape, calibration=calibration, options=options)
 
 
 def check_runs(module: Any, input_shape: tuple[int, ...]) -> None:

@@ -19,6 +19,10 @@ Rules:
 * Dropout, clone, alias, contiguous and detach are identities in inference and vanish.
 * ``aten.mean.dim`` over the spatial dimensions (2, 3) of (N, C, H, W) is global average
   pooling: an average pool with kernel = stride = (H, W), then a flatten unless ``keepdim``.
+* ``aten.cat`` on channels is a :class:`ConcatOp`; ``slice``, ``split``/``chunk`` + ``getitem``,
+  ``narrow``, ``transpose``, ``permute`` and views that are not a flatten are layout steps
+  (:mod:`bridge.converter.layout`), read as a :class:`ChannelGatherOp` or refused, exactly as
+  the module-level front-end reads them.
 * Op names follow the module-level front-end: the module path with ``.`` -> ``_``
   (``features.0`` -> ``features_0``) for a module's main op, the ATen node name otherwise.
 * An operator with no rule raises :class:`BridgeError` naming the node, the op and the
@@ -35,20 +39,9 @@ import torch
 from torch.fx import Node
 
 from bridge.model.activations import QCFS, ClippedReLU, _Bounded
-from bridge.converter.ir import (
-    ActivationOp,
-    AddOp,
-    AvgPoolOp,
-    BatchNormOp,
-    ConvOp,
-    FlattenOp,
-    InputOp,
-    LayerGraph,
-    LinearOp,
-    MaxPoolOp,
-    Op,
-    OutputOp,
-)
+from bridge.converter import rules
+from bridge.converter.ir import InputOp, LayerGraph, OutputOp
+from bridge.converter.pointwise import ChainError, Step, channel_values
 from bridge.format.errors import BridgeError
 
 aten = torch.ops.aten
@@ -77,8 +70,20 @@ _IDENTITY_OPS = set(_ops("dropout", "feature_dropout", "alpha_dropout", "clone",
                          "contiguous", "detach", "lift_fresh_copy"))
 # nodes that compute nothing we need (shape assertions, symbolic sizes)
 _IGNORED_OPS = set(_ops("_assert_tensor_metadata", "sym_size.int", "_assert_scalar"))
-_CLAMP_OPS = set(_ops("clamp", "clamp.Tensor"))
 _RESHAPE_OPS = set(_ops("view", "reshape", "_unsafe_view", "flatten.using_ints"))
+_CONV_OPS = set(_ops("conv1d", "conv2d", "conv1d.padding", "conv2d.padding", "convolution"))
+_LAYER_OPS = _CONV_OPS | _RESHAPE_OPS | set(_ops(
+    "linear", "addmm", "mm", "batch_norm", "_native_batch_norm_legit_no_training", "avg_pool2d",
+    "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "mean.dim", "max_pool2d", "max_pool2d_with_indices", "cat"))
+# element-wise ops with a constant operand: x <op> c
+_BINARY = {op: kind for kind, names in (
+    ("add", ("add.Tensor", "add_.Tensor", "add.Scalar")),
+    ("sub", ("sub.Tensor", "sub_.Tensor", "sub.Scalar")),
+    ("mul", ("mul.Tensor", "mul_.Tensor", "mul.Scalar")),
+    ("div", ("div.Tensor", "div_.Tensor", "div.Scalar")),
+) for op in _ops(*names)}
+_RSUB = set(_ops("rsub.Scalar", "rsub.Tensor"))
+_CHUNK_OPS = set(_ops("chunk"))
 
 
 def _source(node: Node) -> str:
@@ -104,36 +109,58 @@ def _source(node: Node) -> str:
     return f"{where} ({code})" if code else where
 
 
+def _module_stack(node: Node) -> list[tuple[str, str]]:
+    """(path, type name) of the modules whose calls ran ``node``, outermost first."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return [(str(path) if path is not None else str(key), str(mtype)) for key, (path, mtype) in stack.items()]
+
+
 def _module(node: Node) -> tuple[str, str] | None:
     """(path, type) of the innermost module that ran ``node``, if the program recorded it."""
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return None
-    key, value = list(stack.items())[-1]
-    path, mtype = value
-    return (str(path) if path is not None else str(key)), str(mtype)
+    stack = _module_stack(node)
+    return stack[-1] if stack else None
 
 
-def _pair(value: Any, n: int = 2) -> tuple[int, ...]:
-    if isinstance(value, (list, tuple)):
-        value = [int(v) for v in value]
-        return tuple(value * n) if len(value) == 1 else tuple(value)
-    return (int(value),) * n
+def _display_names(ep: torch.export.ExportedProgram) -> dict[str, str]:
+    """In-place ops named as their out-of-place op (``relu_`` -> ``relu``, ``relu__1`` -> ``relu_1``),
+    as torch.fx names ``F.relu(x, inplace=True)`` and ``out += y``."""
+    names = {}
+    for node in ep.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        packet = schema.name.split("::")[-1] if schema is not None else ""
+        if packet.endswith("_") and not packet.startswith("_") and node.name.startswith(packet):
+            names[node.name] = packet[:-1] + node.name[len(packet):]
+    return names
+
+
+def _arg(node: Node, i: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
 
 
 class _Reader:
-    """One pass over the program's graph, building the LayerGraph."""
+    """One pass over the program's graph: read each node's arguments, call the rule."""
 
     def __init__(self, ep: torch.export.ExportedProgram) -> None:
         self.ep = ep
-        self.graph = LayerGraph()
         self.consts: dict[str, torch.Tensor | Any] = {}  # fx node name -> folded value
-        self.produced: dict[str, str] = {}  # fx node name -> IR op name carrying its data
-        self.names: set[str] = set()
+        self.tuples: dict[str, tuple] = {}  # split / chunk nodes -> (input, kind, argument, dim)
         self.module_groups: dict[str, tuple[str, str]] = {}  # fx node -> (module path, type)
         self._params = self._parameter_table()
+        self._fold_constants()
+        members: dict[str, set[str]] = {}
+        self.layer_modules: set[str] = set()
+        for node in ep.graph.nodes:
+            if node.op == "call_function" and self._carries_data(node):
+                for path, _ in _module_stack(node):
+                    members.setdefault(path, set()).add(node.name)
+                    if node.target in _LAYER_OPS or (node.target in _BINARY and _BINARY[node.target] == "add"
+                                                     and all(not self._is_const(a) for a in node.args[:2])):
+                        self.layer_modules.add(path)
+        self.out = rules.LayerGraphWriter(members, (n.name for n in ep.graph.nodes), _display_names(ep))
 
-    # ---- parameters -------------------------------------------------------------------
+    # ---- parameters and constants -----------------------------------------------------
     def _parameter_table(self) -> dict[str, torch.Tensor]:
         sig = self.ep.graph_signature
         state, consts = self.ep.state_dict, self.ep.constants
@@ -148,15 +175,22 @@ class _Reader:
             table[name] = consts[fqn]
         return table
 
-    def _fqn(self, node: Node) -> str | None:
-        sig = self.ep.graph_signature
-        return sig.inputs_to_parameters.get(node.name) or sig.inputs_to_buffers.get(node.name)
+    def _fold_constants(self) -> None:
+        """Nodes that depend only on parameters, buffers and literals, evaluated once in float64."""
+        for node in self.ep.graph.nodes:
+            if node.op == "placeholder" and node.name in self._params:
+                self.consts[node.name] = self._params[node.name]
+            elif node.op == "get_attr":
+                self.consts[node.name] = getattr(self.ep.graph_module, str(node.target))
+            elif (node.op == "call_function" and node.target not in _IGNORED_OPS
+                  and self._is_const(list(node.args)) and self._is_const(list(node.kwargs.values()))):
+                args = [self._fold_arg(a) for a in node.args]
+                kwargs = {k: self._fold_arg(v) for k, v in node.kwargs.items()}
+                self.consts[node.name] = node.target(*args, **kwargs)  # type: ignore[operator]
 
-    # ---- helpers ----------------------------------------------------------------------
-    def _error(self, node: Node, what: str, fix: str) -> BridgeError:
-        src = _source(node)
-        at = f" at {src}" if src else ""
-        return BridgeError(f"node {node.name!r} ({node.target}){at}: {what}; {fix}")
+    def _carries_data(self, node: Node) -> bool:
+        return (node.name not in self.consts and node.target not in _IGNORED_OPS
+                and node.target not in _IDENTITY_OPS and node.target is not operator.getitem)
 
     def _is_const(self, arg: Any) -> bool:
         if isinstance(arg, Node):
@@ -172,57 +206,77 @@ class _Reader:
             return type(arg)(self._value(a) for a in arg)
         return arg
 
-    def _tensor(self, node: Node, arg: Any) -> torch.Tensor | None:
+    def _fold_arg(self, arg: Any) -> Any:
+        value = self._value(arg)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.to(torch.float64)
+        return value
+
+    def tensor(self, node: Node, arg: Any) -> torch.Tensor | None:
+        """A weight: a constant of the program (None stays None)."""
         if arg is None:
             return None
         if not self._is_const(arg):
-            raise self._error(node, "a weight depends on the input", "use parameters as weights")
-        return torch.as_tensor(self._value(arg)).detach().to(torch.float64).clone()
+            raise rules.refuse(self.site(node), "a weight that depends on the input", "use parameters as weights")
+        return torch.as_tensor(self._value(arg))
 
-    def _data(self, node: Node, arg: Any) -> str:
-        if not isinstance(arg, Node) or arg.name not in self.produced:
-            raise self._error(node, "its input is not a tensor computed from the model input",
-                              "only layers applied to the input's data are supported")
-        return self.produced[arg.name]
+    # ---- sites, values, names -------------------------------------------------------------
+    def site(self, node: Node) -> rules.Site:
+        stack = _module_stack(node)
+        module = stack[-1][0] if stack else ""
+        user = [(p, t) for p, t in stack if not t.startswith("torch.") and t not in _MODULE_KINDS]
+        act = None
+        if user and user[-1][0] not in self.layer_modules:
+            act = (user[-1][0], user[-1][1].rsplit(".", 1)[-1])
+        return rules.Site(f"node {node.name!r} ({node.target})", _source(node), module, act)
 
-    def _shape(self, arg: Node) -> tuple[int, ...]:
+    def data(self, node: Node, arg: Any) -> str:
+        """The op computing ``arg``, a value computed from the model input."""
+        if not isinstance(arg, Node) or not self.out.has(arg.name):
+            raise rules.refuse(self.site(node), "its input is not a tensor computed from the model input",
+                               "only layers applied to the input's data are supported")
+        return self.out.ref(arg.name)
+
+    def shape(self, arg: Node) -> tuple[int, ...]:
         val = arg.meta.get("val")
         if val is None or not hasattr(val, "shape"):
-            raise self._error(arg, "the program has no shape for this node",
-                              "re-save the model with torch.export.export")
+            raise rules.refuse(self.site(arg), "the program has no shape for this node",
+                               "re-save the model with torch.export.export")
         return tuple(int(s) for s in val.shape)
 
-    def _name(self, node: Node) -> str:
-        """The module path (``features.0`` -> ``features_0``) for a module's op, else the
-        ATen node name; ``_1``, ``_2`` ... on repeated calls, as torch.fx names them."""
-        mod = self.module_groups.get(node.name) or _module(node)
-        base = node.name
-        if mod is not None and mod[0] and self._is_main_op(node, mod[0]):
-            base = mod[0].replace(".", "_")
-        name, i = base, 0
-        while name in self.names:
-            i += 1
-            name = f"{base}_{i}"
-        self.names.add(name)
-        return name
+    def name(self, node: Node) -> str:
+        return self.out.name([node.name], self.site(node).module)
 
-    def _is_main_op(self, node: Node, path: str) -> bool:
-        # a module's op is its main op when no other data node of the same module call
-        # follows it (the last op of the module's forward)
-        for user in node.users:
-            if user.target is operator.getitem:  # a result of a multi-output op: look past it
-                if not self._is_main_op(user, path):
-                    return False
-                continue
-            mod = _module(user)
-            if mod is not None and mod[0] == path and user.name not in self.consts:
-                return False
-        return True
+    def layout(self, node: Node, x: Any, step: Any) -> None:
+        """``node = step(x)``, a layout step (slice, view, transpose) of a value."""
+        if not isinstance(x, Node) or not self.out.has(x.name):
+            self.data(node, x)  # raises: not a value computed from the input
+        self.out.layout(node.name, x.name, self.shape(x)[1:], step, self.site(node))
 
-    def _add(self, node: Node, op: Op) -> None:
-        op.source = _source(node)
-        self.graph.add(op)
-        self.produced[node.name] = op.name
+    def emit(self, node: Node, ops: Any) -> None:
+        if ops is None:  # an identity
+            return self.out.alias(node.name, node.args[0].name)
+        self.out.emit(node.name, ops)
+
+    def pointwise(self, node: Node, kind: str, x: Any, c: Any = None, lo: Any = None, hi: Any = None) -> None:
+        if not isinstance(x, Node) or not self.out.has(x.name):
+            raise rules.refuse(self.site(node), "an element-wise op on a value that is not computed from "
+                               "the input", "apply activations to the layers' outputs")
+        shape = self.shape(x)
+
+        def value(v: Any) -> Any:
+            if v is None:
+                return None
+            if not self._is_const(v):
+                raise rules.refuse(self.site(node), "a bound or factor that depends on the input "
+                                   "(not constant at inference)", "use a constant, a parameter or a buffer")
+            try:
+                return channel_values(self._fold_arg(v), shape)
+            except ChainError as exc:
+                raise rules.refuse(self.site(node), exc.problem, exc.fix) from None
+
+        self.out.pointwise(node.name, x.name, Step(kind, value(c), value(lo), value(hi)),  # type: ignore[arg-type]
+                           self.site(node))
 
     # ---- the pass ---------------------------------------------------------------------
     def run(self) -> LayerGraph:
@@ -235,23 +289,19 @@ class _Reader:
             )
         self._group_bounded_modules()
         for node in self.ep.graph.nodes:
+            if node.name in self.consts:
+                continue
             if node.op == "placeholder":
-                if node.name in self._params:
-                    self.consts[node.name] = self._params[node.name]
-                elif node.name == user_inputs[0]:
-                    shape = self._shape(node)
-                    op = InputOp(name=self._name(node), inputs=[], shape=shape[1:])
-                    self._add(node, op)
+                if node.name == user_inputs[0]:
+                    self.out.emit(node.name, InputOp(self.name(node), [], shape=self.shape(node)[1:]))
                 else:
-                    raise self._error(node, "an input that is neither data nor a parameter",
-                                      "export the model with one input tensor")
-            elif node.op == "get_attr":
-                self.consts[node.name] = getattr(self.ep.graph_module, str(node.target))
+                    raise rules.refuse(self.site(node), "an input that is neither data nor a parameter",
+                                       "export the model with one input tensor")
             elif node.op == "call_function":
                 self._call(node)
             elif node.op == "output":
                 self._output(node)
-        return self.graph
+        return self.out.graph
 
     def _group_bounded_modules(self) -> None:
         """Find the nodes of each ClippedReLU / QCFS call (same module path, same type)."""
@@ -266,73 +316,53 @@ class _Reader:
         outs = node.args[0]
         outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
         user_outputs = set(self.ep.graph_signature.user_outputs)
-        data = [o for o in outs if isinstance(o, Node) and o.name in user_outputs]
-        if len(data) != 1:
+        found = [o for o in outs if isinstance(o, Node) and o.name in user_outputs]
+        if len(found) != 1:
             raise BridgeError(
-                f"the program returns {len(data)} outputs; bridge converts models with exactly "
+                f"the program returns {len(found)} outputs; bridge converts models with exactly "
                 "one output tensor (the readout)"
             )
-        op = OutputOp(name="output", inputs=[self._data(node, data[0])])
-        self._add(node, op)
+        self.out.emit(node.name, OutputOp("output", [self.data(node, found[0])], _source(node)))
 
     def _call(self, node: Node) -> None:
         target = node.target
         if target in _IGNORED_OPS:
             return
-        # constant folding: anything computed from parameters/constants only
-        if self._is_const(list(node.args)) and self._is_const(list(node.kwargs.values())):
-            args = [self._fold_arg(a) for a in node.args]
-            kwargs = {k: self._fold_arg(v) for k, v in node.kwargs.items()}
-            self.consts[node.name] = target(*args, **kwargs)  # type: ignore[operator]
-            return
         group = self.module_groups.get(node.name)
         if group is not None:
-            self._bounded_module(node, group)
-            return
+            return self._bounded_module(node, group)
         if target in _IDENTITY_OPS:
-            self.produced[node.name] = self._data(node, node.args[0])
-            return
+            if not (isinstance(node.args[0], Node) and self.out.has(node.args[0].name)):
+                self.data(node, node.args[0])  # raises: not a value computed from the input
+            return self.out.alias(node.name, node.args[0].name)
         handler = _HANDLERS.get(target)  # type: ignore[arg-type]
         if handler is None:
-            raise self._error(
-                node, "this operation has no spiking equivalent in bridge",
-                "use Conv/Linear/BatchNorm/ReLU-family/AvgPool/Flatten/residual add layers "
-                "(see docs/cli.md)",
-            )
+            raise rules.unsupported(self.site(node))
         handler(self, node)
-
-    def _fold_arg(self, arg: Any) -> Any:
-        value = self._value(arg)
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value.to(torch.float64)
-        return value
 
     # ---- bridge's activation modules ---------------------------------------------------
     def _bounded_module(self, node: Node, group: tuple[str, str]) -> None:
         """Inner nodes of a ClippedReLU / QCFS call pass the data through; the last one
-        (the call's output) becomes one ActivationOp with the module's bound."""
+        (the call's output) becomes one activation with the module's bound."""
         path, mtype = group
-        data_inputs = [a for a in node.all_input_nodes if a.name in self.produced]
         inner = [u for u in node.users if self.module_groups.get(u.name) == group]
-        if inner:  # not the module's output yet: remember the data source
-            self.produced[node.name] = self._data(node, data_inputs[0]) if data_inputs else ""
+        if inner:  # not the module's output yet
             return
         raw_name = f"{path}.raw_bound" if path else "raw_bound"
         if raw_name not in self.ep.state_dict:
-            raise self._error(node, f"no parameter {raw_name!r} for this {mtype}",
-                              "export the model with its parameters")
+            raise rules.refuse(self.site(node), f"no parameter {raw_name!r} for this {mtype}",
+                               "export the model with its parameters")
         # lambda = |raw| + min_bound in float64, as the module-level front-end (and the
         # float64 model) computes it
         raw = self.ep.state_dict[raw_name].detach().to(torch.float64)
         bound = float(raw.abs() + _Bounded.min_bound)
-        levels = None
         kind = _MODULE_KINDS[mtype]
-        if kind == "qcfs":
-            levels = self._qcfs_levels(node, group)
-        source = self._group_source(node, group)
-        op = ActivationOp(name=self._name(node), inputs=[source], kind=kind,  # type: ignore[arg-type]
-                          bound=bound, levels=levels)
-        self._add(node, op)
+        levels = self._qcfs_levels(node, group) if kind == "qcfs" else None
+        nodes = [n.name for n in self.ep.graph.nodes if self.module_groups.get(n.name) == group
+                 and self._carries_data(n)]
+        name = self.out.name(nodes, path)
+        self.out.emit(node.name, rules.activation(self.site(node), name, self._group_source(node, group),
+                                                  kind, bound, levels))
 
     def _group_source(self, node: Node, group: tuple[str, str]) -> str:
         """The IR op feeding a module call: walk back through the call's own nodes."""
@@ -346,34 +376,26 @@ class _Reader:
                 seen.add(arg.name)
                 if self.module_groups.get(arg.name) == group:
                     stack.append(arg)
-                elif arg.name in self.produced:
-                    return self.produced[arg.name]
-        raise self._error(node, "the activation has no data input", "check the model")
+                elif self.out.has(arg.name):
+                    return self.out.ref(arg.name)
+        raise rules.refuse(self.site(node), "the activation has no data input", "check the model")
 
     def _qcfs_levels(self, node: Node, group: tuple[str, str]) -> int:
         for cand in self.ep.graph.nodes:
-            if self.module_groups.get(cand.name) == group and cand.target in _CLAMP_OPS:
+            if self.module_groups.get(cand.name) == group and cand.target in set(_ops("clamp", "clamp.Tensor")):
                 hi = cand.args[2] if len(cand.args) > 2 else cand.kwargs.get("max")
                 if hi is not None and self._is_const(hi):
                     return int(round(float(torch.as_tensor(self._value(hi)))))
-        raise self._error(node, "cannot read the QCFS quantisation levels",
-                          "use bridge.model.activations.QCFS unchanged")
+        raise rules.refuse(self.site(node), "cannot read the QCFS quantisation levels",
+                           "use bridge.model.activations.QCFS unchanged")
 
 
-# ---- handlers: one per ATen op family ---------------------------------------------------
-def _arg(node: Node, i: int, name: str, default: Any = None) -> Any:
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
-
-
+# ---- handlers: read one ATen op's arguments, call the rule --------------------------------
 def _conv(r: _Reader, node: Node) -> None:
     x = node.args[0]
+    transposed = False
     if node.target is aten.convolution.default:
         weight, bias, stride, padding, dilation, transposed, _, groups = node.args[1:9]
-        if transposed:
-            raise r._error(node, "transposed convolutions have no IF equivalent here",
-                           "use ordinary convolutions")
     else:
         weight = node.args[1]
         bias = _arg(node, 2, "bias")
@@ -381,265 +403,237 @@ def _conv(r: _Reader, node: Node) -> None:
         padding = _arg(node, 4, "padding", 0)
         dilation = _arg(node, 5, "dilation", 1)
         groups = _arg(node, 6, "groups", 1)
-    w = r._tensor(node, weight)
-    assert w is not None
-    n = w.dim() - 2
-    if n not in (1, 2):
-        raise r._error(node, f"{n}-d convolutions are not supported", "use Conv1d or Conv2d")
-    dil = _pair(dilation, n)
-    if isinstance(padding, str):
-        if padding == "valid":
-            pad = (0,) * n
-        else:  # "same" with stride 1: total padding d (k - 1) on each side, if it is even
-            totals = [d * (k - 1) for d, k in zip(dil, w.shape[2:])]
-            if any(t % 2 for t in totals):
-                raise r._error(node, "padding='same' needs asymmetric padding here",
-                               "use an odd kernel or explicit padding")
-            pad = tuple(t // 2 for t in totals)
-    else:
-        pad = _pair(padding, n)
-    b = r._tensor(node, bias)
-    op = ConvOp(
-        name=r._name(node), inputs=[r._data(node, x)], weight=w,
-        bias=b if b is not None else torch.zeros(w.shape[0], dtype=torch.float64),
-        stride=_pair(stride, n), padding=pad, dilation=dil, groups=int(groups),
-    )
-    r._add(node, op)
+    r.emit(node, rules.conv(r.site(node), r.name(node), r.data(node, x), r.tensor(node, weight),
+                            r.tensor(node, bias), stride=stride, padding=padding, dilation=dilation,
+                            groups=int(groups), transposed=bool(transposed)))
 
 
 def _linear(r: _Reader, node: Node) -> None:
     if node.target is aten.linear.default:
-        x, weight, bias = node.args[0], node.args[1], _arg(node, 2, "bias")
-        w = r._tensor(node, weight)
+        x, weight, bias = node.args[0], r.tensor(node, node.args[1]), r.tensor(node, _arg(node, 2, "bias"))
     elif node.target is aten.addmm.default:  # bias + x @ W^T
-        bias, x, wt = node.args[0], node.args[1], node.args[2]
         if _arg(node, 3, "beta", 1) != 1 or _arg(node, 4, "alpha", 1) != 1:
-            raise r._error(node, "scaled addmm", "use nn.Linear")
-        w = r._tensor(node, wt)
-        w = None if w is None else w.T.contiguous()
+            raise rules.refuse(r.site(node), "scaled addmm", "use nn.Linear")
+        bias, x, wt = r.tensor(node, node.args[0]), node.args[1], r.tensor(node, node.args[2])
+        weight = wt.T  # type: ignore[union-attr]
     else:  # mm: x @ W^T without bias
-        x, wt, bias = node.args[0], node.args[1], None
-        w = r._tensor(node, wt)
-        w = None if w is None else w.T.contiguous()
-    assert w is not None
-    b = r._tensor(node, bias)
-    if b is not None:
-        b = b.reshape(-1).expand(w.shape[0]).clone()
-    if len(r._shape(x)) != 2:
-        raise r._error(node, "a linear layer on a non-flat input",
-                       "flatten the input before the linear layer")
-    op = LinearOp(name=r._name(node), inputs=[r._data(node, x)], weight=w,
-                  bias=b if b is not None else torch.zeros(w.shape[0], dtype=torch.float64))
-    r._add(node, op)
+        x, weight, bias = node.args[0], r.tensor(node, node.args[1]).T, None  # type: ignore[union-attr]
+    r.emit(node, rules.linear(r.site(node), r.name(node), r.data(node, x), weight, bias, r.shape(x)))
 
 
 def _batch_norm(r: _Reader, node: Node) -> None:
-    x = node.args[0]
+    training = False
     if node.target is aten.batch_norm.default:
         weight, bias, mean, var, training, _, eps = node.args[1:8]
-        if training:
-            raise r._error(node, "BatchNorm was exported in training mode",
-                           "call model.eval() before torch.export.export")
     else:  # _native_batch_norm_legit_no_training(x, w, b, mean, var, momentum, eps)
         weight, bias, mean, var, _, eps = node.args[1:7]
-    m, v = r._tensor(node, mean), r._tensor(node, var)
-    assert m is not None and v is not None
-    w, b = r._tensor(node, weight), r._tensor(node, bias)
-    op = BatchNormOp(
-        name=r._name(node), inputs=[r._data(node, x)], mean=m, var=v,
-        weight=w if w is not None else torch.ones_like(m),
-        bias=b if b is not None else torch.zeros_like(m), eps=float(eps),
-    )
-    r._add(node, op)
-
-
-def _activation(r: _Reader, node: Node, kind: str, bound: float | None) -> None:
-    op = ActivationOp(name=r._name(node), inputs=[r._data(node, node.args[0])],
-                      kind=kind, bound=bound)  # type: ignore[arg-type]
-    r._add(node, op)
-
-
-def _scalar(r: _Reader, node: Node, arg: Any) -> float | None:
-    if arg is None:
-        return None
-    if not r._is_const(arg):
-        raise r._error(node, "a bound that depends on the input", "use a constant bound")
-    value = torch.as_tensor(r._value(arg)).to(torch.float64)
-    if value.numel() != 1:
-        raise r._error(node, "a bound per element", "use one bound per layer (a scalar)")
-    return float(value.reshape(()).item())
-
-
-def _clip(r: _Reader, node: Node, lo: float | None, hi: float | None) -> None:
-    if lo != 0.0:
-        raise r._error(node, f"clip with lower bound {lo} (IF neurons clip at 0)",
-                       "use ReLU, ReLU6, Hardtanh(0, a), clamp(0, a) or ClippedReLU")
-    _activation(r, node, "relu" if hi is None else "clip", hi)
+    r.emit(node, rules.batch_norm(r.site(node), r.name(node), r.data(node, node.args[0]),
+                                  mean=r.tensor(node, mean), var=r.tensor(node, var), weight=r.tensor(node, weight),
+                                  bias=r.tensor(node, bias), eps=float(eps), training=bool(training)))
 
 
 def _relu(r: _Reader, node: Node) -> None:
-    _activation(r, node, "relu", None)
+    r.pointwise(node, "relu", node.args[0])
+
+
+def _leaky_relu(r: _Reader, node: Node) -> None:
+    """``leaky_relu(x, 0)`` is ``relu``; any other slope is refused (negative outputs)."""
+    if float(_arg(node, 1, "negative_slope", 0.01)) != 0.0:
+        raise rules.unsupported(r.site(node))
+    r.pointwise(node, "relu", node.args[0])
 
 
 def _hardtanh(r: _Reader, node: Node) -> None:
-    _clip(r, node, _scalar(r, node, _arg(node, 1, "min_val", -1.0)),
-          _scalar(r, node, _arg(node, 2, "max_val", 1.0)))
+    r.pointwise(node, "clamp", node.args[0], lo=_arg(node, 1, "min_val", -1.0), hi=_arg(node, 2, "max_val", 1.0))
 
 
 def _relu6(r: _Reader, node: Node) -> None:
-    _activation(r, node, "clip", 6.0)
+    r.pointwise(node, "clamp", node.args[0], lo=0.0, hi=6.0)
 
 
 def _clamp(r: _Reader, node: Node) -> None:
-    lo = _scalar(r, node, _arg(node, 1, "min"))
-    hi = _scalar(r, node, _arg(node, 2, "max"))
-    _clip(r, node, lo, hi)
+    r.pointwise(node, "clamp", node.args[0], lo=_arg(node, 1, "min"), hi=_arg(node, 2, "max"))
 
 
 def _clamp_min(r: _Reader, node: Node) -> None:
-    _clip(r, node, _scalar(r, node, node.args[1]), None)
+    r.pointwise(node, "clamp", node.args[0], lo=node.args[1])
 
 
-def _minimum(r: _Reader, node: Node) -> None:
-    """minimum(relu(z), c) or clamp_max(relu(z), c) with a constant c: clip(z, 0, c)."""
-    a, c = node.args[0], node.args[1]
-    if r._is_const(a):
-        a, c = c, a
-    src = r.graph.ops.get(r._data(node, a))
-    if not (isinstance(src, ActivationOp) and src.kind == "relu" and r._is_const(c)
-            and isinstance(a, Node) and len(a.users) == 1):
-        raise r._error(node, "minimum of values that are not a ReLU output and a constant",
-                       "write the clip as clamp(x, 0, a) or use bridge.model.activations.ClippedReLU")
-    bound = _scalar(r, node, c)
-    del r.graph.ops[src.name]  # relu then min = one clip activation
-    r.names.discard(src.name)
-    op = ActivationOp(name=r._name(node), inputs=list(src.inputs), kind="clip", bound=bound)
-    r._add(node, op)
+def _clamp_max(r: _Reader, node: Node) -> None:
+    r.pointwise(node, "clamp", node.args[0], hi=node.args[1])
 
 
-def _add(r: _Reader, node: Node) -> None:
+def _min_max(r: _Reader, node: Node) -> None:
     a, b = node.args[0], node.args[1]
-    if _arg(node, 2, "alpha", 1) != 1:
-        raise r._error(node, "add with alpha != 1", "write a plain a + b")
-    if not (isinstance(a, Node) and isinstance(b, Node)) or r._is_const(a) or r._is_const(b):
-        raise r._error(node, "adding a constant to activations", "fold it into a layer's bias")
-    op = AddOp(name=r._name(node), inputs=[r._data(node, a), r._data(node, b)])
-    r._add(node, op)
+    if r._is_const(a):
+        a, b = b, a
+    if not r._is_const(b):
+        raise rules.refuse(r.site(node), "the minimum/maximum of two tensors computed from the input",
+                           "clip with a constant or a parameter")
+    r.pointwise(node, "min" if node.target is aten.minimum.default else "max", a, b)
+
+
+def _binary(r: _Reader, node: Node) -> None:
+    if node.target in _RSUB:  # rsub(x, c, alpha) = c - alpha x
+        a, b, kind = node.args[1], node.args[0], "sub"
+        if _arg(node, 2, "alpha", 1) != 1:
+            raise rules.refuse(r.site(node), "rsub with alpha != 1", "write c - x")
+        alpha = 1
+    else:
+        a, b, kind = node.args[0], node.args[1], _BINARY[node.target]  # type: ignore[index]
+        alpha = node.kwargs.get("alpha", node.args[2] if len(node.args) > 2 and kind in ("add", "sub") else 1)
+    site = r.site(node)
+    spec = rules.binary(site, kind, not r._is_const(a), not r._is_const(b), alpha)
+    if spec is None:
+        return r.emit(node, rules.add(site, r.name(node), r.data(node, a), r.data(node, b)))
+    step, i, factor = spec
+    data, const = (a, b) if i == 0 else (b, a)
+    c = r._fold_arg(const)
+    r.pointwise(node, step, data, c * factor if factor != 1 else c)
+
+
+def _div_mode(r: _Reader, node: Node) -> None:
+    mode = node.kwargs.get("rounding_mode", node.args[2] if len(node.args) > 2 else None)
+    if mode is not None:
+        raise rules.refuse(r.site(node), f"division with rounding_mode={mode!r}", "divide exactly; quantise with floor")
+    _binary(r, node)
+
+
+def _neg(r: _Reader, node: Node) -> None:
+    r.pointwise(node, "mul", node.args[0], -1.0)
+
+
+def _floor(r: _Reader, node: Node) -> None:
+    r.pointwise(node, "floor", node.args[0])
+
+
+def _round(r: _Reader, node: Node) -> None:
+    if node.kwargs.get("decimals"):
+        raise rules.unsupported(r.site(node))
+    r.pointwise(node, "round", node.args[0])
 
 
 def _avg_pool(r: _Reader, node: Node) -> None:
-    kernel = _pair(node.args[1])
-    stride = _pair(_arg(node, 2, "stride", []) or kernel)
-    padding = _pair(_arg(node, 3, "padding", 0))
-    ceil_mode = _arg(node, 4, "ceil_mode", False)
-    include_pad = _arg(node, 5, "count_include_pad", True)
-    divisor = _arg(node, 6, "divisor_override")
-    if ceil_mode or divisor is not None or (any(padding) and not include_pad):
-        raise r._error(node, "average pooling with ceil_mode, divisor_override or "
-                       "count_include_pad=False", "use plain AvgPool2d(kernel, stride, padding)")
-    op = AvgPoolOp(name=r._name(node), inputs=[r._data(node, node.args[0])],
-                   kernel=kernel, stride=stride, padding=padding)  # type: ignore[arg-type]
-    r._add(node, op)
+    x = node.args[0]
+    r.emit(node, rules.avg_pool(
+        r.site(node), r.name(node), r.data(node, x), r.shape(x), kernel=node.args[1],
+        stride=_arg(node, 2, "stride", []), padding=_arg(node, 3, "padding", 0),
+        ceil_mode=bool(_arg(node, 4, "ceil_mode", False)), count_include_pad=bool(_arg(node, 5, "count_include_pad", True)),
+        divisor_override=_arg(node, 6, "divisor_override")))
 
 
 def _adaptive_avg_pool(r: _Reader, node: Node) -> None:
-    shape = r._shape(node.args[0])
-    out = _pair(node.args[1])
-    out = tuple(shape[2 + i] if o is None else o for i, o in enumerate(out))
-    h, w = shape[2], shape[3]
-    if h % out[0] or w % out[1]:
-        raise r._error(node, f"adaptive pooling from {h}x{w} to {out[0]}x{out[1]} is not a "
-                       "fixed pool", "choose an output size that divides the input size")
-    kernel = (h // out[0], w // out[1])
-    op = AvgPoolOp(name=r._name(node), inputs=[r._data(node, node.args[0])],
-                   kernel=kernel, stride=kernel, padding=(0, 0))
-    r._add(node, op)
+    x = node.args[0]
+    r.emit(node, rules.adaptive_avg_pool(r.site(node), r.name(node), r.data(node, x), r.shape(x), node.args[1]))
 
 
 def _mean(r: _Reader, node: Node) -> None:
-    """Global average pooling ``mean(x, dim=(2, 3), keepdim)`` on (N, C, H, W): an average pool
-    with kernel = stride = (H, W), then a flatten to (N, C) unless ``keepdim``."""
     x = node.args[0]
-    shape = r._shape(x)
-    dim = _arg(node, 1, "dim")
-    dims = (dim,) if isinstance(dim, int) else tuple(dim or ())
-    keepdim = bool(_arg(node, 2, "keepdim", False))
-    if len(shape) != 4 or sorted(int(d) % 4 for d in dims) != [2, 3] or node.kwargs.get("dtype") is not None:
-        raise r._error(node, f"mean over dim={list(dims)} of a {len(shape)}-d tensor",
-                       "only the global average over the spatial dimensions of (N, C, H, W) converts: "
-                       "x.mean(dim=(2, 3)) or x.mean((-2, -1)), optionally keepdim=True")
-    kernel = (shape[2], shape[3])
-    name = r._name(node)
-    if keepdim:
-        r._add(node, AvgPoolOp(name=name, inputs=[r._data(node, x)], kernel=kernel, stride=kernel,
-                               padding=(0, 0)))
-        return
-    pool_name, i = f"{name}_pool", 0
-    while pool_name in r.names:
-        i += 1
-        pool_name = f"{name}_pool_{i}"
-    r.names.add(pool_name)
-    pool = AvgPoolOp(name=pool_name, inputs=[r._data(node, x)], kernel=kernel, stride=kernel, padding=(0, 0))
-    pool.source = _source(node)
-    r.graph.add(pool)
-    r._add(node, FlattenOp(name=name, inputs=[pool_name]))
+    name = r.name(node)
+    r.emit(node, rules.global_mean(r.site(node), name, r.out.fresh(f"{name}_pool"), r.data(node, x), r.shape(x),
+                                   _arg(node, 1, "dim"), bool(_arg(node, 2, "keepdim", False)),
+                                   node.kwargs.get("dtype")))
 
 
 def _max_pool(r: _Reader, node: Node) -> None:
-    kernel = _pair(node.args[1])
-    stride = _pair(_arg(node, 2, "stride", []) or kernel)
-    padding = _pair(_arg(node, 3, "padding", 0))
-    dilation = _pair(_arg(node, 4, "dilation", 1))
-    if _arg(node, 5, "ceil_mode", False) or dilation != (1, 1):
-        raise r._error(node, "max pooling with ceil_mode or dilation",
-                       "use plain MaxPool2d(kernel, stride, padding)")
-    op = MaxPoolOp(name=r._name(node), inputs=[r._data(node, node.args[0])],
-                   kernel=kernel, stride=stride, padding=padding)  # type: ignore[arg-type]
-    r._add(node, op)
+    x = node.args[0]
+    r.emit(node, rules.max_pool(
+        r.site(node), r.name(node), r.data(node, x), r.shape(x), kernel=node.args[1],
+        stride=_arg(node, 2, "stride", []), padding=_arg(node, 3, "padding", 0),
+        dilation=_arg(node, 4, "dilation", 1), ceil_mode=bool(_arg(node, 5, "ceil_mode", False))))
 
 
 def _reshape(r: _Reader, node: Node) -> None:
     x = node.args[0]
-    before, after = r._shape(x), r._shape(node)
-    if after == before:
-        r.produced[node.name] = r._data(node, x)
-        return
-    if len(after) == 2 and after[0] == before[0]:
-        if len(before) == 2:
-            r.produced[node.name] = r._data(node, x)
-            return
-        r._add(node, FlattenOp(name=r._name(node), inputs=[r._data(node, x)]))
-        return
-    raise r._error(node, f"reshape from {before} to {after} (only flattening to "
-                   "(batch, features) has a spiking equivalent)", "use torch.flatten(x, 1)")
+    src = r.data(node, x)
+    r.emit(node, rules.flatten(r.site(node), r.name(node), src, r.shape(x), r.shape(node)))
+
+
+def _reshape_or_layout(r: _Reader, node: Node) -> None:
+    """A flatten (or no-op reshape) as before; any other view is a layout step (a channel shuffle)."""
+    x = node.args[0]
+    if isinstance(x, Node) and r.out.has(x.name) and (
+            (x.name in r.out.layouts and not r.out.layout_is_channel_map(x.name))
+            or not rules.is_flatten(r.shape(x), r.shape(node))):
+        return r.layout(node, x, rules.reshape_step(r.site(node), r.shape(x), r.shape(node)))
+    _reshape(r, node)
+
+
+def _cat(r: _Reader, node: Node) -> None:
+    tensors = list(node.args[0])
+    srcs = [r.data(node, t) for t in tensors]
+    op = rules.concat(r.site(node), r.name(node), srcs, [r.shape(t) for t in tensors], _arg(node, 1, "dim", 0))
+    if op is None:
+        return r.out.alias(node.name, tensors[0].name)
+    r.out.emit(node.name, op)
+
+
+def _transpose(r: _Reader, node: Node) -> None:
+    x = node.args[0]
+    r.layout(node, x, rules.transpose_step(r.site(node), len(r.shape(x)), node.args[1], node.args[2]))
+
+
+def _permute(r: _Reader, node: Node) -> None:
+    x = node.args[0]
+    r.layout(node, x, rules.permute_step(r.site(node), len(r.shape(x)), list(node.args[1])))
+
+
+def _slice(r: _Reader, node: Node) -> None:
+    x = node.args[0]
+    r.layout(node, x, rules.slice_step(r.site(node), r.shape(x), _arg(node, 1, "dim", 0), _arg(node, 2, "start"),
+                                       _arg(node, 3, "end"), _arg(node, 4, "step", 1)))
+
+
+def _narrow(r: _Reader, node: Node) -> None:
+    x = node.args[0]
+    start = int(node.args[2])
+    r.layout(node, x, rules.slice_step(r.site(node), r.shape(x), node.args[1], start, start + int(node.args[3])))
+
+
+def _split(r: _Reader, node: Node) -> None:
+    """``split`` / ``split_with_sizes`` / ``chunk``: a tuple, read part by part through ``getitem``."""
+    x = node.args[0]
+    if not (isinstance(x, Node) and r.out.has(x.name)):
+        r.data(node, x)  # raises: not a value computed from the input
+    kind = "chunk" if node.target in _CHUNK_OPS else "split"
+    r.tuples[node.name] = (x, kind, node.args[1], _arg(node, 2, "dim", 0))
 
 
 def _getitem(r: _Reader, node: Node) -> None:
     # the first result of a multi-output op (max_pool2d_with_indices, native batch norm)
     src, index = node.args
+    if src.name in r.tuples:  # a part of a split / chunk
+        x, kind, arg, dim = r.tuples[src.name]
+        return r.layout(node, x, rules.split_step(r.site(node), len(r.shape(x)), kind, arg, dim, int(index)))
     if index != 0 and not node.users:  # an unused secondary result (saved statistics)
         return
-    if index != 0 or src.name not in r.produced:
-        raise r._error(node, "uses a secondary result of an operation",
-                       "use only the main output of each layer")
-    r.produced[node.name] = r.produced[src.name]
+    if index != 0 or not r.out.has(src.name):
+        raise rules.refuse(r.site(node), "uses a secondary result of an operation",
+                           "use only the main output of each layer")
+    r.out.alias(node.name, src.name)
 
 
 _HANDLERS: dict[Any, Callable[[_Reader, Node], None]] = {
-    **{op: _conv for op in _ops("conv1d", "conv2d", "conv1d.padding", "conv2d.padding", "convolution")},
+    **{op: _conv for op in _CONV_OPS},
     aten.linear.default: _linear,
     aten.addmm.default: _linear,
     aten.mm.default: _linear,
     aten.batch_norm.default: _batch_norm,
     aten._native_batch_norm_legit_no_training.default: _batch_norm,
-    aten.relu.default: _relu,
-    aten.hardtanh.default: _hardtanh,
+    **{op: _relu for op in _ops("relu", "relu_")},
+    **{op: _hardtanh for op in _ops("hardtanh", "hardtanh_")},
+    **{op: _leaky_relu for op in _ops("leaky_relu", "leaky_relu_")},
     aten.relu6.default: _relu6,
-    **{op: _clamp for op in _CLAMP_OPS},
-    aten.clamp_min.default: _clamp_min,
-    aten.minimum.default: _minimum,
-    aten.clamp_max.default: _minimum,
-    aten.add.Tensor: _add,
+    **{op: _clamp for op in _ops("clamp", "clamp.Tensor", "clamp_", "clamp_.Tensor")},
+    **{op: _clamp_min for op in _ops("clamp_min", "clamp_min.Tensor", "clamp_min_")},
+    **{op: _clamp_max for op in _ops("clamp_max", "clamp_max.Tensor", "clamp_max_")},
+    aten.minimum.default: _min_max,
+    aten.maximum.default: _min_max,
+    **{op: _binary for op in list(_BINARY) + list(_RSUB)},
+    **{op: _div_mode for op in _ops("div.Tensor_mode", "div_.Tensor_mode")},
+    **{op: _neg for op in _ops("neg", "neg_")},
+    **{op: _floor for op in _ops("floor", "floor_")},
+    **{op: _round for op in _ops("round", "round_", "round.decimals")},
     aten.avg_pool2d.default: _avg_pool,
     aten.adaptive_avg_pool2d.default: _adaptive_avg_pool,
     aten._adaptive_avg_pool2d.default: _adaptive_avg_pool,
@@ -647,13 +641,13 @@ _HANDLERS: dict[Any, Callable[[_Reader, Node], None]] = {
     aten.max_pool2d.default: _max_pool,
     aten.max_pool2d_with_indices.default: _max_pool,
     operator.getitem: _getitem,
-    # in-place variants (``out += shortcut``, ``relu(inplace=True)``) have the same value
-    aten.add_.Tensor: _add,
-    aten.relu_.default: _relu,
-    aten.hardtanh_.default: _hardtanh,
-    aten.clamp_.default: _clamp,
-    aten.clamp_min_.default: _clamp_min,
-    **{op: _reshape for op in _RESHAPE_OPS},
+    **{op: _reshape_or_layout for op in _RESHAPE_OPS},
+    **{op: _cat for op in _ops("cat", "concat")},
+    **{op: _transpose for op in _ops("transpose.int", "swapaxes", "swapdims")},
+    **{op: _permute for op in _ops("permute")},
+    **{op: _slice for op in _ops("slice.Tensor")},
+    **{op: _narrow for op in _ops("narrow")},
+    **{op: _split for op in _ops("split.Tensor", "split_with_sizes", "chunk", "split.sizes")},
 }
 
 

@@ -39,6 +39,21 @@ node, ``1`` elsewhere). A consumer makes ``k`` disappear:
   different ``k``): a ``nir.Scale(k)`` node named ``<source>_scale`` is inserted after the
   source node, so the term becomes ``1 * out(scale)``.
 
+**Concatenations, channel slices and shuffles** have no node either: a term also carries a
+channel gather ``idx`` (value channel ``j`` is node channel ``idx[j]``, or nothing), so a value
+is :math:`\sum_t G_t(k_t \odot out(node_t))`. ``ConcatOp`` places each input's terms at its
+channel offset, ``ChannelGatherOp`` composes the gathers; consumers absorb them (standard nodes
+only; docs/nir-extension.md):
+
+* conv / affine: term ``t`` is read through :math:`W_t[:, c] = \sum_{j: idx_t[j] = c} W[:, j]`
+  (one node per term, the bias on the first, summed at the next node): the consumer's weights,
+  split by input channel;
+* per-channel layers (BatchNorm, depthwise conv, average pool, Scale, flatten) run in each
+  term's own channels and keep its gather;
+* an IF layer is split into channel pieces (:meth:`_Builder._pieces`); where terms overlap, a
+  term is written in the piece's channels by a copy of its producer's weight rows (a conv /
+  affine the builder wrote) or a 1x1 0/1 projection (anything else; :meth:`_Builder._place`).
+
 **Residual additions** have no node: the terms of all summands become incoming edges of the
 consumer (NIR sums the incoming edges of a node). Terms with the same source are merged
 (``k_1 + k_2``). Because each term keeps its own ``k``, paths with different thresholds
@@ -59,12 +74,15 @@ from bridge.format.extension import conv_metadata, graph_metadata, make_if
 from bridge.format.graph import per_channel, scale_input_channels
 from bridge.converter.adaptive_pool import adaptive_pool_as_avgpool, adaptive_pool_matrix
 from bridge.converter.ir_eval import shapes as op_shapes
+from bridge.converter.options import check_timesteps, v_init_fraction
 from bridge.converter.ir import (
     ActivationOp,
     AdaptiveAvgPoolOp,
     AddOp,
     AvgPoolOp,
     BatchNormOp,
+    ChannelGatherOp,
+    ConcatOp,
     ConvOp,
     FlattenOp,
     InputOp,
@@ -73,46 +91,56 @@ from bridge.converter.ir import (
     LinearOp,
     MaxPoolOp,
     OutputOp,
+    ScaleOp,
 )
-
-V_INIT_HELP = "use 'half' (theta/2, default), 'zero', or a fraction of theta in [0, 1)"
-
-
-def v_init_fraction(v_init: str | float) -> float:
-    """The fraction ``f`` of theta that ``v_init`` stands for (``v(0) = f * theta``)."""
-    if isinstance(v_init, str):
-        if v_init == "half":
-            return 0.5
-        if v_init == "zero":
-            return 0.0
-        if v_init == "optimized":
-            raise BridgeError(
-                "v_init='optimized' is applied after conversion by bridge.passes.optimize on the NIR graph; "
-                f"convert with 'half' first. Here {V_INIT_HELP}")
-        try:
-            value = float(v_init)
-        except ValueError:
-            raise BridgeError(f"unknown v_init {v_init!r}; {V_INIT_HELP}") from None
-    elif isinstance(v_init, (int, float)) and not isinstance(v_init, bool):
-        value = float(v_init)
-    else:
-        raise BridgeError(f"unknown v_init {v_init!r}; {V_INIT_HELP}")
-    if not 0.0 <= value < 1.0:
-        raise BridgeError(f"v_init fraction {value} is outside [0, 1); {V_INIT_HELP}")
-    return value
-
 
 @dataclass
 class _Term:
+    """One summand of a value: ``G(k * out(node))``, ``G`` the channel gather ``idx``."""
+
     node: str
     k: np.ndarray | None  # per-element factor (shape of the node's output); None = 1
+    idx: np.ndarray | None = None  # value channel j <- node channel idx[j] (-1: none); None: identity
+
+
+def _arange_idx(t: _Term, channels: int) -> np.ndarray:
+    return np.arange(channels, dtype=np.int64) if t.idx is None else t.idx
+
+
+def _injective(idx: np.ndarray) -> bool:
+    used = idx[idx >= 0]
+    return len(np.unique(used)) == len(used)
+
+
+def _block_groups(weight: np.ndarray, groups: int) -> int:
+    """``groups`` if the dense ``weight`` is zero outside the block diagonal of ``groups``, else 1."""
+    if groups <= 1:
+        return 1
+    cout, cin = weight.shape[:2]
+    if cout % groups or cin % groups:
+        return 1
+    co, ci = cout // groups, cin // groups
+    mask = np.kron(np.eye(groups, dtype=bool), np.ones((co, ci), dtype=bool))
+    mask = mask.reshape(cout, cin, *(1,) * (weight.ndim - 2))
+    return groups if not np.any(np.where(mask, 0.0, weight)) else 1
+
+
+@dataclass
+class _Linear:
+    """A conv / affine node the builder wrote, kept so that a gather of its output channels can be
+    written as a copy with those rows (a slice absorbed into the producer)."""
+
+    weight: np.ndarray  # dense
+    bias: np.ndarray
+    sources: list[str]
+    params: dict  # stride, padding, dilation, input_shape (conv)
 
 
 def _dense(weight: torch.Tensor, groups: int) -> np.ndarray:
     """A grouped conv weight (Cout, Cin/g, *k) as the equivalent dense (Cout, Cin, *k)."""
     w = weight.detach().to(torch.float64).numpy()
     if groups == 1:
-        return w.copy()
+        return w  # shared with the layer graph's own float64 copy (nothing writes to either)
     cout, cin_g = w.shape[:2]
     co = cout // groups
     dense = np.zeros((cout, cin_g * groups, *w.shape[2:]), dtype=np.float64)
@@ -134,6 +162,8 @@ class _Builder:
         self.scales: dict[tuple[str, bytes], str] = {}
         self.reserved = {"input", "output"} | set(graph.ops)
         self.flat: set[str] = set()  # ops whose value is already flat (an adaptive pool's Affine)
+        self.node_shapes: dict[str, tuple[int, ...]] = {}  # NIR node -> output shape (one sample)
+        self.linear: dict[str, _Linear] = {}  # conv / affine nodes whose rows may be gathered
 
     # -- naming and terms ------------------------------------------------------------------
     def _name(self, op: LayerOp) -> str:
@@ -150,24 +180,31 @@ class _Builder:
             name = f"{base}_{i}"
         return name
 
-    def _node(self, name: str, node: nir.NIRNode, sources: list[str]) -> None:
+    def _node(self, name: str, node: nir.NIRNode, sources: list[str], shape: tuple[int, ...] | None = None) -> None:
         self.nodes[name] = node
         self.edges.extend((s, name) for s in sources)
+        if shape is not None:
+            self.node_shapes[name] = tuple(int(v) for v in shape)
 
     def _materialize(self, terms: list[_Term]) -> list[str]:
-        """Sources whose plain sum is the value: a Scale node for every term with k != 1."""
+        """Sources whose plain sum is the value: a Scale node for every term with k != 1
+        (identity terms only: gathered terms are aligned first, :meth:`_aligned`)."""
         out = []
         for t in terms:
-            if t.k is None or (t.k == 1.0).all():
-                out.append(t.node)
-                continue
-            key = (t.node, t.k.tobytes())
-            if key not in self.scales:
-                name = self._fresh(f"{t.node}_scale")
-                self._node(name, nir.Scale(scale=np.ascontiguousarray(t.k, dtype=np.float64)), [t.node])
-                self.scales[key] = name
-            out.append(self.scales[key])
+            out.append(self._scaled(t))
         return out
+
+    def _scaled(self, t: _Term) -> str:
+        """The node ``k * out(t.node)`` (a Scale node where ``k != 1``), in the node's space."""
+        if t.k is None or (t.k == 1.0).all():
+            return t.node
+        key = (t.node, t.k.tobytes())
+        if key not in self.scales:
+            name = self._fresh(f"{t.node}_scale")
+            self._node(name, nir.Scale(scale=np.ascontiguousarray(t.k, dtype=np.float64)), [t.node],
+                       self.node_shapes[t.node])
+            self.scales[key] = name
+        return self.scales[key]
 
     def _unify(self, terms: list[_Term]) -> tuple[list[str], np.ndarray | None]:
         """Sources and one common factor k (materialising terms whose k differ)."""
@@ -177,9 +214,8 @@ class _Builder:
             return [t.node for t in terms], first
         return self._materialize(terms), None
 
-    def _channel_factor(self, op: LayerOp) -> tuple[list[str], np.ndarray | None]:
+    def _channel_factor_of(self, terms: list[_Term]) -> tuple[list[str], np.ndarray | None]:
         """Sources and a per-input-channel factor to absorb (None: nothing to absorb)."""
-        terms = self.values[op.inputs[0]]
         sources, k = self._unify(terms)
         if k is None:
             return sources, None
@@ -187,6 +223,99 @@ class _Builder:
         if kc is None:  # k varies inside a channel: no weight can absorb it
             return self._materialize([_Term(s, k) for s in sources]), None
         return sources, kc
+
+    def _channel_factor(self, op: LayerOp) -> tuple[list[str], np.ndarray | None]:
+        return self._channel_factor_of(self._aligned(op.inputs[0]))
+
+    # -- gathered terms (concatenation, slices, shuffles) --------------------------------------
+    def _terms(self, value: str) -> tuple[list[_Term], list[_Term]]:
+        """The value's identity terms and its gathered terms."""
+        terms = self.values[value]
+        return [t for t in terms if t.idx is None], [t for t in terms if t.idx is not None]
+
+    def _merge(self, terms: list[_Term]) -> list[_Term]:
+        """Terms of the same node with the same factor and disjoint channels become one term."""
+        out: list[_Term] = []
+        for t in terms:
+            for i, u in enumerate(out):
+                if (u.node == t.node and u.idx is not None and t.idx is not None
+                        and ((u.k is None and t.k is None) or (u.k is not None and t.k is not None
+                                                               and np.array_equal(u.k, t.k)))
+                        and not np.any((u.idx >= 0) & (t.idx >= 0))):
+                    out[i] = _Term(u.node, u.k, np.where(u.idx >= 0, u.idx, t.idx))
+                    break
+            else:
+                out.append(t)
+        for i, t in enumerate(out):  # a gather that is the identity
+            if t.idx is not None and len(t.idx) == self.node_shapes[t.node][0] and \
+                    np.array_equal(t.idx, np.arange(len(t.idx))):
+                out[i] = _Term(t.node, t.k, None)
+        return out
+
+    def _place(self, t: _Term, rows: np.ndarray, name_hint: str) -> str:
+        r"""A node computing :math:`y_p = (k \odot out(node))_{rows[p]}` (0 where ``rows[p] < 0``).
+
+        A conv / affine node the builder wrote gets a copy with those output rows (the gather
+        absorbed into the producer, as many weights as rows); any other node a fixed 0/1
+        projection: a 1x1 conv (an ``Affine`` on features) with weight ``P[p, rows[p]] = k``."""
+        shape = self.node_shapes[t.node]
+        kc = None if t.k is None else per_channel(t.k)
+        lin = self.linear.get(t.node)
+        name = self._fresh(f"{t.node}_{name_hint}")
+        out_shape = (len(rows), *shape[1:])
+        if lin is not None and (t.k is None or kc is not None):
+            scale = np.ones(shape[0]) if kc is None else kc
+            valid = rows >= 0
+            safe = np.where(valid, rows, 0)
+            mask = valid.reshape(-1, *(1,) * (lin.weight.ndim - 1))
+            weight = np.where(mask, lin.weight[safe] * scale[safe].reshape(-1, *(1,) * (lin.weight.ndim - 1)), 0.0)
+            bias = np.where(valid, lin.bias[safe] * scale[safe], 0.0)
+            self._weighted(name, weight, bias, lin.sources, lin.params, out_shape, groups=1)
+            return name
+        src = t.node if kc is not None or t.k is None else self._scaled(t)
+        factor = kc if kc is not None else np.ones(shape[0])
+        weight = np.zeros((len(rows), shape[0]), dtype=np.float64)
+        for p, c in enumerate(rows):
+            if c >= 0:
+                weight[p, c] = factor[c]
+        if len(shape) == 1:
+            self._weighted(name, weight, np.zeros(len(rows)), [src], {}, out_shape)
+        else:
+            weight = weight.reshape(*weight.shape, *(1,) * (len(shape) - 1))
+            ones = (1,) * (len(shape) - 1)
+            self._weighted(name, weight, np.zeros(len(rows)), [src],
+                           {"stride": ones, "padding": (0,) * len(ones), "dilation": ones,
+                            "input_shape": shape}, out_shape)
+        return name
+
+    def _aligned(self, value: str) -> list[_Term]:
+        """The value's terms, every gathered one written in the value's own channels (fallback
+        for consumers that need one channel space: :meth:`_place`)."""
+        ident, gathered = self._terms(value)
+        if not gathered:
+            return ident
+        out = list(ident)
+        for t in gathered:
+            out.append(_Term(self._place(t, t.idx, "place"), None))  # type: ignore[arg-type]
+        self.values[value] = out
+        return out
+
+    def _weighted(self, name: str, weight: np.ndarray, bias: np.ndarray, sources: list[str], params: dict,
+                  out_shape: tuple[int, ...], groups: int = 1) -> None:
+        """A conv (``params`` has ``input_shape``) or affine node with a dense ``weight``."""
+        if weight.ndim == 2:
+            self._node(name, nir.Affine(weight=weight, bias=bias), sources, out_shape)
+        elif weight.ndim == 4:
+            self._node(name, nir.Conv2d(
+                input_shape=tuple(params["input_shape"][1:]), weight=weight, stride=tuple(params["stride"]),
+                padding=tuple(params["padding"]), dilation=tuple(params["dilation"]), groups=1, bias=bias,
+                metadata=conv_metadata(groups)), sources, out_shape)
+        else:
+            self._node(name, nir.Conv1d(
+                input_shape=int(params["input_shape"][1]), weight=weight, stride=int(params["stride"][0]),
+                padding=int(params["padding"][0]), dilation=int(params["dilation"][0]), groups=1, bias=bias,
+                metadata=conv_metadata(groups)), sources, out_shape)
+        self.linear[name] = _Linear(weight, bias, list(sources), dict(params))
 
     # -- ops -------------------------------------------------------------------------------
     def build(self) -> dict[str, nir.NIRNode]:
@@ -196,34 +325,111 @@ class _Builder:
                 raise BridgeError(f"layer {op.name!r} of type {type(op).__name__} cannot be written to NIR; "
                                   "MaxPool must be replaced first (maxpool='avg')")
             handler(op)
+        self._prune()
         return self.nodes
 
+    def _prune(self) -> None:
+        """Drop nodes whose output reaches nothing (producers replaced by a copy with gathered rows)."""
+        needed, stack = {"output"}, ["output"]
+        sources: dict[str, list[str]] = {}
+        for a, b in self.edges:
+            sources.setdefault(b, []).append(a)
+        while stack:
+            for a in sources.get(stack.pop(), []):
+                if a not in needed:
+                    needed.add(a)
+                    stack.append(a)
+        needed.add("input")
+        self.nodes = {n: v for n, v in self.nodes.items() if n in needed}
+        self.edges = [(a, b) for a, b in self.edges if a in needed and b in needed]
+
     def _InputOp(self, op: InputOp) -> None:
-        self.nodes["input"] = nir.Input(input_type=np.array(op.shape))
+        self._node("input", nir.Input(input_type=np.array(op.shape)), [], tuple(op.shape))
         self.values[op.name] = [_Term("input", None)]
 
     def _conv_node(self, op: LayerOp, weight: np.ndarray, bias: np.ndarray, stride, padding, dilation,
                    groups: int = 1) -> None:
-        """A conv node; ``weight`` is dense (groups=1), ``groups`` the group count it encodes."""
+        """A conv node; ``weight`` is dense (groups=1), ``groups`` the group count it encodes.
+
+        Gathered input terms: a depthwise conv (BatchNorm included) is applied in each term's own
+        channels (:meth:`_per_channel_conv`); any other conv reads term ``t`` through the weight
+        :math:`W_t[:, c] = \\sum_{j: idx_t[j] = c} W[:, j]` (one node per term, the bias on the
+        first; NIR sums them at the consumer)."""
         in_shape = self.shapes[op.inputs[0]]
-        sources, kc = self._channel_factor(op)
-        if kc is not None:
-            weight = scale_input_channels(weight, kc)
+        params = {"stride": stride, "padding": padding, "dilation": dilation, "input_shape": in_shape}
+        ident, gathered = self._terms(op.inputs[0])
         name = self._name(op)
-        if weight.ndim == 4:
-            node: nir.NIRNode = nir.Conv2d(
-                input_shape=tuple(in_shape[1:]), weight=weight, stride=tuple(stride),
-                padding=tuple(padding), dilation=tuple(dilation), groups=1, bias=bias,
-                metadata=conv_metadata(groups))
-        else:
-            node = nir.Conv1d(input_shape=int(in_shape[1]), weight=weight, stride=int(stride[0]),
-                              padding=int(padding[0]), dilation=int(dilation[0]), groups=1, bias=bias,
-                              metadata=conv_metadata(groups))
-        self._node(name, node, sources)
-        self.values[op.name] = [_Term(name, None)]
+        depthwise = groups > 1 and groups == weight.shape[0] == weight.shape[1]
+        if gathered and depthwise and self._per_channel_conv(op, weight, bias, params, groups):
+            return
+        out_terms: list[_Term] = []
+        if ident or not gathered:
+            sources, kc = self._channel_factor_of(ident) if ident else ([], None)
+            w = scale_input_channels(weight, kc) if kc is not None else weight
+            self._weighted(name, w, bias, sources, params, self.shapes[op.name], _block_groups(w, groups)
+                           if kc is not None or groups > 1 else 1)
+            out_terms.append(_Term(name, None))
+            bias = np.zeros_like(bias)
+        for t in gathered:
+            shape = self.node_shapes[t.node]
+            kc = None if t.k is None else per_channel(t.k)
+            src = t.node if kc is not None or t.k is None else self._scaled(t)
+            w = np.zeros((weight.shape[0], shape[0], *weight.shape[2:]), dtype=np.float64)
+            for j, c in enumerate(t.idx):  # type: ignore[arg-type]
+                if c >= 0:
+                    w[:, c] += weight[:, j]
+            if kc is not None:
+                w = scale_input_channels(w, kc)
+            part = self._fresh(f"{name}_part") if out_terms else name
+            self._weighted(part, w, bias, [src], {**params, "input_shape": shape}, self.shapes[op.name],
+                           _block_groups(w, groups))
+            out_terms.append(_Term(part, None))
+            bias = np.zeros_like(bias)
+        self.values[op.name] = out_terms
+
+    def _bias_owner(self, terms: list[_Term], channels: int) -> np.ndarray | None:
+        """For each value channel the index of the first term covering it (-1: none), or None
+        when a gathered term repeats a node channel (then no per-channel op can run in its space)."""
+        owner = np.full(channels, -1, dtype=np.int64)
+        for i, t in enumerate(terms):
+            idx = _arange_idx(t, channels)
+            if t.idx is not None and not _injective(idx):
+                return None
+            owner = np.where((owner < 0) & (idx >= 0), i, owner)
+        return owner
+
+    def _per_channel_conv(self, op: LayerOp, weight: np.ndarray, bias: np.ndarray, params: dict,
+                          groups: int) -> bool:
+        """A depthwise conv / BatchNorm on a sum of gathered terms, each term in its own channels:
+        node channel ``idx[j]`` gets the weight of value channel ``j``. False where it cannot."""
+        terms = self.values[op.inputs[0]]
+        channels = weight.shape[0]
+        owner = self._bias_owner(terms, channels)
+        if owner is None or np.any((owner < 0) & (bias != 0)):
+            return False
+        out: list[_Term] = []
+        name = self._name(op)
+        for i, t in enumerate(terms):
+            shape = self.node_shapes[t.node]
+            idx = _arange_idx(t, channels)
+            kc = None if t.k is None else per_channel(t.k)
+            src = t.node if kc is not None or t.k is None else self._scaled(t)
+            w = np.zeros((shape[0], shape[0], *weight.shape[2:]), dtype=np.float64)
+            b = np.zeros(shape[0])
+            for j, c in enumerate(idx):
+                if c >= 0:
+                    w[c, c] = weight[j, j] * (1.0 if kc is None else kc[c])
+                    if owner[j] == i:
+                        b[c] = bias[j]
+            part = name if i == 0 else self._fresh(f"{name}_part")
+            out_shape = (shape[0], *self.shapes[op.name][1:])
+            self._weighted(part, w, b, [src], {**params, "input_shape": shape}, out_shape, shape[0])
+            out.append(_Term(part, None, t.idx))
+        self.values[op.name] = self._merge(out)
+        return True
 
     def _ConvOp(self, op: ConvOp) -> None:
-        self._conv_node(op, _dense(op.weight, op.groups), op.bias.detach().numpy().astype(np.float64),
+        self._conv_node(op, _dense(op.weight, op.groups), np.asarray(op.bias.detach().numpy(), dtype=np.float64),
                         op.stride, op.padding, op.dilation, op.groups)
 
     def _affine_node(self, op: LayerOp, weight: np.ndarray, bias: np.ndarray) -> None:
@@ -231,16 +437,12 @@ class _Builder:
         if len(in_shape) != 1:
             raise BridgeError(f"linear layer {op.name!r} ({op.source}) is applied to a {len(in_shape) + 1}-d "
                               "tensor; flatten its input first (torch.flatten(x, 1))")
-        sources, k = self._unify(self.values[op.inputs[0]])
-        if k is not None:
-            weight = scale_input_channels(weight, k)
-        name = self._name(op)
-        self._node(name, nir.Affine(weight=weight, bias=bias), sources)
-        self.values[op.name] = [_Term(name, None)]
+        self._conv_node(op, weight, bias, (), (), ())
 
     def _LinearOp(self, op: LinearOp) -> None:
-        self._affine_node(op, op.weight.detach().numpy().astype(np.float64),
-                          op.bias.detach().numpy().astype(np.float64))
+        # no copy: the layer graph's weights are already the converter's own float64 copies
+        self._affine_node(op, np.asarray(op.weight.detach().numpy(), dtype=np.float64),
+                          np.asarray(op.bias.detach().numpy(), dtype=np.float64))
 
     def _BatchNormOp(self, op: BatchNormOp) -> None:
         """Unfolded BatchNorm: y_c = a_c x_c + b_c, a = gamma / sqrt(var + eps), b = beta - a mu."""
@@ -255,25 +457,109 @@ class _Builder:
             ones = (1,) * (len(in_shape) - 1)
             self._conv_node(op, weight, b, ones, (0,) * len(ones), ones, groups=a.size)
 
+    def _pieces(self, value: str) -> list[tuple[list[tuple[_Term, np.ndarray]], np.ndarray, int]]:
+        """Channel spaces for an element-wise non-linear op (an IF layer) on a gathered value.
+
+        Each piece is a node space: a term's own channels where that term (an *anchor*: injective,
+        channels disjoint from the other anchors; nodes that are not linear first, then the widest)
+        can feed the IF node unchanged, and the value's remaining covered channels. Returns per
+        piece its inputs ``(term, rows)`` (rows: piece channel -> node channel, None for the
+        anchor), the map value channel -> piece channel (-1: elsewhere) and the piece's size."""
+        terms = self._merge(self.values[value])
+        channels = self.shapes[value][0]
+        covered = np.zeros(channels, dtype=bool)
+        anchors: list[_Term] = []
+        order = sorted([t for t in terms if t.idx is not None and _injective(t.idx)],
+                       key=lambda t: (t.node in self.linear, -int((t.idx >= 0).sum())))  # type: ignore[union-attr]
+        if not any(t.idx is None for t in terms):
+            nodes_seen: set[str] = set()
+            for t in order:
+                cov = t.idx >= 0  # type: ignore[operator]
+                if not np.any(cov & covered) and t.node not in nodes_seen:
+                    anchors.append(t)
+                    nodes_seen.add(t.node)
+                    covered |= cov
+        pieces = []
+        for a in anchors:
+            size = self.node_shapes[a.node][0]
+            vmap = np.where(a.idx >= 0, a.idx, -1)  # type: ignore[operator]
+            pieces.append((a, vmap, size))
+        anywhere = np.zeros(channels, dtype=bool)
+        for t in terms:
+            anywhere |= _arange_idx(t, channels) >= 0
+        rest = np.flatnonzero(anywhere & ~covered)
+        if len(rest):
+            vmap = np.full(channels, -1, dtype=np.int64)
+            vmap[rest] = np.arange(len(rest))
+            pieces.append((None, vmap, len(rest)))
+        out = []
+        for anchor, vmap, size in pieces:
+            inputs = []
+            for t in terms:
+                if t is anchor:
+                    inputs.append((t, None))
+                    continue
+                idx = _arange_idx(t, channels)
+                rows = np.full(size, -1, dtype=np.int64)
+                sel = vmap >= 0
+                rows[vmap[sel]] = idx[sel]
+                if size == self.node_shapes[t.node][0] and np.array_equal(rows, np.arange(size)):
+                    inputs.append((t, None))  # already in the piece's channels
+                elif np.any(rows >= 0):
+                    inputs.append((t, rows))
+            out.append((inputs, vmap, size))
+        return out
+
     def _ActivationOp(self, op: ActivationOp) -> None:
+        r"""IF layer(s). On a gathered value (after a concatenation, slice or shuffle) one IF node
+        per piece (:meth:`_pieces`): the anchor term feeds it as it is, every other term through
+        :meth:`_place`; the thresholds are the value's, gathered into the piece's channels
+        (channels of an anchor no value channel reads get 1: computed, never read)."""
         theta = self.thresholds[op.name]
-        sources = self._materialize(self.values[op.inputs[0]])
         name = self._name(op)
-        self._node(name, make_if(theta, self.fraction * theta), sources)
-        self.values[op.name] = [_Term(name, theta)]
+        ident, gathered = self._terms(op.inputs[0])
+        if not gathered:
+            sources = self._materialize(ident)
+            self._node(name, make_if(theta, self.fraction * theta), sources, self.shapes[op.name])
+            self.values[op.name] = [_Term(name, theta)]
+            return
+        out: list[_Term] = []
+        for inputs, vmap, size in self._pieces(op.inputs[0]):
+            sources = []
+            for t, rows in inputs:
+                sources.append(self._scaled(t) if rows is None else self._place(t, rows, "to_" + name))
+            spatial = theta.shape[1:]
+            th = np.ones((size, *spatial), dtype=np.float64)
+            sel = vmap >= 0
+            th[vmap[sel]] = theta[sel]
+            part = name if not out else self._fresh(f"{name}_part")
+            self._node(part, make_if(th, self.fraction * th), sources, (size, *spatial))
+            identity = size == len(vmap) and np.array_equal(vmap, np.arange(size))
+            out.append(_Term(part, th, None if identity else vmap))
+        self.values[op.name] = out
 
     def _AvgPoolOp(self, op: AvgPoolOp | AdaptiveAvgPoolOp, kernel: tuple[int, int] | None = None,
                    stride: tuple[int, int] | None = None, padding: tuple[int, int] | None = None) -> None:
-        sources, kc = self._channel_factor(op)
+        """Average pool; a pool commutes with a gather of channels, so a gathered term is pooled in
+        its own channels (one pool node per term) and keeps its gather."""
         name = self._name(op)
         kernel = op.kernel if kernel is None else kernel  # type: ignore[union-attr]
         stride = op.stride if stride is None else stride  # type: ignore[union-attr]
         padding = op.padding if padding is None else padding  # type: ignore[union-attr]
-        self._node(name, nir.AvgPool2d(kernel_size=np.array(kernel), stride=np.array(stride),
-                                       padding=np.array(padding)), sources)
         out_shape = self.shapes[op.name]
-        k = None if kc is None else np.broadcast_to(kc.reshape(-1, 1, 1), out_shape).copy()
-        self.values[op.name] = [_Term(name, k)]
+        ident, gathered = self._terms(op.inputs[0])
+        groups: list[tuple[list[_Term], np.ndarray | None]] = ([(ident, None)] if ident else []) + \
+            [([t], t.idx) for t in gathered]
+        out: list[_Term] = []
+        for terms, idx in groups:
+            sources, kc = self._channel_factor_of([_Term(t.node, t.k) for t in terms])
+            part = name if not out else self._fresh(f"{name}_part")
+            channels = self.node_shapes[terms[0].node][0]
+            self._node(part, nir.AvgPool2d(kernel_size=np.array(kernel), stride=np.array(stride),
+                                           padding=np.array(padding)), sources, (channels, *out_shape[1:]))
+            k = None if kc is None else np.broadcast_to(kc.reshape(-1, 1, 1), (channels, *out_shape[1:])).copy()
+            out.append(_Term(part, k, idx))
+        self.values[op.name] = out
 
     def _AdaptiveAvgPoolOp(self, op: AdaptiveAvgPoolOp) -> None:
         """PyTorch's adaptive average pool, exactly (see :mod:`bridge.converter.adaptive_pool`)."""
@@ -292,42 +578,107 @@ class _Builder:
                 f"{out_hw[0]}x{out_hw[1]} has windows of different sizes: NIR can state it only on "
                 "flattened features, so flatten its output next (torch.flatten(x, 1)) or use an input "
                 "size the output size divides")
-        sources, k = self._unify(self.values[op.inputs[0]])
+        sources, k = self._unify(self._aligned(op.inputs[0]))
         weight = adaptive_pool_matrix(in_shape, out_hw)  # type: ignore[arg-type]
         if k is not None:
             weight = weight * k.reshape(1, -1)
         flat = self._fresh(f"{op.name}_flatten")
-        self._node(flat, nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1), sources)
+        self._node(flat, nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1), sources,
+                   (int(np.prod(in_shape)),))
         name = self._name(op)
-        self._node(name, nir.Affine(weight=weight, bias=np.zeros(weight.shape[0])), [flat])
+        self._node(name, nir.Affine(weight=weight, bias=np.zeros(weight.shape[0])), [flat], (weight.shape[0],))
         self.values[op.name] = [_Term(name, None)]
         self.flat.add(op.name)
 
+    def _ScaleOp(self, op: ScaleOp) -> None:
+        """A constant factor per element (a pool's divisor correction) multiplies every term's k
+        (for a gathered term, value channel ``j``'s factor goes to node channel ``idx[j]``)."""
+        f = np.broadcast_to(op.factor.detach().to(torch.float64).numpy(), self.shapes[op.name])
+        out = []
+        for t in self.values[op.inputs[0]]:
+            if t.idx is None:
+                out.append(_Term(t.node, f * (1.0 if t.k is None else t.k)))
+                continue
+            if not _injective(t.idx):
+                t = _Term(self._place(t, t.idx, "place"), None)
+                out.append(_Term(t.node, f.copy()))
+                continue
+            fn = np.ones(self.node_shapes[t.node])
+            sel = t.idx >= 0
+            fn[t.idx[sel]] = f[sel]
+            out.append(_Term(t.node, fn * (1.0 if t.k is None else t.k), t.idx))
+        self.values[op.name] = out
+
     def _FlattenOp(self, op: FlattenOp) -> None:
+        """Flatten: a gathered term is flattened in its own channels, its gather becomes one of
+        features (``j P + p <- idx[j] P + p``, ``P`` positions per channel)."""
         if op.inputs[0] in self.flat:  # flat already: the flatten is the identity
             self.values[op.name] = self.values[op.inputs[0]]
             return
-        sources, k = self._unify(self.values[op.inputs[0]])
         name = self._name(op)
         in_shape = self.shapes[op.inputs[0]]
-        self._node(name, nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1), sources)
-        self.values[op.name] = [_Term(name, None if k is None else k.reshape(-1).copy())]
+        ident, gathered = self._terms(op.inputs[0])
+        out: list[_Term] = []
+        if ident:
+            sources, k = self._unify(ident)
+            self._node(name, nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1),
+                       sources, self.shapes[op.name])
+            out.append(_Term(name, None if k is None else k.reshape(-1).copy()))
+        positions = int(np.prod(in_shape[1:]))
+        for t in gathered:
+            shape = self.node_shapes[t.node]
+            part = name if not out else self._fresh(f"{name}_part")
+            self._node(part, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1),
+                       [t.node], (int(np.prod(shape)),))
+            idx = t.idx.reshape(-1, 1) * positions + np.arange(positions)  # type: ignore[union-attr]
+            idx = np.where(t.idx.reshape(-1, 1) >= 0, idx, -1).reshape(-1)  # type: ignore[union-attr]
+            out.append(_Term(part, None if t.k is None else t.k.reshape(-1).copy(), idx))
+        self.values[op.name] = out
 
     def _AddOp(self, op: AddOp) -> None:
         merged: dict[str, np.ndarray | None] = {}
         shape = self.shapes[op.name]
+        rest: list[_Term] = []
         for name in op.inputs:
             for t in self.values[name]:
-                if t.node in merged:  # x + x: one edge with the summed factor
+                if t.idx is not None:
+                    rest.append(t)
+                elif t.node in merged:  # x + x: one edge with the summed factor
                     prev = merged[t.node]
                     merged[t.node] = (np.ones(shape) if prev is None else prev) + (1.0 if t.k is None else t.k)
                 else:
                     merged[t.node] = t.k
-        self.values[op.name] = [_Term(n, k) for n, k in merged.items()]
+        self.values[op.name] = [_Term(n, k) for n, k in merged.items()] + self._merge(rest)
+
+    def _ConcatOp(self, op: ConcatOp) -> None:
+        """``cat(x_1, ..., x_n)`` on channels: input ``i``'s terms are gathered into the channels
+        ``[o_i, o_i + C_i)`` (no node: the consumer reads each term through its gather)."""
+        channels = self.shapes[op.name][0]
+        out: list[_Term] = []
+        offset = 0
+        for name in op.inputs:
+            ci = self.shapes[name][0]
+            for t in self.values[name]:
+                idx = np.full(channels, -1, dtype=np.int64)
+                idx[offset:offset + ci] = _arange_idx(t, ci)
+                out.append(_Term(t.node, t.k, idx))
+            offset += ci
+        self.values[op.name] = self._merge(out)
+
+    def _ChannelGatherOp(self, op: ChannelGatherOp) -> None:
+        """``x[:, index]``: every term's gather composed with ``index`` (no node)."""
+        channels = self.shapes[op.inputs[0]][0]
+        index = np.asarray(op.index, dtype=np.int64)
+        out = []
+        for t in self.values[op.inputs[0]]:
+            idx = _arange_idx(t, channels)[index]
+            if np.any(idx >= 0):
+                out.append(_Term(t.node, t.k, idx))
+        self.values[op.name] = self._merge(out)
 
     def _OutputOp(self, op: OutputOp) -> None:
-        sources = self._materialize(self.values[op.inputs[0]])
-        self._node("output", nir.Output(output_type=np.array(self.shapes[op.name])), sources)
+        sources = self._materialize(self._aligned(op.inputs[0]))
+        self._node("output", nir.Output(output_type=np.array(self.shapes[op.name])), sources, self.shapes[op.name])
 
     def _MaxPoolOp(self, op: MaxPoolOp) -> None:
         raise BridgeError(f"max pooling {op.name!r} reached the NIR builder; convert with maxpool='avg'")
@@ -342,12 +693,7 @@ def build_nir(
     shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> nir.NIRGraph:
     """The NIR graph of a folded LayerGraph with per-neuron thresholds (see module docstring)."""
-    _check_timesteps(timesteps)
+    check_timesteps(timesteps)
     builder = _Builder(graph, thresholds, v_init_fraction(v_init), shapes)
     nodes = builder.build()
     return nir.NIRGraph(nodes=nodes, edges=builder.edges, metadata=graph_metadata(timesteps), type_check=True)
-
-
-def _check_timesteps(timesteps: int | None) -> None:
-    if timesteps is not None and (isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1):
-        raise BridgeError(f"timesteps {timesteps!r} must be a positive integer (or None)")

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from bridge.format.errors import BridgeError
-from bridge.converter.ir_eval import cast_graph, evaluate
+from bridge.converter.ir_eval import bound_tensor, cast_graph, evaluate
 from bridge.converter.ir import ActivationOp, LayerGraph
 
 CALIBRATION_BATCH = 64  # samples per forward pass: bounds the live activations
@@ -76,20 +76,6 @@ def calibration_batches(calibration: Any, input_shape: Sequence[int]) -> list[to
     if not batches:
         raise BridgeError("the calibration data is empty; give at least one sample")
     return batches
-
-
-def parse_quantile(source: str) -> float:
-    """``"max"`` -> 1.0, ``"p99.9"`` -> 0.999 (quantile as a fraction)."""
-    if source == "max":
-        return 1.0
-    try:
-        q = float(source[1:]) if source.startswith("p") else math.nan
-    except ValueError:
-        q = math.nan
-    if not 0 < q <= 100:
-        raise BridgeError(
-            f"unknown threshold source {source!r}; use auto, trained, max or a percentile like p99.9")
-    return q / 100.0
 
 
 class TopK:
@@ -175,7 +161,8 @@ def collect_statistics(
         if topk is None:
             return
         if op.kind == "qcfs":  # taken unquantised (its clip), as the IF neuron sees it
-            a = torch.clamp(z, 0.0, float(op.bound))  # type: ignore[arg-type]
+            bound = bound_tensor(op, z)
+            a = torch.clamp(z, 0.0, bound) if isinstance(bound, float) else torch.minimum(torch.relu(z), bound)
         if topk.rows > 1:  # (C, values of that channel)
             block = a.transpose(0, 1).reshape(topk.rows, -1)
         elif a.dim() == 4 and not a.is_contiguous():  # NHWC: order does not matter, flatten as stored

@@ -26,7 +26,10 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from bridge.format.errors import BridgeError
-from bridge.converter.ir import AvgPoolOp, BatchNormOp, ConvOp, LayerGraph, LayerOp, LinearOp, MaxPoolOp
+from bridge.converter.ir import BatchNormOp, ConvOp, LayerGraph, LayerOp, LinearOp, MaxPoolOp
+from bridge.converter.ir_eval import shapes as op_shapes
+from bridge.converter.options import MAXPOOL_POLICIES
+from bridge.converter.rules import maxpool_replacement
 
 
 def _where(op: LayerOp) -> str:
@@ -49,8 +52,9 @@ def check_finite(graph: LayerGraph) -> None:
 
 
 def replace_maxpool(graph: LayerGraph, maxpool: str) -> LayerGraph:
-    """Apply the max-pool policy: ``"error"`` refuses, ``"avg"`` swaps in average pooling."""
-    if maxpool not in ("error", "avg"):
+    """Apply the max-pool policy: ``"error"`` refuses, ``"avg"`` swaps in the average pool of
+    :func:`bridge.converter.rules.maxpool_replacement` (same kernel, stride, padding, ceil_mode)."""
+    if maxpool not in MAXPOOL_POLICIES:
         raise BridgeError(f"unknown maxpool policy {maxpool!r}; use 'error' or 'avg'")
     pools = [op for op in graph.ops.values() if isinstance(op, MaxPoolOp)]
     if not pools:
@@ -68,12 +72,11 @@ def replace_maxpool(graph: LayerGraph, maxpool: str) -> LayerGraph:
         "accuracy changes; retrain with AvgPool2d for a faithful conversion",
         stacklevel=3,
     )
+    shapes = op_shapes(graph)
     out = LayerGraph()
     for op in graph.ops.values():
-        if isinstance(op, MaxPoolOp):
-            op = AvgPoolOp(op.name, list(op.inputs), op.source, kernel=op.kernel, stride=op.stride,
-                           padding=op.padding)
-        out.add(op)
+        for new in maxpool_replacement(op, shapes[op.inputs[0]], set(graph.ops)) if isinstance(op, MaxPoolOp) else [op]:
+            out.add(new)
     return out
 
 

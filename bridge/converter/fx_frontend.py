@@ -15,8 +15,12 @@ Mapping (PyTorch -> layer op):
 * ``ReLU``, ``F.relu``, ``torch.relu`` -> ``ActivationOp(kind="relu")``;
   ``ReLU6``, ``Hardtanh(0, a)``, ``clamp(0, a)``, ``ClippedReLU`` -> ``kind="clip"`` with
   bound ``a`` (``lambda`` for ClippedReLU); ``QCFS`` -> ``kind="qcfs"``.
-* ``AvgPool2d`` -> :class:`AvgPoolOp`; ``AdaptiveAvgPool2d`` -> :class:`AvgPoolOp` with
-  kernel = stride = ``(H / oh, W / ow)`` when they divide; ``MaxPool2d`` -> :class:`MaxPoolOp`.
+* ``AvgPool2d`` -> :class:`AvgPoolOp`; ``AdaptiveAvgPool2d`` (any output size) ->
+  :class:`AdaptiveAvgPoolOp`; ``MaxPool2d`` -> :class:`MaxPoolOp`.
+* ``torch.cat(xs, 1)`` -> :class:`ConcatOp`; slices ``x[:, a:b]``, ``chunk``, ``split``,
+  ``narrow``, ``transpose``, ``permute`` and views that are not a flatten are layout steps
+  (:mod:`bridge.converter.layout`), read as a :class:`ChannelGatherOp` (a channel shuffle is
+  view-transpose-view) or refused.
 * global average pooling ``x.mean(dim=(2, 3))``, ``x.mean((-2, -1))``, ``torch.mean(x, [2, 3])``
   on (N, C, H, W) -> :class:`AvgPoolOp` with kernel = stride = ``(H, W)`` followed by
   :class:`FlattenOp` (no flatten with ``keepdim=True``): ``mean_{h,w} x = avgpool_{H x W}(x)``.
@@ -44,22 +48,12 @@ from torch import nn
 
 from bridge.model.activations import QCFS, ClippedReLU
 from bridge.format.errors import BridgeError
-from bridge.converter.ir import (
-    ActivationOp,
-    AddOp,
-    AvgPoolOp,
-    BatchNormOp,
-    ConvOp,
-    FlattenOp,
-    InputOp,
-    LayerGraph,
-    LinearOp,
-    MaxPoolOp,
-    Op,
-    OutputOp,
-)
+from bridge.converter import rules
+from bridge.converter.ir import InputOp, LayerGraph, OutputOp
+from bridge.converter.pointwise import ChainError, Step, channel_values
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_CONVERTER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _EXAMPLE_BATCH = 2  # > 1 so that a reshape that keeps the batch is told apart from one that folds it
 
 
@@ -87,7 +81,7 @@ def _user_frame() -> str:
     frame = sys._getframe(1)
     while frame is not None:
         file = frame.f_code.co_filename
-        if not file.startswith(_TORCH_DIR) and file != __file__:
+        if not file.startswith(_TORCH_DIR) and not file.startswith(_CONVERTER_DIR):
             info = traceback.extract_stack(frame, limit=1)[0]
             return f"{info.filename}:{info.lineno} ({info.line})" if info.line else f"{info.filename}:{info.lineno}"
         frame = frame.f_back  # type: ignore[assignment]
@@ -99,356 +93,35 @@ def _source(node: torch.fx.Node) -> str:
     return node.meta.get("bridge_source", "")
 
 
-def _fail(node: torch.fx.Node, what: str, fix: str) -> BridgeError:
-    src = _source(node)
-    where = f" at {src}" if src else ""
-    return BridgeError(f"fx node {node.name!r} ({what}){where}: {fix}")
+def _f64(value: Any) -> Any:
+    """Floating-point tensors as detached float64 copies (constants fold in float64)."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.detach().to("cpu", torch.float64)
+    return value
 
 
-def _unsupported(node: torch.fx.Node, what: str) -> BridgeError:
-    return _fail(
-        node,
-        what,
-        "this op is not supported by the converter; rewrite the model with the supported layers "
-        "(Conv1d/2d, Linear, BatchNorm, ReLU/clipped ReLU/QCFS, AvgPool, flatten, residual add)",
-    )
-
-
-def _f64(t: torch.Tensor | None, like_shape: int | None = None) -> torch.Tensor:
-    if t is None:
-        return torch.zeros(like_shape, dtype=torch.float64)  # type: ignore[arg-type]
-    return t.detach().to("cpu", torch.float64, copy=True)
-
-
-def _shape(node: torch.fx.Node) -> tuple[int, ...] | None:
-    shape = node.meta.get("bridge_shape")
-    return None if shape is None else tuple(shape)
-
-
-def _pair(v: Any, n: int) -> tuple[int, ...]:
-    if isinstance(v, int):
-        return (v,) * n
-    return tuple(int(i) for i in v)
-
-
-class _Converter:
-    def __init__(self, gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> None:
-        self.gm = gm
-        self.modules = dict(gm.named_modules())
-        self.lg = LayerGraph()
-        self.input_shape = input_shape
-        # fx node name -> name of the layer op that produces its value (aliases for removed ops)
-        self.alias: dict[str, str] = {}
-
-    # -- helpers -------------------------------------------------------------------------
-    def _ref(self, node: torch.fx.Node, arg: Any) -> str:
-        if not isinstance(arg, torch.fx.Node):
-            raise _fail(node, f"{self._what(node)} with a constant operand {arg!r}",
-                        "only tensors computed from the input can flow through the network")
-        if arg.name not in self.alias:
-            raise _fail(node, f"{self._what(node)} reads {arg.name!r}, which is not a tensor "
-                        "computed from the input", "compute it from the input or remove it")
-        return self.alias[arg.name]
-
-    def _what(self, node: torch.fx.Node) -> str:
-        if node.op == "call_module":
-            return f"module {type(self.modules[node.target]).__name__} {node.target!r}"
-        if node.op == "call_function":
-            return f"function {getattr(node.target, '__name__', node.target)}"
-        return f"{node.op} {node.target}"
-
-    def _add(self, node: torch.fx.Node, op: Op) -> None:
-        op.source = _source(node)
-        self.lg.add(op)
-        self.alias[node.name] = op.name
-
-    def _activation(self, node: torch.fx.Node, x: Any, kind: str, bound: float | None = None,
-                    levels: int | None = None) -> None:
-        if bound is not None and not (bound > 0 and math.isfinite(bound)):
-            raise _fail(node, f"{self._what(node)} with upper bound {bound}",
-                        "the upper bound must be a positive finite number")
-        self._add(node, ActivationOp(node.name, [self._ref(node, x)], kind=kind,  # type: ignore[arg-type]
-                                     bound=bound, levels=levels))
-
-    def _clamp(self, node: torch.fx.Node, x: Any, lo: Any, hi: Any) -> None:
-        if lo == 0 and hi is None:
-            return self._activation(node, x, "relu")
-        if lo == 0 and isinstance(hi, (int, float)):
-            return self._activation(node, x, "clip", float(hi))
-        raise _fail(node, f"{self._what(node)}(min={lo}, max={hi})",
-                    "only clamp/hardtanh with min=0 and a constant max (or no max) convert to IF neurons")
-
-    def _flatten(self, node: torch.fx.Node, x: Any) -> None:
-        src = x if isinstance(x, torch.fx.Node) else None
-        in_shape = _shape(src) if src is not None else None
-        out_shape = _shape(node)
-        if in_shape is None or out_shape is None:
-            raise _unsupported(node, self._what(node))
-        if out_shape != (in_shape[0], math.prod(in_shape[1:])):
-            raise _fail(node, f"{self._what(node)} from {list(in_shape)} to {list(out_shape)} on an "
-                        f"example batch of {_EXAMPLE_BATCH}",
-                        "only flattening everything but the batch dimension, as "
-                        "torch.flatten(x, 1) or x.view(x.size(0), -1), is supported")
-        ref = self._ref(node, x)
-        if len(in_shape) == 2:  # already flat: nothing to do
-            self.alias[node.name] = ref
-        else:
-            self._add(node, FlattenOp(node.name, [ref]))
-
-    def _avgpool(self, node: torch.fx.Node, x: Any, kernel: Any, stride: Any, padding: Any,
-                 ceil_mode: bool = False, divisor_override: Any = None) -> None:
-        kernel = _pair(kernel, 2)
-        stride = _pair(stride if stride not in (None, []) else kernel, 2)
-        padding = _pair(padding, 2)
-        if any(padding) or divisor_override is not None:
-            raise _fail(node, f"{self._what(node)} with padding={padding}, "
-                        f"divisor_override={divisor_override}",
-                        "use average pooling without padding and without divisor_override")
-        self._check_ceil(node, x, kernel, stride, ceil_mode)
-        self._add(node, AvgPoolOp(node.name, [self._ref(node, x)], kernel=kernel,  # type: ignore[arg-type]
-                                  stride=stride, padding=(0, 0)))  # type: ignore[arg-type]
-
-    def _check_ceil(self, node: torch.fx.Node, x: Any, kernel: tuple, stride: tuple, ceil_mode: bool) -> None:
-        shape = _shape(x) if isinstance(x, torch.fx.Node) else None
-        if shape is None or len(shape) != 4:
-            raise _fail(node, f"{self._what(node)} on an input that is not (N, C, H, W)",
-                        "2-d pooling needs a 4-d input")
-        if ceil_mode:
-            floor_out = tuple((shape[2 + i] - kernel[i]) // stride[i] + 1 for i in range(2))
-            if tuple(_shape(node)[2:]) != floor_out:  # type: ignore[index]
-                raise _fail(node, f"{self._what(node)} with ceil_mode=True that changes the output size",
-                            "use ceil_mode=False or an input size the pool divides")
-
-    def _adaptive(self, node: torch.fx.Node, x: Any, output_size: Any) -> None:
-        shape = _shape(x) if isinstance(x, torch.fx.Node) else None
-        if shape is None or len(shape) != 4:
-            raise _unsupported(node, self._what(node))
-        h, w = shape[2:]
-        if isinstance(output_size, int):
-            out = (output_size, output_size)
-        else:  # None keeps that dimension's size
-            out = tuple(size if o is None else int(o) for o, size in zip(output_size, (h, w)))
-        if h % out[0] or w % out[1]:
-            raise _fail(node, f"{self._what(node)} from {h}x{w} to {out[0]}x{out[1]}",
-                        "only an adaptive pool whose output size divides the input size is a fixed "
-                        "average pool; change --input-shape or use AvgPool2d")
-        kernel = (h // out[0], w // out[1])
-        self._add(node, AvgPoolOp(node.name, [self._ref(node, x)], kernel=kernel, stride=kernel,
-                                  padding=(0, 0)))
-
-    def _mean(self, node: torch.fx.Node, x: Any, dim: Any, keepdim: Any, dtype: Any) -> None:
-        """Global average pooling ``x.mean(dim=(2, 3), keepdim=...)`` on (N, C, H, W):
-        an average pool over the whole H x W (kernel = stride = (H, W)), then a flatten to
-        (N, C) unless ``keepdim``."""
-        shape = _shape(x) if isinstance(x, torch.fx.Node) else None
-        dims = (dim,) if isinstance(dim, int) else tuple(dim) if isinstance(dim, (tuple, list)) else None
-        ok_dims = (shape is not None and dims is not None and all(isinstance(d, int) for d in dims)
-                   and len(shape) == 4 and sorted(d % 4 for d in dims) == [2, 3])
-        if not ok_dims or dtype is not None or not isinstance(keepdim, bool):
-            raise _fail(node, f"{self._what(node)} over dim={dim} of a "
-                        f"{len(shape) if shape else '?'}-d tensor" + (f" with dtype={dtype}" if dtype else ""),
-                        "only the global average over the spatial dimensions of (N, C, H, W) converts: "
-                        "x.mean(dim=(2, 3)) or x.mean((-2, -1)), optionally keepdim=True")
-        h, w = shape[2], shape[3]  # type: ignore[index]
-        ref = self._ref(node, x)
-        if keepdim:
-            return self._add(node, AvgPoolOp(node.name, [ref], kernel=(h, w), stride=(h, w), padding=(0, 0)))
-        pool = AvgPoolOp(self._fresh(f"{node.name}_pool"), [ref], kernel=(h, w), stride=(h, w), padding=(0, 0))
-        pool.source = _source(node)
-        self.lg.add(pool)
-        self._add(node, FlattenOp(node.name, [pool.name]))
-
-    def _fresh(self, base: str) -> str:
-        """An op name used neither by an fx node nor by an op."""
-        taken = {n.name for n in self.gm.graph.nodes} | set(self.lg.ops)
-        name, i = base, 0
-        while name in taken:
-            i += 1
-            name = f"{base}_{i}"
-        return name
-
-    def _maxpool(self, node: torch.fx.Node, x: Any, kernel: Any, stride: Any, padding: Any,
-                 dilation: Any, ceil_mode: bool) -> None:
-        kernel = _pair(kernel, 2)
-        stride = _pair(stride if stride not in (None, []) else kernel, 2)
-        if any(_pair(padding, 2)) or _pair(dilation, 2) != (1, 1):
-            raise _fail(node, f"{self._what(node)} with padding or dilation",
-                        "replace it by AvgPool2d without padding and retrain")
-        self._check_ceil(node, x, kernel, stride, ceil_mode)
-        self._add(node, MaxPoolOp(node.name, [self._ref(node, x)], kernel=kernel, stride=stride,  # type: ignore[arg-type]
-                                  padding=(0, 0)))
-
-    def _add_op(self, node: torch.fx.Node, a: Any, b: Any, alpha: Any = 1) -> None:
-        if alpha != 1:
-            raise _fail(node, f"{self._what(node)} with alpha={alpha}", "use a plain a + b")
-        self._add(node, AddOp(node.name, [self._ref(node, a), self._ref(node, b)]))
-
-    # -- modules -------------------------------------------------------------------------
-    def call_module(self, node: torch.fx.Node) -> None:
-        m = self.modules[node.target]  # type: ignore[index]
-        x = node.args[0] if node.args else None
-        if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)):
-            self.alias[node.name] = self._ref(node, x)
-        elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            self._conv(node, m, x)
-        elif isinstance(m, nn.Linear):
-            self._add(node, LinearOp(node.name, [self._ref(node, x)], weight=_f64(m.weight),
-                                     bias=_f64(m.bias, m.out_features)))
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if m.running_mean is None or m.running_var is None:
-                raise _fail(node, f"{self._what(node)} without running statistics",
-                            "train it with track_running_stats=True so it has fixed inference statistics")
-            n = m.num_features
-            self._add(node, BatchNormOp(
-                node.name, [self._ref(node, x)], mean=_f64(m.running_mean), var=_f64(m.running_var),
-                weight=_f64(m.weight) if m.weight is not None else torch.ones(n, dtype=torch.float64),
-                bias=_f64(m.bias, n), eps=float(m.eps)))
-        elif isinstance(m, ClippedReLU):
-            self._activation(node, x, "clip", _bound(m))
-        elif isinstance(m, QCFS):
-            self._activation(node, x, "qcfs", _bound(m), int(m.levels))
-        elif isinstance(m, nn.ReLU6):
-            self._activation(node, x, "clip", 6.0)
-        elif isinstance(m, nn.ReLU):
-            self._activation(node, x, "relu")
-        elif isinstance(m, nn.Hardtanh):
-            self._clamp(node, x, m.min_val, m.max_val)
-        elif isinstance(m, nn.AvgPool2d):
-            self._avgpool(node, x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.divisor_override)
-        elif isinstance(m, nn.AdaptiveAvgPool2d):
-            self._adaptive(node, x, m.output_size)
-        elif isinstance(m, nn.MaxPool2d):
-            self._maxpool(node, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
-        elif isinstance(m, nn.Flatten):
-            self._flatten(node, x)
-        else:
-            raise _unsupported(node, self._what(node))
-
-    def _conv(self, node: torch.fx.Node, m: nn.Conv1d | nn.Conv2d, x: Any) -> None:
-        nd = 1 if isinstance(m, nn.Conv1d) else 2
-        if m.padding_mode != "zeros":
-            raise _fail(node, f"{self._what(node)} with padding_mode={m.padding_mode!r}",
-                        "only zero padding converts; use padding_mode='zeros'")
-        kernel, dilation = _pair(m.kernel_size, nd), _pair(m.dilation, nd)
-        if m.padding == "same":
-            totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
-            if any(t % 2 for t in totals):
-                raise _fail(node, f"{self._what(node)} with padding='same' and an even kernel",
-                            "'same' needs asymmetric padding here; use an odd kernel or explicit padding")
-            padding = tuple(t // 2 for t in totals)
-        elif m.padding == "valid":
-            padding = (0,) * nd
-        else:
-            padding = _pair(m.padding, nd)
-        self._add(node, ConvOp(node.name, [self._ref(node, x)], weight=_f64(m.weight),
-                               bias=_f64(m.bias, m.out_channels), stride=_pair(m.stride, nd),
-                               padding=padding, dilation=dilation, groups=int(m.groups)))
-
-    # -- functions and methods -----------------------------------------------------------
-    def call_function(self, node: torch.fx.Node) -> None:
-        f, args, kw = node.target, node.args, node.kwargs
-        x = args[0] if args else kw.get("input")
-        if f in (F.relu, torch.relu, torch.relu_):
-            self._activation(node, x, "relu")
-        elif f is F.relu6:
-            self._activation(node, x, "clip", 6.0)
-        elif f in (F.hardtanh, F.hardtanh_):
-            lo = args[1] if len(args) > 1 else kw.get("min_val", -1.0)
-            hi = args[2] if len(args) > 2 else kw.get("max_val", 1.0)
-            self._clamp(node, x, lo, hi)
-        elif f in (torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max):
-            self._clamp_call(node, f, args, kw)
-        elif f in (operator.add, operator.iadd, torch.add):
-            self._add_op(node, args[0], args[1] if len(args) > 1 else kw.get("other"), kw.get("alpha", 1))
-        elif f is torch.flatten:
-            self._flatten(node, x)
-        elif f in (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout):
-            self.alias[node.name] = self._ref(node, x)
-        elif f is F.avg_pool2d:
-            self._avgpool(node, x, _arg(args, kw, 1, "kernel_size"), _arg(args, kw, 2, "stride", None),
-                          _arg(args, kw, 3, "padding", 0), _arg(args, kw, 4, "ceil_mode", False),
-                          _arg(args, kw, 6, "divisor_override", None))
-        elif f is F.adaptive_avg_pool2d:
-            self._adaptive(node, x, _arg(args, kw, 1, "output_size"))
-        elif f is torch.mean:
-            self._mean(node, x, _arg(args, kw, 1, "dim", None), _arg(args, kw, 2, "keepdim", False),
-                       kw.get("dtype"))
-        elif f is F.max_pool2d or getattr(f, "__name__", "") in ("max_pool2d", "_max_pool2d"):
-            self._maxpool(node, x, _arg(args, kw, 1, "kernel_size"), _arg(args, kw, 2, "stride", None),
-                          _arg(args, kw, 3, "padding", 0), _arg(args, kw, 4, "dilation", 1),
-                          _arg(args, kw, 5, "ceil_mode", False))
-        elif not _is_tensor_node(node):
-            return  # shape arithmetic (getitem of x.size(), ...): resolved by the example run
-        else:
-            raise _unsupported(node, self._what(node))
-
-    def _clamp_call(self, node: torch.fx.Node, f: Any, args: tuple, kw: dict) -> None:
-        x = args[0] if args else kw.get("input")
-        if f is torch.clamp_min:
-            lo, hi = _arg(args, kw, 1, "min"), None
-        elif f is torch.clamp_max:
-            lo, hi = None, _arg(args, kw, 1, "max")
-        else:
-            lo, hi = _arg(args, kw, 1, "min", None), _arg(args, kw, 2, "max", None)
-        self._clamp(node, x, lo, hi)
-
-    def call_method(self, node: torch.fx.Node) -> None:
-        name, args, kw = node.target, node.args, node.kwargs
-        x = args[0]
-        if name in ("relu", "relu_"):
-            self._activation(node, x, "relu")
-        elif name in ("clamp", "clamp_", "clip", "clip_"):
-            self._clamp_call(node, torch.clamp, args, kw)
-        elif name in ("clamp_min", "clamp_min_"):
-            self._clamp_call(node, torch.clamp_min, args, kw)
-        elif name in ("view", "reshape", "flatten"):
-            self._flatten(node, x)
-        elif name in ("add", "add_", "__add__", "__iadd__"):
-            self._add_op(node, x, args[1] if len(args) > 1 else kw.get("other"), kw.get("alpha", 1))
-        elif name == "contiguous":
-            self.alias[node.name] = self._ref(node, x)
-        elif name == "mean":
-            self._mean(node, x, _arg(args, kw, 1, "dim", None), _arg(args, kw, 2, "keepdim", False),
-                       kw.get("dtype"))
-        elif not _is_tensor_node(node):
-            return  # shape arithmetic
-        else:
-            raise _unsupported(node, f"method Tensor.{name}")
-
-    def run(self) -> LayerGraph:
-        for node in self.gm.graph.nodes:
-            if node.op == "placeholder":
-                if any(isinstance(o, InputOp) for o in self.lg.ops.values()):
-                    raise _fail(node, "a second input", "the converter handles models with one input tensor")
-                self._add(node, InputOp(node.name, [], shape=self.input_shape))
-            elif node.op == "call_module":
-                self.call_module(node)
-            elif node.op == "call_function":
-                if node.target is getattr:  # x.shape
-                    continue
-                self.call_function(node)
-            elif node.op == "call_method":
-                self.call_method(node)
-            elif node.op == "output":
-                out = node.args[0]
-                if not isinstance(out, torch.fx.Node):
-                    raise _fail(node, f"output {type(out).__name__}",
-                                "the model must return one tensor (the readout)")
-                self._add(node, OutputOp(node.name, [self._ref(node, out)]))
-            else:  # get_attr: a parameter or buffer used directly in forward
-                users = list(node.users)
-                target = users[0] if users else node
-                raise _unsupported(target, f"{node.op} {node.target!r} used directly in forward")
-        return self.lg
-
-
-def _bound(m: ClippedReLU | QCFS) -> float:
-    """The module's lambda = |raw| + min_bound, evaluated in float64 (as the float64 model does)."""
-    return float(m.raw_bound.detach().double().abs() + m.min_bound)
-
-
-def _is_tensor_node(node: torch.fx.Node) -> bool:
-    return "bridge_shape" in node.meta
+# ---- what each fx node is ---------------------------------------------------------------------
+_IDENTITY_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
+_IDENTITY_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout}
+_IDENTITY_METHODS = {"contiguous", "detach", "clone"}
+_RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
+_CLAMP_FUNCTIONS = {torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max}
+_ADD = {operator.add, operator.iadd, torch.add}
+_SUB = {operator.sub, operator.isub, torch.sub}
+_MUL = {operator.mul, operator.imul, torch.mul}
+_DIV = {operator.truediv, operator.itruediv, torch.div}
+_MIN = {torch.minimum, torch.min, torch.fmin}
+_MAX = {torch.maximum, torch.max, torch.fmax}
+_LAYER_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d,
+                  nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.Flatten)
+_LAYER_FUNCTIONS = {F.conv1d, F.conv2d, F.linear, F.batch_norm, F.avg_pool2d, F.adaptive_avg_pool2d,
+                    F.max_pool2d, torch.flatten, torch.mean, torch.conv1d, torch.conv2d, torch.cat, torch.concat}
+_LAYER_METHODS = {"view", "reshape", "flatten", "mean"}
+# layout: concatenation, slices, transposes (fixed channel maps, rules.concat and the layout steps)
+_LAYOUT_FUNCTIONS = {torch.cat: "cat", torch.concat: "cat", torch.concatenate: "cat", torch.transpose: "transpose",
+                     torch.swapaxes: "transpose", torch.permute: "permute", torch.narrow: "narrow",
+                     torch.chunk: "chunk", torch.split: "split"}
+_LAYOUT_METHODS = {"transpose", "swapaxes", "swapdims", "permute", "narrow", "chunk", "split"}
 
 
 def _arg(args: tuple, kw: dict, i: int, name: str, default: Any = ...) -> Any:
@@ -459,6 +132,467 @@ def _arg(args: tuple, kw: dict, i: int, name: str, default: Any = ...) -> Any:
     if default is ...:
         raise KeyError(name)
     return default
+
+
+def _bound(m: ClippedReLU | QCFS) -> float:
+    """The module's lambda = |raw| + min_bound, evaluated in float64 (as the float64 model does)."""
+    return float(m.raw_bound.detach().double().abs() + m.min_bound)
+
+
+# Python operators named as their torch functions, as ATen programs name them
+_OPERATOR_NAMES = {"truediv": "div", "itruediv": "div", "iadd": "add", "isub": "sub", "imul": "mul"}
+
+
+def _display_names(nodes: list[torch.fx.Node]) -> dict[str, str]:
+    """``truediv_1`` -> ``div_1``, ``iadd`` -> ``add``: the names a torch.export program gives."""
+    names = {}
+    for node in nodes:
+        op = getattr(node.target, "__name__", "") if node.op == "call_function" else ""
+        if op in _OPERATOR_NAMES and node.name.startswith(op):
+            names[node.name] = _OPERATOR_NAMES[op] + node.name[len(op):]
+    return names
+
+
+def _module_stack(node: torch.fx.Node) -> list[tuple[str, type]]:
+    return [(str(path), cls) for path, cls in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+class _Converter:
+    """One pass over the traced graph: read each node's arguments, call the rule."""
+
+    def __init__(self, gm: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.input_shape = input_shape
+        self.consts: dict[str, Any] = {}  # fx node -> value (float64), for nodes without data
+        self.tuples: dict[str, tuple] = {}  # split / chunk nodes -> (input, kind, argument, dim)
+        nodes = list(gm.graph.nodes)
+        for node in nodes:
+            self._fold(node)
+        members: dict[str, set[str]] = {}
+        self.layer_modules: set[str] = set()
+        for node in nodes:
+            if node.op in ("call_module", "call_function", "call_method") and self._carries_data(node):
+                for path, _ in _module_stack(node):
+                    members.setdefault(path, set()).add(node.name)
+                    if self._is_layer(node):
+                        self.layer_modules.add(path)
+        self.out = rules.LayerGraphWriter(members, (n.name for n in nodes), _display_names(nodes))
+
+    # ---- constants and data ---------------------------------------------------------------
+    def _fold(self, node: torch.fx.Node) -> None:
+        """Nodes computed from parameters, buffers and literals only are evaluated once, in
+        float64 (as the torch.export front-end folds them)."""
+        if node.op == "get_attr":
+            value = self.gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            self.consts[node.name] = _f64(value)
+            return
+        if node.op not in ("call_function", "call_method") or node.target is getattr:
+            return
+        if not all(n.name in self.consts for n in node.all_input_nodes):
+            return
+        if not node.all_input_nodes and node.op == "call_function" and "bridge_shape" not in node.meta:
+            return  # shape arithmetic on Python numbers
+        args = torch.fx.node.map_arg(node.args, lambda n: self.consts[n.name])
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: self.consts[n.name])
+        if node.op == "call_method":
+            self.consts[node.name] = _f64(getattr(args[0], str(node.target))(*args[1:], **kwargs))
+        else:
+            self.consts[node.name] = _f64(node.target(*args, **kwargs))  # type: ignore[operator]
+
+    def _carries_data(self, node: torch.fx.Node) -> bool:
+        return "bridge_shape" in node.meta and node.name not in self.consts
+
+    def _is_const(self, arg: Any) -> bool:
+        return not isinstance(arg, torch.fx.Node) or arg.name in self.consts
+
+    def _const(self, arg: Any) -> Any:
+        return self.consts[arg.name] if isinstance(arg, torch.fx.Node) else arg
+
+    def _is_layer(self, node: torch.fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(self.modules[node.target], _LAYER_MODULES)  # type: ignore[index]
+        if node.op == "call_function":
+            return node.target in _LAYER_FUNCTIONS or (
+                node.target in _ADD and all(not self._is_const(a) for a in node.args[:2]))
+        return node.target in _LAYER_METHODS
+
+    # ---- sites and values -----------------------------------------------------------------
+    def _what(self, node: torch.fx.Node) -> str:
+        if node.op == "call_module":
+            return f"module {type(self.modules[node.target]).__name__} {node.target!r}"
+        if node.op == "call_function":
+            return f"function {getattr(node.target, '__name__', node.target)}"
+        if node.op == "call_method":
+            return f"method Tensor.{node.target}"
+        return f"{node.op} {node.target}"
+
+    def _site(self, node: torch.fx.Node) -> rules.Site:
+        stack = _module_stack(node)
+        module = stack[-1][0] if stack else ""
+        user = [(p, c) for p, c in stack if not c.__module__.startswith("torch.")]
+        act = None
+        if user and user[-1][0] not in self.layer_modules and not issubclass(user[-1][1], (ClippedReLU, QCFS)):
+            act = (user[-1][0], user[-1][1].__name__)
+        return rules.Site(f"fx node {node.name!r} ({self._what(node)})", _source(node), module, act)
+
+    def _ref(self, node: torch.fx.Node, arg: Any) -> str:
+        """The op computing ``arg`` (a data node) for the layer at ``node``."""
+        if not isinstance(arg, torch.fx.Node) or not self.out.has(arg.name):
+            what = f"a constant operand {arg!r}" if not isinstance(arg, torch.fx.Node) else \
+                f"an input {arg.name!r} that is not a tensor computed from the model input"
+            raise rules.refuse(self._site(node), what, "only tensors computed from the input can flow "
+                               "through the network; compute it from the input or remove it")
+        return self.out.ref(arg.name)
+
+    def _identity(self, node: torch.fx.Node, x: Any) -> None:
+        """``node`` passes ``x`` on unchanged (dropout in eval mode, identity, contiguous)."""
+        if not isinstance(x, torch.fx.Node) or not self.out.has(x.name):
+            self._ref(node, x)  # raises: not a value computed from the input
+        self.out.alias(node.name, x.name)
+
+    def _shape(self, arg: Any) -> tuple[int, ...]:
+        shape = arg.meta.get("bridge_shape") if isinstance(arg, torch.fx.Node) else None
+        return () if shape is None else tuple(shape)
+
+    def _name(self, node: torch.fx.Node) -> str:
+        return self.out.name([node.name], self._site(node).module)
+
+    def _emit(self, node: torch.fx.Node, ops: Any) -> None:
+        if ops is None:  # an identity (an already flat reshape)
+            return self.out.alias(node.name, node.args[0].name)
+        self.out.emit(node.name, ops)
+
+    def _pointwise(self, node: torch.fx.Node, x: Any, kind: str, c: Any = None, lo: Any = None,
+                   hi: Any = None) -> None:
+        if not isinstance(x, torch.fx.Node) or not self.out.has(x.name):
+            raise rules.refuse(self._site(node), "an element-wise op on a value that is not computed from "
+                               "the input", "apply activations to the layers' outputs")
+        shape = self._shape(x)
+
+        def value(v: Any) -> Any:
+            if v is None:
+                return None
+            if not self._is_const(v):
+                raise rules.refuse(self._site(node), "a bound or factor that depends on the input "
+                                   "(not constant at inference)", "use a constant, a parameter or a buffer")
+            try:
+                return channel_values(self._const(v), shape)
+            except ChainError as exc:
+                raise rules.refuse(self._site(node), exc.problem, exc.fix) from None
+
+        self.out.pointwise(node.name, x.name, Step(kind, value(c), value(lo), value(hi)),  # type: ignore[arg-type]
+                           self._site(node))
+
+    def _binary(self, node: torch.fx.Node, kind: str, a: Any, b: Any, alpha: Any = 1) -> None:
+        """``a (+, -, *, /) b``: a residual sum of two data tensors, or a step with a constant."""
+        site = self._site(node)
+        spec = rules.binary(site, kind, not self._is_const(a), not self._is_const(b), alpha)
+        if spec is None:
+            return self.out.emit(node.name, rules.add(site, self._name(node), self._ref(node, a),
+                                                      self._ref(node, b)))
+        step, i, factor = spec
+        data, const = (a, b) if i == 0 else (b, a)
+        c = _f64(self._const(const))
+        return self._pointwise(node, data, step, c * factor if factor != 1 else c)
+
+    # ---- modules -------------------------------------------------------------------------
+    def call_module(self, node: torch.fx.Node) -> None:
+        m = self.modules[node.target]  # type: ignore[index]
+        x = node.args[0] if node.args else None
+        site = self._site(node)
+        if isinstance(m, _IDENTITY_MODULES):
+            return self._identity(node, x)
+        if isinstance(m, (ClippedReLU, QCFS)):  # bridge's own: the bound read as the module defines it
+            levels = int(m.levels) if isinstance(m, QCFS) else None
+            return self.out.emit(node.name, rules.activation(
+                site, self._name(node), self._ref(node, x), "qcfs" if levels else "clip", _bound(m), levels))
+        if isinstance(m, nn.ReLU):
+            return self._pointwise(node, x, "relu")
+        if isinstance(m, nn.LeakyReLU) and m.negative_slope == 0:
+            return self._pointwise(node, x, "relu")
+        if isinstance(m, nn.ReLU6):
+            return self._pointwise(node, x, "clamp", lo=0.0, hi=6.0)
+        if isinstance(m, nn.Hardtanh):
+            return self._pointwise(node, x, "clamp", lo=float(m.min_val), hi=float(m.max_val))
+        name = self._name(node)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            return self._emit(node, rules.conv(site, name, self._ref(node, x), m.weight, m.bias, stride=m.stride,
+                                               padding=m.padding, dilation=m.dilation, groups=m.groups,
+                                               padding_mode=m.padding_mode))
+        if isinstance(m, nn.Linear):
+            return self._emit(node, rules.linear(site, name, self._ref(node, x), m.weight, m.bias, self._shape(x)))
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            return self._emit(node, rules.batch_norm(site, name, self._ref(node, x), mean=m.running_mean,
+                                                     var=m.running_var, weight=m.weight, bias=m.bias, eps=m.eps))
+        if isinstance(m, nn.AvgPool2d):
+            return self._emit(node, rules.avg_pool(
+                site, name, self._ref(node, x), self._shape(x), kernel=m.kernel_size, stride=m.stride,
+                padding=m.padding, ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad,
+                divisor_override=m.divisor_override))
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            return self._emit(node, rules.adaptive_avg_pool(site, name, self._ref(node, x), self._shape(x),
+                                                            m.output_size))
+        if isinstance(m, nn.MaxPool2d):
+            return self._emit(node, rules.max_pool(site, name, self._ref(node, x), self._shape(x),
+                                                   kernel=m.kernel_size, stride=m.stride, padding=m.padding,
+                                                   dilation=m.dilation, ceil_mode=m.ceil_mode))
+        if isinstance(m, nn.Flatten):
+            return self._flatten(node, x)
+        raise rules.unsupported(site)
+
+    def _flatten(self, node: torch.fx.Node, x: Any) -> None:
+        if isinstance(x, torch.fx.Node) and self.out.has(x.name) and (
+                (x.name in self.out.layouts and not self.out.layout_is_channel_map(x.name))
+                or not rules.is_flatten(self._shape(x), self._shape(node))):
+            # a view that is not a flatten (a channel shuffle's 5-d view): a layout step
+            return self._layout(node, x, rules.reshape_step(self._site(node), self._shape(x), self._shape(node)))
+        src = self._ref(node, x)
+        self._emit(node, rules.flatten(self._site(node), self._name(node), src, self._shape(x),
+                                       self._shape(node), _EXAMPLE_BATCH))
+
+    # ---- layout: concatenation, slices, views -----------------------------------------------
+    def _layout(self, node: torch.fx.Node, x: Any, step: Any) -> None:
+        if not isinstance(x, torch.fx.Node) or not self.out.has(x.name):
+            self._ref(node, x)  # raises: not a value computed from the input
+        self.out.layout(node.name, x.name, self._shape(x)[1:], step, self._site(node))
+
+    def _cat(self, node: torch.fx.Node, tensors: Any, dim: Any) -> None:
+        if not isinstance(tensors, (list, tuple)) or not tensors:
+            raise rules.unsupported(self._site(node))
+        srcs = [self._ref(node, t) for t in tensors]
+        op = rules.concat(self._site(node), self._name(node), srcs, [self._shape(t) for t in tensors], dim)
+        if op is None:
+            return self.out.alias(node.name, tensors[0].name)
+        self.out.emit(node.name, op)
+
+    def _split(self, node: torch.fx.Node, x: Any, kind: str, arg: Any, dim: Any) -> None:
+        """``chunk`` / ``split``: a tuple, read part by part through ``getitem``."""
+        if not isinstance(x, torch.fx.Node) or not self.out.has(x.name):
+            self._ref(node, x)
+        self.tuples[node.name] = (x, kind, arg, dim)
+
+    def _getitem(self, node: torch.fx.Node, x: Any, index: Any) -> bool:
+        """``parts[i]`` of a split or ``x[slices]`` of a value: a layout step (False: not data)."""
+        if isinstance(x, torch.fx.Node) and x.name in self.tuples:
+            src, kind, arg, dim = self.tuples[x.name]
+            self._layout(node, src, rules.split_step(self._site(node), len(self._shape(src)), kind, arg, dim,
+                                                     int(index)))
+            return True
+        if isinstance(x, torch.fx.Node) and self.out.has(x.name) and "bridge_shape" in node.meta:
+            self._layout(node, x, rules.getitem_step(self._site(node), self._shape(x), index))
+            return True
+        return False
+
+    def _layout_call(self, node: torch.fx.Node, name: str, args: tuple, kw: dict) -> bool:
+        """Layout functions and methods by name (``transpose``, ``permute``, ``narrow``, ``chunk``,
+        ``split``, ``cat``); False when ``name`` is none of them."""
+        x = args[0] if args else kw.get("input")
+        site = self._site(node)
+        if name in ("cat", "concat", "concatenate"):
+            self._cat(node, _arg(args, kw, 0, "tensors"), _arg(args, kw, 1, "dim", 0))
+        elif name in ("transpose", "swapaxes", "swapdims"):
+            self._layout(node, x, rules.transpose_step(site, len(self._shape(x)), _arg(args, kw, 1, "dim0"),
+                                                       _arg(args, kw, 2, "dim1")))
+        elif name == "permute":
+            dims = args[1:] if len(args) > 2 or (len(args) == 2 and isinstance(args[1], int)) else \
+                _arg(args, kw, 1, "dims")
+            self._layout(node, x, rules.permute_step(site, len(self._shape(x)), list(dims)))
+        elif name == "narrow":
+            start, length = int(_arg(args, kw, 2, "start")), int(_arg(args, kw, 3, "length"))
+            self._layout(node, x, rules.slice_step(site, self._shape(x), _arg(args, kw, 1, "dim"), start, start + length))
+        elif name in ("chunk", "split"):
+            key = "chunks" if name == "chunk" else "split_size_or_sections"
+            arg = _arg(args, kw, 1, key, None)
+            if arg is None:
+                arg = kw.get("split_size")
+            self._split(node, x, name, arg, _arg(args, kw, 2, "dim", 0))
+        else:
+            return False
+        return True
+
+    # ---- functions and methods -----------------------------------------------------------
+    def call_function(self, node: torch.fx.Node) -> None:
+        f, args, kw = node.target, node.args, node.kwargs
+        x = args[0] if args else kw.get("input")
+        site = self._site(node)
+        if f is operator.getitem and self._getitem(node, x, args[1]):
+            return None
+        if f in _LAYOUT_FUNCTIONS and self._layout_call(node, _LAYOUT_FUNCTIONS[f], args, kw):
+            return None
+        if f in _RELU_FUNCTIONS:
+            return self._pointwise(node, x, "relu")
+        if f is F.leaky_relu and _arg(args, kw, 1, "negative_slope", 0.01) == 0:
+            return self._pointwise(node, x, "relu")
+        if f is F.relu6:
+            return self._pointwise(node, x, "clamp", lo=0.0, hi=6.0)
+        if f in (F.hardtanh, F.hardtanh_):
+            return self._pointwise(node, x, "clamp", lo=_arg(args, kw, 1, "min_val", -1.0),
+                                   hi=_arg(args, kw, 2, "max_val", 1.0))
+        if f in _CLAMP_FUNCTIONS:
+            return self._clamp(node, f, args, kw)
+        if f in _MIN or f in _MAX:
+            other = _arg(args, kw, 1, "other", None)
+            if other is None or (isinstance(other, int) and not isinstance(other, bool) and f in (torch.min, torch.max)
+                                 and not isinstance(other, torch.fx.Node)):
+                raise rules.unsupported(site)  # a reduction over a dimension
+            a, b = (x, other) if not self._is_const(x) else (other, x)
+            if not self._is_const(b):
+                raise rules.refuse(site, "the minimum/maximum of two tensors computed from the input",
+                                   "clip with a constant or a parameter")
+            return self._pointwise(node, a, "min" if f in _MIN else "max", b)
+        for kind, table in (("add", _ADD), ("sub", _SUB), ("mul", _MUL), ("div", _DIV)):
+            if f in table:
+                if kind == "div" and kw.get("rounding_mode") is not None:
+                    raise rules.refuse(site, f"division with rounding_mode={kw['rounding_mode']!r}",
+                                       "divide exactly; quantise with floor")
+                return self._binary(node, kind, args[0], _arg(args, kw, 1, "other"), kw.get("alpha", 1))
+        if f in (operator.neg, torch.neg):
+            return self._pointwise(node, x, "mul", -1.0)
+        if f is torch.floor:
+            return self._pointwise(node, x, "floor")
+        if f is torch.round and not kw.get("decimals"):
+            return self._pointwise(node, x, "round")
+        if f in _IDENTITY_FUNCTIONS:
+            return self._identity(node, x)
+        name = self._name(node)
+        if f is torch.flatten:
+            return self._flatten(node, x)
+        if f in (F.conv1d, F.conv2d, torch.conv1d, torch.conv2d):
+            return self._emit(node, rules.conv(
+                site, name, self._ref(node, x), self._weight(node, _arg(args, kw, 1, "weight")),
+                self._weight(node, _arg(args, kw, 2, "bias", None)), stride=_arg(args, kw, 3, "stride", 1),
+                padding=_arg(args, kw, 4, "padding", 0), dilation=_arg(args, kw, 5, "dilation", 1),
+                groups=_arg(args, kw, 6, "groups", 1)))
+        if f is F.linear:
+            return self._emit(node, rules.linear(site, name, self._ref(node, x), self._weight(node, args[1]),
+                                                 self._weight(node, _arg(args, kw, 2, "bias", None)), self._shape(x)))
+        if f is F.batch_norm:
+            return self._emit(node, rules.batch_norm(
+                site, name, self._ref(node, x), mean=self._weight(node, _arg(args, kw, 1, "running_mean")),
+                var=self._weight(node, _arg(args, kw, 2, "running_var")),
+                weight=self._weight(node, _arg(args, kw, 3, "weight", None)),
+                bias=self._weight(node, _arg(args, kw, 4, "bias", None)),
+                training=bool(_arg(args, kw, 5, "training", False)), eps=_arg(args, kw, 7, "eps", 1e-5)))
+        if f is F.avg_pool2d:
+            return self._emit(node, rules.avg_pool(
+                site, name, self._ref(node, x), self._shape(x), kernel=_arg(args, kw, 1, "kernel_size"),
+                stride=_arg(args, kw, 2, "stride", None), padding=_arg(args, kw, 3, "padding", 0),
+                ceil_mode=_arg(args, kw, 4, "ceil_mode", False),
+                count_include_pad=_arg(args, kw, 5, "count_include_pad", True),
+                divisor_override=_arg(args, kw, 6, "divisor_override", None)))
+        if f is F.adaptive_avg_pool2d:
+            return self._emit(node, rules.adaptive_avg_pool(site, name, self._ref(node, x), self._shape(x),
+                                                            _arg(args, kw, 1, "output_size")))
+        if f is torch.mean:
+            return self._mean(node, x, _arg(args, kw, 1, "dim", None), _arg(args, kw, 2, "keepdim", False),
+                              kw.get("dtype"))
+        if f is F.max_pool2d or getattr(f, "__name__", "") in ("max_pool2d", "_max_pool2d"):
+            return self._emit(node, rules.max_pool(
+                site, name, self._ref(node, x), self._shape(x), kernel=_arg(args, kw, 1, "kernel_size"),
+                stride=_arg(args, kw, 2, "stride", None), padding=_arg(args, kw, 3, "padding", 0),
+                dilation=_arg(args, kw, 4, "dilation", 1), ceil_mode=_arg(args, kw, 5, "ceil_mode", False)))
+        if "bridge_shape" not in node.meta:
+            return None  # shape arithmetic (getitem of x.size(), ...): resolved by the example run
+        raise rules.unsupported(site)
+
+    def _weight(self, node: torch.fx.Node, arg: Any) -> Any:
+        if arg is None:
+            return None
+        if not self._is_const(arg):
+            raise rules.refuse(self._site(node), "a weight that depends on the input", "use parameters as weights")
+        return self._const(arg)
+
+    def _clamp(self, node: torch.fx.Node, f: Any, args: tuple, kw: dict) -> None:
+        x = args[0] if args else kw.get("input")
+        if f is torch.clamp_min:
+            lo, hi = _arg(args, kw, 1, "min"), None
+        elif f is torch.clamp_max:
+            lo, hi = None, _arg(args, kw, 1, "max")
+        else:
+            lo, hi = _arg(args, kw, 1, "min", None), _arg(args, kw, 2, "max", None)
+        self._pointwise(node, x, "clamp", lo=lo, hi=hi)
+
+    def _mean(self, node: torch.fx.Node, x: Any, dim: Any, keepdim: Any, dtype: Any) -> None:
+        name = self._name(node)
+        self._emit(node, rules.global_mean(self._site(node), name, self.out.fresh(f"{name}_pool"),
+                                           self._ref(node, x), self._shape(x), dim, keepdim, dtype))
+
+    def call_method(self, node: torch.fx.Node) -> None:
+        name, args, kw = str(node.target), node.args, node.kwargs
+        x = args[0]
+        if name in _LAYOUT_METHODS and self._layout_call(node, name, args, kw):
+            return None
+        if name in ("relu", "relu_"):
+            return self._pointwise(node, x, "relu")
+        if name in ("clamp", "clamp_", "clip", "clip_"):
+            return self._clamp(node, torch.clamp, args, kw)
+        if name in ("clamp_min", "clamp_min_"):
+            return self._clamp(node, torch.clamp_min, args, kw)
+        if name in ("clamp_max", "clamp_max_"):
+            return self._clamp(node, torch.clamp_max, args, kw)
+        if name in ("minimum", "maximum"):
+            return self.call_function_as(node, torch.minimum if name == "minimum" else torch.maximum)
+        binary = {"add": "add", "add_": "add", "__add__": "add", "__iadd__": "add", "__radd__": "add",
+                  "sub": "sub", "sub_": "sub", "__sub__": "sub", "mul": "mul", "mul_": "mul", "__mul__": "mul",
+                  "__rmul__": "mul", "div": "div", "div_": "div", "__truediv__": "div"}
+        if name in binary:
+            if kw.get("rounding_mode") is not None:
+                raise rules.refuse(self._site(node), f"division with rounding_mode={kw['rounding_mode']!r}",
+                                   "divide exactly; quantise with floor")
+            return self._binary(node, binary[name], x, _arg(args, kw, 1, "other"), kw.get("alpha", 1))
+        if name == "__rsub__":
+            return self._binary(node, "sub", args[1], x)
+        if name in ("neg", "neg_", "__neg__"):
+            return self._pointwise(node, x, "mul", -1.0)
+        if name in ("floor", "floor_"):
+            return self._pointwise(node, x, "floor")
+        if name in ("round", "round_") and not kw.get("decimals"):
+            return self._pointwise(node, x, "round")
+        if name in _IDENTITY_METHODS:
+            return self._identity(node, x)
+        if name in ("view", "reshape", "flatten"):
+            return self._flatten(node, x)
+        if name == "mean":
+            return self._mean(node, x, _arg(args, kw, 1, "dim", None), _arg(args, kw, 2, "keepdim", False),
+                              kw.get("dtype"))
+        if "bridge_shape" not in node.meta:
+            return None  # shape arithmetic
+        raise rules.unsupported(self._site(node))
+
+    def call_function_as(self, node: torch.fx.Node, f: Any) -> None:
+        saved = node.target
+        node.target = f
+        try:
+            self.call_function(node)
+        finally:
+            node.target = saved
+
+    def run(self) -> LayerGraph:
+        for node in self.gm.graph.nodes:
+            if node.name in self.consts:
+                continue  # parameters and what is computed from them alone
+            if node.op == "placeholder":
+                if self.out.graph.ops and any(isinstance(o, InputOp) for o in self.out.graph.ops.values()):
+                    raise rules.refuse(self._site(node), "a second input",
+                                       "the converter handles models with one input tensor")
+                self.out.emit(node.name, InputOp(node.name, [], shape=self.input_shape))
+            elif node.op == "call_module":
+                self.call_module(node)
+            elif node.op == "call_function":
+                if node.target is not getattr:  # x.shape
+                    self.call_function(node)
+            elif node.op == "call_method":
+                self.call_method(node)
+            elif node.op == "output":
+                out = node.args[0]
+                if not isinstance(out, torch.fx.Node):
+                    raise rules.refuse(self._site(node), f"output {type(out).__name__}",
+                                       "the model must return one tensor (the readout)")
+                self.out.emit(node.name, OutputOp(node.name, [self._ref(node, out)], _source(node)))
+        return self.out.graph
 
 
 class _ShapeRecorder(torch.fx.Interpreter):

@@ -6,7 +6,7 @@ module level, the other reads ``torch.export`` programs at ATen level. Everythin
 representation, so each conversion rule is written once.
 
 Tensors are float64 and detached. ``inputs`` name the producing ops; an op with several
-inputs other than :class:`AddOp` is not allowed.
+inputs other than :class:`AddOp` and :class:`ConcatOp` is not allowed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 
@@ -78,12 +79,15 @@ class ActivationOp(LayerOp):
 
     ``kind="relu"``: no upper bound (threshold from calibration data);
     ``"clip"``: clip(z, 0, bound) (ClippedReLU, ReLU6, Hardtanh(0, a), clamp(0, a));
-    ``"qcfs"``: the QCFS quantised clip with ``levels`` steps (bound = lambda).
+    ``"qcfs"``: the QCFS quantised clip with ``levels`` steps (bound = lambda) and ``shift`` s:
+    ``bound / L * clip(floor(z L / bound + s), 0, L)``. ``bound`` is one float, or one value per
+    channel (a float64 array of shape (C,)).
     """
 
     kind: ActivationKind = "relu"
-    bound: float | None = None
+    bound: float | np.ndarray | None = None
     levels: int | None = None
+    shift: float = 0.5
 
 
 @dataclass
@@ -106,11 +110,34 @@ class MaxPoolOp(LayerOp):
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
+    ceil_mode: bool = False
+
+
+@dataclass
+class ScaleOp(Op):
+    """Element-wise constant factor ``y = factor * x`` (``factor`` broadcasts to one sample), e.g.
+    the per-window divisor correction of an average pool."""
+
+    factor: torch.Tensor = None  # type: ignore[assignment]
 
 
 @dataclass
 class FlattenOp(LayerOp):
     """torch.flatten(x, 1): everything but the batch dimension into one."""
+
+
+@dataclass
+class ConcatOp(LayerOp):
+    """``torch.cat(inputs, dim=1)``: the inputs' channels (features, for flat values) one after
+    another, in the order of ``inputs`` (the same op may appear more than once)."""
+
+
+@dataclass
+class ChannelGatherOp(LayerOp):
+    """``y[:, j] = x[:, index[j]]``: a fixed selection / permutation of channels (features, for
+    flat values): slices ``x[:, a:b]``, ``split``, ``chunk``, a channel shuffle."""
+
+    index: tuple[int, ...] = ()
 
 
 @dataclass

@@ -27,6 +27,8 @@ from bridge.converter.ir import (
     AddOp,
     AvgPoolOp,
     BatchNormOp,
+    ChannelGatherOp,
+    ConcatOp,
     ConvOp,
     FlattenOp,
     InputOp,
@@ -35,19 +37,30 @@ from bridge.converter.ir import (
     LinearOp,
     MaxPoolOp,
     OutputOp,
+    ScaleOp,
 )
 
 Recorder = Callable[[ActivationOp, torch.Tensor, torch.Tensor], None]
+
+
+def bound_tensor(op: ActivationOp, z: torch.Tensor) -> torch.Tensor | float:
+    """The activation's bound, broadcastable to ``z`` (N, C, ...): a float, or one value per channel."""
+    if isinstance(op.bound, np.ndarray) and op.bound.ndim:
+        return torch.as_tensor(op.bound, dtype=z.dtype, device=z.device).reshape((1, -1) + (1,) * (z.dim() - 2))
+    return float(op.bound)  # type: ignore[arg-type]
 
 
 def activation(op: ActivationOp, z: torch.Tensor) -> torch.Tensor:
     """The ANN activation of ``op`` applied to its pre-activation ``z``."""
     if op.kind == "relu":
         return torch.relu(z)
+    bound = bound_tensor(op, z)
     if op.kind == "clip":
-        return torch.clamp(z, 0.0, float(op.bound))  # type: ignore[arg-type]
-    lam, levels = float(op.bound), int(op.levels)  # type: ignore[arg-type]
-    return torch.clamp(torch.floor(z * levels / lam + 0.5), 0, levels) * lam / levels
+        if isinstance(bound, float):
+            return torch.clamp(z, 0.0, bound)
+        return torch.minimum(torch.relu(z), bound)
+    levels = int(op.levels)  # type: ignore[arg-type]
+    return torch.clamp(torch.floor(z * levels / bound + op.shift), 0, levels) * bound / levels
 
 
 def _conv(op: ConvOp, x: torch.Tensor) -> torch.Tensor:
@@ -77,14 +90,20 @@ def run_op(op: LayerOp, inputs: list[torch.Tensor]) -> torch.Tensor:
     if isinstance(op, AdaptiveAvgPoolOp):
         return F.adaptive_avg_pool2d(x, op.output_size)  # type: ignore[arg-type]
     if isinstance(op, MaxPoolOp):
-        return F.max_pool2d(x, op.kernel, op.stride, op.padding)  # type: ignore[arg-type]
+        return F.max_pool2d(x, op.kernel, op.stride, op.padding, ceil_mode=op.ceil_mode)  # type: ignore[arg-type]
     if isinstance(op, FlattenOp):
         return torch.flatten(x, 1)  # type: ignore[arg-type]
+    if isinstance(op, ScaleOp):
+        return x * op.factor.to(x.dtype)  # type: ignore[operator]
     if isinstance(op, AddOp):
         out = inputs[0] + inputs[1]  # a new tensor: the inputs may still be needed elsewhere
         for other in inputs[2:]:
             out += other
         return out
+    if isinstance(op, ConcatOp):
+        return torch.cat(inputs, 1)
+    if isinstance(op, ChannelGatherOp):
+        return x[:, list(op.index)]  # type: ignore[index]
     if isinstance(op, OutputOp):
         return x  # type: ignore[return-value]
     raise TypeError(f"unknown layer op {type(op).__name__}")
@@ -150,8 +169,12 @@ def cast_graph(graph: LayerGraph, dtype: torch.dtype, *, channels_last: bool = F
     return out
 
 
-def _spatial(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+def _spatial(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil_mode: bool = False) -> int:
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:  # the last window starts inside (torch)
+        out -= 1
+    return out
 
 
 def shapes(graph: LayerGraph) -> dict[str, tuple[int, ...]]:
@@ -169,11 +192,17 @@ def shapes(graph: LayerGraph) -> dict[str, tuple[int, ...]]:
         elif isinstance(op, LinearOp):
             shape = x[:-1] + (op.weight.shape[0],)
         elif isinstance(op, (AvgPoolOp, MaxPoolOp)):
-            shape = (x[0],) + tuple(_spatial(x[1 + i], op.kernel[i], op.stride[i], op.padding[i]) for i in range(2))
+            ceil = getattr(op, "ceil_mode", False)
+            shape = (x[0],) + tuple(_spatial(x[1 + i], op.kernel[i], op.stride[i], op.padding[i], 1, ceil)
+                                    for i in range(2))
         elif isinstance(op, AdaptiveAvgPoolOp):
             shape = (x[0], *op.output_size)
         elif isinstance(op, FlattenOp):
             shape = (math.prod(x),)
+        elif isinstance(op, ConcatOp):
+            shape = (sum(out[i][0] for i in op.inputs),) + x[1:]
+        elif isinstance(op, ChannelGatherOp):
+            shape = (len(op.index),) + x[1:]
         else:  # BatchNorm, activations, Add, Output keep the shape
             shape = x
         out[op.name] = tuple(int(s) for s in shape)

@@ -26,18 +26,12 @@ from typing import Any
 import numpy as np
 
 from bridge.format.errors import BridgeError
-from bridge.converter.calibration import calibration_batches, collect_statistics, parse_quantile
+from bridge.converter.calibration import calibration_batches, collect_statistics
+from bridge.converter.options import threshold_quantile
 from bridge.converter.ir_eval import shapes as op_shapes
 from bridge.converter.ir import ActivationOp, LayerGraph
 
 AUTO_CALIBRATION = "p99.99"
-SOURCES_HELP = "auto, trained, max or a percentile like p99.9 / p99.99"
-
-
-def _validate_source(source: str) -> None:
-    if source in ("auto", "trained"):
-        return
-    parse_quantile(source)  # raises on anything else
 
 
 def compute_thresholds(
@@ -52,9 +46,7 @@ def compute_thresholds(
 
     ``shapes`` (op name -> output shape) may be passed when already known.
     """
-    if not isinstance(source, str):
-        raise BridgeError(f"threshold source {source!r} is not a string; use {SOURCES_HELP}")
-    _validate_source(source)
+    threshold_quantile(source)  # raises on an unknown source
     acts = [op for op in graph.ops.values() if isinstance(op, ActivationOp)]
     shapes = shapes if shapes is not None else op_shapes(graph)
     per_channel: dict[str, np.ndarray] = {}
@@ -66,7 +58,7 @@ def compute_thresholds(
                     f"activation {op.name!r} ({op.kind}{', ' + op.source if op.source else ''}) has no "
                     "trained bound; use --thresholds max or a percentile with calibration data, or train "
                     "with bridge.model.activations.ClippedReLU")
-            per_channel[op.name] = np.array([float(op.bound)])
+            per_channel[op.name] = np.atleast_1d(np.asarray(op.bound, dtype=np.float64))
         else:
             need.append(op)
     if need:
@@ -78,7 +70,7 @@ def compute_thresholds(
                 ".npy/.npz/.pt file; calibration= a tensor or DataLoader in Python)")
         stat = AUTO_CALIBRATION if source == "auto" else source
         batches = calibration_batches(calibration, graph.input.shape)
-        stats = collect_statistics(graph, batches, [o.name for o in need], parse_quantile(stat),
+        stats = collect_statistics(graph, batches, [o.name for o in need], threshold_quantile(stat),
                                    channel_wise, shapes)
         for op in need:
             value, mx = stats[op.name]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import nir
 import numpy as np
 
-from bridge.format.extension import graph_metadata, make_if
+from bridge.format.extension import conv_metadata, graph_metadata, make_if
 
 EIGHTH = 1 / 8
 
@@ -299,6 +299,43 @@ def residual() -> tuple[nir.NIRGraph, np.ndarray]:
     return _graph(nodes, edges), _grid(rng, (3, 5), 0, 8)
 
 
+def concatenation() -> tuple[nir.NIRGraph, np.ndarray]:
+    """A channel concatenation as the converter writes it (no concat node): two IF branches of
+    2 and 3 channels; the consumer conv of ``cat(a, b)`` split by input channel into ``next_a``
+    (2 -> 4) and ``next_b`` (3 -> 4, no bias), both summed into ``if_c``; a depthwise conv
+    (bridge ``groups`` key, dense block-diagonal weight) in branch b's own channels; and a
+    readout of the flat concatenation split into two Affines summed into the Output."""
+    rng = np.random.default_rng(14)
+    dense = np.zeros((3, 3, 3, 3))
+    for c in range(3):
+        dense[c, c] = _grid(rng, (3, 3), -3, 5)
+    nodes = {
+        "input": nir.Input(input_type=np.array([1, 5, 5])),
+        "conv_a": _conv2d(rng, 2, 1, 3, (5, 5), padding=1),
+        "if_a": make_if(np.full((2, 5, 5), 1.0), np.full((2, 5, 5), 0.5)),
+        "conv_b": _conv2d(rng, 3, 1, 1, (5, 5)),
+        "if_b": make_if(np.full((3, 5, 5), 0.75), np.full((3, 5, 5), 0.25)),
+        "next_a": _conv2d(rng, 4, 2, 3, (5, 5), padding=1),
+        "next_b": nir.Conv2d(input_shape=(5, 5), weight=_grid(rng, (4, 3, 1, 1), -3, 5), stride=1, padding=0,
+                             dilation=1, groups=1, bias=np.zeros(4)),
+        "if_c": make_if(np.full((4, 5, 5), 1.0), np.full((4, 5, 5), 0.5)),
+        "depthwise": nir.Conv2d(input_shape=(5, 5), weight=dense, stride=1, padding=1, dilation=1, groups=1,
+                                bias=_grid(rng, (3,), -2, 2, 1 / 16), metadata=conv_metadata(3)),
+        "if_d": make_if(np.full((3, 5, 5), 0.5), np.full((3, 5, 5), 0.25)),
+        "flatten_c": _flatten((4, 5, 5)),
+        "flatten_d": _flatten((3, 5, 5)),
+        "readout_c": _affine(rng, 3, 100),
+        "readout_d": nir.Affine(weight=_grid(rng, (3, 75), -4, 6), bias=np.zeros(3)),
+        "output": nir.Output(output_type=np.array([3])),
+    }
+    edges = [("input", "conv_a"), ("conv_a", "if_a"), ("input", "conv_b"), ("conv_b", "if_b"),
+             ("if_a", "next_a"), ("if_b", "next_b"), ("next_a", "if_c"), ("next_b", "if_c"),
+             ("if_b", "depthwise"), ("depthwise", "if_d"), ("if_c", "flatten_c"), ("if_d", "flatten_d"),
+             ("flatten_c", "readout_c"), ("flatten_d", "readout_d"), ("readout_c", "output"),
+             ("readout_d", "output")]
+    return _graph(nodes, edges), _grid(rng, (2, 1, 5, 5), 0, 8)
+
+
 def integrator_threshold() -> tuple[nir.NIRGraph, np.ndarray]:
     """NIR I (v += r I, output v) -> Threshold ([x > theta]) -> Affine: reference-only primitives.
 
@@ -356,6 +393,9 @@ CASES: list[CaseSpec] = [
     CaseSpec("avgpool_padded", "AvgPool2d 2x2/2 with padding 1 on the input", avgpool_padded),
     CaseSpec("flatten_partial", "Flatten(start_dim=1): an IF layer of shape (C, H*W)", flatten_partial),
     CaseSpec("residual", "a residual sum: two edges into one IF node", residual),
+    CaseSpec("concatenation", "a channel concatenation as written (consumer conv split by input channel, "
+             "two convs into one IF node; a depthwise conv in a branch's channels; a split readout)",
+             concatenation),
     CaseSpec("integrator_threshold", "NIR I and Threshold nodes", integrator_threshold,
              tags=("integrator", "threshold")),
     CaseSpec("leaky", "LIF and LI nodes, forward Euler, dt = 1/4", leaky, tags=("leaky",), dt=0.25),
