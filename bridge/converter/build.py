@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from bridge.format.errors import BridgeError
-from bridge.format.extension import graph_metadata, make_if
+from bridge.format.extension import NAMESPACE, graph_metadata, make_if, qcfs_metadata
 from bridge.converter.ir_eval import shapes as op_shapes
 from bridge.converter.options import check_timesteps, v_init_fraction
 from bridge.converter.ir import (
@@ -224,7 +224,10 @@ class _Builder:
         theta = self.thresholds[op.name]
         sources = self._materialize(self.values[op.inputs[0]])
         name = self._name(op)
-        self._node(name, make_if(theta, self.fraction * theta), sources)
+        node = make_if(theta, self.fraction * theta)
+        if op.kind == "qcfs":  # the staircase's L and shift, for readers and `bridge inspect`
+            node.metadata[NAMESPACE].update(qcfs_metadata(int(op.levels), op.shift))  # type: ignore[arg-type]
+        self._node(name, node, sources)
         self.values[op.name] = [_Term(name, theta)]
 
     def _AvgPoolOp(self, op: AvgPoolOp) -> None:

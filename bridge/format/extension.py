@@ -15,12 +15,18 @@ IF node metadata ``node.metadata["bridge"]``::
 
     {"reset": "subtract",           # v <- m - theta * s   ("zero": v <- v_reset * s + m (1 - s))
      "spike_condition": "ge",       # s = [m >= theta]     ("gt": s = [m > theta])
-     "v_init": ndarray}             # initial membrane potential, same shape as v_threshold
+     "v_init": ndarray,             # initial membrane potential, same shape as v_threshold
+     "qcfs_levels": 8,              # optional: the ANN activation was the QCFS staircase
+     "qcfs_shift": 0.5}             #   theta/L * clip(floor(z L / theta + shift), 0, L)
 
 One step t of such an IF node with input current I(t) (r = 1, one step integrates one
 input)::
 
     m(t) = v(t-1) + I(t);   s(t) = [m(t) >= theta];   v(t) = m(t) - theta * s(t);   v(0) = v_init
+
+With ``qcfs_levels`` L and ``qcfs_shift`` s, the IF node with ``v_init = s * theta`` reproduces the
+staircase exactly at T = L under a constant input (s = 1/2 for QCFS, 0 for the plain floor);
+readers that simulate need not read them.
 
 A graph without ``metadata["bridge"]`` is a plain NIR graph and is read with the NIR
 text semantics: hard reset to ``v_reset``, spike when ``v > v_threshold``, ``v(0) = 0``.
@@ -49,6 +55,8 @@ TIMESTEPS = "timesteps"
 RESET = "reset"
 SPIKE_CONDITION = "spike_condition"
 V_INIT = "v_init"
+QCFS_LEVELS = "qcfs_levels"
+QCFS_SHIFT = "qcfs_shift"
 
 Reset = Literal["subtract", "zero"]
 SpikeCondition = Literal["ge", "gt"]
@@ -98,6 +106,19 @@ def graph_metadata(timesteps: int | None = None) -> dict[str, Any]:
 def if_metadata(v_init: np.ndarray) -> dict[str, Any]:
     """The IF-node extension metadata written by the converter (subtract reset, v >= theta)."""
     return {NAMESPACE: {RESET: "subtract", SPIKE_CONDITION: "ge", V_INIT: np.asarray(v_init)}}
+
+
+def qcfs_metadata(levels: int, shift: float) -> dict[str, Any]:
+    """The IF-node keys that record a QCFS staircase activation (merged into ``if_metadata``)."""
+    return {QCFS_LEVELS: int(levels), QCFS_SHIFT: float(shift)}
+
+
+def qcfs_staircase(node: nir.NIRNode) -> tuple[int, float] | None:
+    """(L, shift) of the QCFS staircase an IF node stands for, or None."""
+    meta = (getattr(node, "metadata", None) or {}).get(NAMESPACE) or {}
+    if not isinstance(meta, dict) or QCFS_LEVELS not in meta:
+        return None
+    return int(meta[QCFS_LEVELS]), float(meta.get(QCFS_SHIFT, 0.5))
 
 
 def make_if(threshold: np.ndarray, v_init: np.ndarray) -> nir.IF:
