@@ -73,19 +73,23 @@ def test_inspect_shows_the_staircase():
     assert f"IF (QCFS L={LEVELS}, shift 0.5)" in console.export_text()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODELS))
-def test_snn_at_t_equals_l_reproduces_the_trained_ann(name):
-    """QCFS with theta/2: the SNN after T = L steps gives the ANN's predictions (trained on digits)."""
+def test_snn_at_t_equals_l_reproduces_the_trained_qcfs_layer_exactly():
+    """QCFS with theta/2: after T = L steps of a constant current the IF layer's rate is the
+    staircase itself, so a trained model with one MyFloor layer gives the ANN's output exactly.
+    (Deeper layers receive uneven spike trains, where T = L is only approximate: see the report.)"""
     from bridge.data.datasets import digits_split
     from bridge.model.train import train_model
 
-    cls, shape = MODELS[name]
-    split = digits_split(size=shape[-1])
-    trained = train_model(cls("myfloor", levels=LEVELS), split, epochs=4, lr=1e-2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3), qcfs_zoo.MyFloor(2.0, LEVELS), torch.nn.Flatten(),
+                                torch.nn.Linear(6 * 6 * 6, 10))
+    split = digits_split(size=8)
+    trained = train_model(model, split, epochs=3, lr=1e-2)
     assert trained.ann_accuracy > 0.8
-    graph = bridge.convert(trained.model, shape)
+    graph = bridge.convert(trained.model, (1, 8, 8))
     x = split.test_x.double()
-    ann = _out(trained.model, x).argmax(1)
-    agreement = (bridge.simulate(graph, x, steps=LEVELS).predictions() == ann).double().mean().item()
-    assert agreement >= 0.95, agreement
+    result = bridge.simulate(graph, x, steps=LEVELS)
+    ann = _out(trained.model, x)
+    torch.testing.assert_close(result.readout, ann, rtol=0, atol=1e-5)  # float32 weights in the file
+    assert torch.equal(result.predictions(), ann.argmax(1))
+    off = bridge.simulate(graph, x, steps=LEVELS + 1).readout  # T != L: not the staircase
+    assert (off - ann).abs().max() > 1e-3

@@ -93,8 +93,9 @@ def _per_channel(k: np.ndarray) -> np.ndarray | None:
 
 class _Builder:
     def __init__(self, graph: LayerGraph, thresholds: dict[str, np.ndarray], fraction: float,
-                 shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+                 shapes: dict[str, tuple[int, ...]] | None = None, weight_dtype: type = np.float64) -> None:
         self.graph = graph
+        self.weight_dtype = weight_dtype  # conv / affine weights and biases as written to NIR
         self.thresholds = thresholds
         self.fraction = fraction
         self.shapes = shapes if shapes is not None else op_shapes(graph)
@@ -177,6 +178,7 @@ class _Builder:
         if kc is not None:
             weight = weight * kc.reshape((1, -1) + (1,) * (weight.ndim - 2))
         name = self._name(op)
+        weight, bias = weight.astype(self.weight_dtype, copy=False), bias.astype(self.weight_dtype, copy=False)
         if weight.ndim == 4:
             node: nir.NIRNode = nir.Conv2d(
                 input_shape=tuple(in_shape[1:]), weight=weight, stride=tuple(stride),
@@ -200,6 +202,7 @@ class _Builder:
         if k is not None:
             weight = weight * k.reshape(1, -1)
         name = self._name(op)
+        weight, bias = weight.astype(self.weight_dtype, copy=False), bias.astype(self.weight_dtype, copy=False)
         self._node(name, nir.Affine(weight=weight, bias=bias), sources)
         self.values[op.name] = [_Term(name, None)]
 
@@ -278,9 +281,14 @@ def build_nir(
     v_init: str | float = "half",
     timesteps: int | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    weight_dtype: type = np.float64,
 ) -> nir.NIRGraph:
-    """The NIR graph of a folded LayerGraph with per-neuron thresholds (see module docstring)."""
+    """The NIR graph of a folded LayerGraph with per-neuron thresholds (see module docstring).
+
+    Conv and affine weights and biases are written as ``weight_dtype`` (computed in float64, rounded
+    once at the end); thresholds, initial potentials and scales stay float64.
+    """
     check_timesteps(timesteps)
-    builder = _Builder(graph, thresholds, v_init_fraction(v_init), shapes)
+    builder = _Builder(graph, thresholds, v_init_fraction(v_init), shapes, weight_dtype)
     nodes = builder.build()
     return nir.NIRGraph(nodes=nodes, edges=builder.edges, metadata=graph_metadata(timesteps), type_check=True)

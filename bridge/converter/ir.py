@@ -122,6 +122,8 @@ class LayerGraph:
     """Ops in topological order, keyed by name (the fx node names)."""
 
     ops: dict[str, Op] = field(default_factory=dict)
+    # the precision of the model's weights (the ops hold float64 copies)
+    model_dtype: torch.dtype = torch.float32
 
     def add(self, op: Op) -> Op:
         if op.name in self.ops:
