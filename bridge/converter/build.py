@@ -72,11 +72,24 @@ class _Term:
     k: np.ndarray | None  # per-element factor (shape of the node's output); None = 1
 
 
+def _scaled(weight: np.ndarray, k: np.ndarray | None, dtype: type) -> np.ndarray:
+    """``weight * k`` computed in float64 and rounded once to ``dtype``, a block of rows at a time
+    (no full-size float64 temporary: an ImageNet classifier layer is 0.8 GB in float64)."""
+    if k is None:
+        return weight.astype(dtype, copy=True)
+    out = np.empty(weight.shape, dtype=dtype)
+    rows = max(1, (1 << 22) // max(1, weight[0].size))  # about 32 MB of float64 per block
+    for i in range(0, weight.shape[0], rows):
+        out[i:i + rows] = weight[i:i + rows] * k
+    return out
+
+
 def _dense(weight: torch.Tensor, groups: int) -> np.ndarray:
-    """A grouped conv weight (Cout, Cin/g, *k) as the equivalent dense (Cout, Cin, *k)."""
+    """A grouped conv weight (Cout, Cin/g, *k) as the equivalent dense (Cout, Cin, *k); a view of
+    ``weight`` (not a copy) when ``groups == 1``."""
     w = weight.detach().to(torch.float64).numpy()
     if groups == 1:
-        return w.copy()
+        return w
     cout, cin_g = w.shape[:2]
     co = cout // groups
     dense = np.zeros((cout, cin_g * groups, *w.shape[2:]), dtype=np.float64)
@@ -175,10 +188,10 @@ class _Builder:
     def _conv_node(self, op: Op, weight: np.ndarray, bias: np.ndarray, stride, padding, dilation) -> None:
         in_shape = self.shapes[op.inputs[0]]
         sources, kc = self._channel_factor(op)
-        if kc is not None:
-            weight = weight * kc.reshape((1, -1) + (1,) * (weight.ndim - 2))
+        weight = _scaled(weight, None if kc is None else kc.reshape((1, -1) + (1,) * (weight.ndim - 2)),
+                         self.weight_dtype)
         name = self._name(op)
-        weight, bias = weight.astype(self.weight_dtype, copy=False), bias.astype(self.weight_dtype, copy=False)
+        bias = bias.astype(self.weight_dtype, copy=False)
         if weight.ndim == 4:
             node: nir.NIRNode = nir.Conv2d(
                 input_shape=tuple(in_shape[1:]), weight=weight, stride=tuple(stride),
@@ -199,15 +212,14 @@ class _Builder:
             raise BridgeError(f"linear layer {op.name!r} ({op.source}) is applied to a {len(in_shape) + 1}-d "
                               "tensor; flatten its input first (torch.flatten(x, 1))")
         sources, k = self._unify(self.values[op.inputs[0]])
-        if k is not None:
-            weight = weight * k.reshape(1, -1)
+        weight = _scaled(weight, None if k is None else k.reshape(1, -1), self.weight_dtype)
         name = self._name(op)
-        weight, bias = weight.astype(self.weight_dtype, copy=False), bias.astype(self.weight_dtype, copy=False)
+        bias = bias.astype(self.weight_dtype, copy=False)
         self._node(name, nir.Affine(weight=weight, bias=bias), sources)
         self.values[op.name] = [_Term(name, None)]
 
     def _LinearOp(self, op: LinearOp) -> None:
-        self._affine_node(op, op.weight.detach().numpy().astype(np.float64),
+        self._affine_node(op, op.weight.detach().to(torch.float64).numpy(),
                           op.bias.detach().numpy().astype(np.float64))
 
     def _BatchNormOp(self, op: BatchNormOp) -> None:

@@ -55,8 +55,66 @@ def write_graph(graph: nir.NIRGraph, path: str | Path, *, force: bool = False) -
     """Write ``graph`` to ``path`` atomically; the same graph gives a byte-identical file."""
     path = check_output_path(path, force=force)
     with atomic_path(path, ".nir") as tmp:
-        nir.write(tmp, graph)
+        _write_nir(tmp, graph)
     return path
+
+
+LARGE_ARRAY_BYTES = 16 << 20
+
+
+def _write_nir(path: Path, graph: nir.NIRGraph) -> None:
+    """``nir.write``, except that large arrays that are not constant are stored uncompressed.
+
+    Trained weights barely compress (a few %), and gzip on hundreds of MB takes longer than the
+    whole conversion of an ImageNet model; constant arrays (per-neuron thresholds of one value,
+    r, v_reset) and everything below 16 MB are gzipped as ``nir.write`` does, so small graphs give
+    the same bytes. Any HDF5 reader (``nir.read``) reads both layouts.
+    """
+    import h5py
+    import numpy as np
+
+    def compression(v: np.ndarray) -> dict:
+        if v.nbytes >= LARGE_ARRAY_BYTES and v.size and v.min() != v.max():
+            return {}
+        return {"compression": "gzip", "compression_opts": None}
+
+    def write_recursive(group: h5py.Group, node: dict) -> None:  # as nir.serialization.write
+        for k, v in node.items():
+            if k == "metadata":
+                if not v == {}:
+                    write_recursive(group.create_group(k), v)
+            elif isinstance(v, str):
+                group.create_dataset(k, data=v, dtype=h5py.string_dtype())
+            elif isinstance(v, np.ndarray):
+                group.create_dataset(k, data=v, dtype=v.dtype, **compression(v))
+            elif isinstance(v, dict):
+                write_recursive(group.create_group(str(k)), v)
+            else:
+                group.create_dataset(k, data=v)
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("version", data=nir.version, dtype=h5py.string_dtype())
+        write_recursive(f.create_group("node"), _as_dict(graph))
+
+
+def _as_dict(node: nir.NIRNode) -> dict:
+    """``node.to_dict()`` without its copies: nir builds the dict with ``dataclasses.asdict``,
+    which deep-copies every array (twice for a graph's nodes): seconds and gigabytes for an
+    ImageNet model. The same keys in the same order, holding the node's own arrays."""
+    import dataclasses
+
+    out = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)
+           if f.name not in ("input_type", "output_type")}
+    out["type"] = type(node).__name__
+    if isinstance(node, nir.NIRGraph):
+        out["nodes"] = {k: _as_dict(n) for k, n in node.nodes.items()}
+    elif isinstance(node, nir.Input):
+        out["shape"] = node.input_type["input"]
+    elif isinstance(node, nir.Output):
+        out["shape"] = node.output_type["output"]
+    elif isinstance(node, nir.Flatten):
+        out["input_type"] = node.input_type["input"]
+    return out
 
 
 def _read(path: Path) -> nir.NIRGraph:
