@@ -55,20 +55,30 @@ def write_graph(graph: nir.NIRGraph, path: str | Path, *, force: bool = False) -
     """Write ``graph`` to ``path`` atomically; the same graph gives a byte-identical file."""
     path = check_output_path(path, force=force)
     with atomic_path(path, ".nir") as tmp:
-        _write_nir(tmp, graph)
+        if _has_large_array(graph):
+            _write_nir(tmp, graph)
+        else:
+            nir.write(tmp, graph)
     return path
 
 
 LARGE_ARRAY_BYTES = 16 << 20
 
 
+def _has_large_array(graph: nir.NIRGraph) -> bool:
+    import numpy as np
+
+    return any(isinstance(v, np.ndarray) and v.nbytes >= LARGE_ARRAY_BYTES
+               for node in graph.nodes.values() for v in vars(node).values())
+
+
 def _write_nir(path: Path, graph: nir.NIRGraph) -> None:
-    """``nir.write``, except that large arrays that are not constant are stored uncompressed.
+    """``nir.write`` for graphs with large arrays: those that are not constant are stored uncompressed.
 
     Trained weights barely compress (a few %), and gzip on hundreds of MB takes longer than the
     whole conversion of an ImageNet model; constant arrays (per-neuron thresholds of one value,
-    r, v_reset) and everything below 16 MB are gzipped as ``nir.write`` does, so small graphs give
-    the same bytes. Any HDF5 reader (``nir.read``) reads both layouts.
+    r, v_reset) and everything below 16 MB are gzipped as ``nir.write`` does (graphs without a
+    large array go through ``nir.write`` itself). Any HDF5 reader (``nir.read``) reads both.
     """
     import h5py
     import numpy as np
