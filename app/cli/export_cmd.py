@@ -222,7 +222,7 @@ or a NIR file (for --to spikingjelly/norse).""",
 @click.option("--timesteps", type=int, help="T to optimise for (with --v-init optimized).")
 @click.option("--maxpool", type=click.Choice(["error", "avg"]), default="error", show_default=True,
               help="MaxPool2d: refuse (default) or replace by average pooling (accuracy changes).")
-@click.option("--weights", "weight_precision", type=click.Choice(["model", "float32", "float64"]), default="float64",
+@click.option("--weights", "weight_precision", type=click.Choice(["model", "float32", "float64"]), default="model",
               show_default=True, help="Precision of the weights in the NIR file: the model's own "
                                       "(float32 for a float32 model), or float32 / float64.")
 @click.option("--profile", default="exact", show_default=True,

@@ -86,7 +86,7 @@ class ConversionOptions:
     v_init: str | float = "half"
     maxpool: MaxPoolPolicy = "error"
     timesteps: int | None = None
-    weights: WeightPrecision = "float64"
+    weights: WeightPrecision = "model"
 
     def __post_init__(self) -> None:
         if not isinstance(self.thresholds, str):
