@@ -1,8 +1,8 @@
 """Conversion time, peak memory and NIR file size: VGG-16 / ResNet-18 (CIFAR, 3x32x32) and
 VGG-16-BN / ResNet-50 (ImageNet, 3x224x224).
 
-Targets: CIFAR models under 5 s and 1.5 GB (issue #2); 224x224 models under 30 s and 3 GB
-(issue #14), the time and memory of converting *and writing the file*. Each case runs in
+Targets: CIFAR models under 5 s (the conversion) and 1.5 GB (issue #2); 224x224 models under
+30 s and 3 GB (issue #14) for converting *and writing the file*. Both times are printed. Each case runs in
 a fresh subprocess so that peak memory is that case's own: peak RSS (``resource.getrusage``
 ``ru_maxrss``; tracemalloc does not see torch's tensor allocations) minus the RSS baseline
 measured after imports. Baselines measured in the same run: one forward pass of the model
@@ -303,12 +303,14 @@ def main() -> None:
                 print(proc.stderr, file=sys.stderr)
                 raise SystemExit(f"{model_name}/{case} failed")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            ok &= r["time_s"] < time_target and r["peak_mb"] < memory_target
+            # issue #2's CIFAR target is the conversion alone; issue #14's 224x224 one includes writing
+            timed = r["time_s"] if imagenet else r["convert_s"]
+            ok &= timed < time_target and r["peak_mb"] < memory_target
             extra = (f" (fwd {CALIBRATION_IMAGES}: {r['time_s'] / r['forward_calib_s']:.1f})"
                      if r["forward_calib_s"] else "")
             table.add_row(
                 model_name, case, f"{r['params'] / 1e6:.1f} M", str(r["nodes"]), f"{r['size_mb']:.0f}",
-                f"{r['time_s']:.2f}", f"{r['convert_s']:.2f}", f"{r['time_s'] / time_target:.2f}",
+                f"{r['time_s']:.2f}", f"{r['convert_s']:.2f}", f"{timed / time_target:.2f}",
                 f"{r['time_s'] / r['forward_1_s']:.0f}{extra}",
                 f"{r['time_s'] / r['fx_trace_s']:.0f}",
                 f"{r['peak_mb']:.0f}", f"{r['peak_mb'] / memory_target:.2f}", f"{r['model_mb']:.0f}",
