@@ -105,7 +105,7 @@ def test_ann_view_matches_torch(in_hw, out_hw, head, tmp_path) -> None:
     layer_graph, model = _net(in_hw, out_hw, head)
     x = torch.randn(16, 3, *in_hw, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     assert torch.allclose(evaluate(layer_graph, x), model(x), rtol=0, atol=1e-12)  # the IR op itself
-    graph = read_graph(write_graph(convert_layer_graph(layer_graph, thresholds="max", calibration=x),
+    graph = read_graph(write_graph(convert_layer_graph(layer_graph, thresholds="max", calibration=x, weights="float64"),
                                    tmp_path / "g.nir"))
     kinds = {type(n) for n in graph.nodes.values()}
     divisible_or_uniform = adaptive_pool_as_avgpool(in_hw, out_hw) is not None

@@ -44,7 +44,7 @@ def converted(tmp_path_factory) -> dict[str, tuple[torch.nn.Module, nir.NIRGraph
     out = {}
     for name, builder in (("mobilenet", mobilenet_v1), ("regnetx", regnetx)):
         model, shape = builder()
-        graph = convert(model, shape, thresholds="max", calibration=sample_input(shape, 32))
+        graph = convert(model, shape, thresholds="max", calibration=sample_input(shape, 32), weights="float64")
         out[name] = (model, read_graph(write_graph(graph, folder / f"{name}.nir")))
     return out
 

@@ -431,7 +431,7 @@ def test_zoo_snn_approaches_its_ann_and_fast_path_equals_step_loop(name: str) ->
     from tests import zoo
 
     model, shape = getattr(zoo, name)()
-    graph = convert(model, shape)
+    graph = convert(model, shape, weights="float64")  # float64 weights: the 1e-9 comparison below
     x = zoo.sample_input(shape, 8)
     with torch.no_grad():
         ann = model.double()(x)

@@ -41,7 +41,7 @@ def test_average_pools_convert_exactly_as_torch_defines_them(pool, size):
     model = _pool_net(pool, size)
     x = zoo.sample_input((1, size, size), 6)
     for source in (model, torch.export.export(model, (torch.zeros(1, 1, size, size),))):
-        graph = bridge.convert(source, (1, size, size) if source is model else None)
+        graph = bridge.convert(source, (1, size, size) if source is model else None, weights="float64")
         with torch.no_grad():
             expected = copy.deepcopy(model).double()(x)
         torch.testing.assert_close(ann_view(graph, x), expected, rtol=0, atol=1e-10)
@@ -54,7 +54,7 @@ def test_maxpool_with_ceil_mode_is_replaced_like_any_max_pool():
     with pytest.raises(BridgeError, match="--maxpool avg"):
         bridge.convert(model, (1, 10, 10))
     with pytest.warns(UserWarning, match="accuracy changes"):
-        graph = bridge.convert(model, (1, 10, 10), maxpool="avg")
+        graph = bridge.convert(model, (1, 10, 10), maxpool="avg", weights="float64")
     avg = copy.deepcopy(model)
     avg[2] = nn.AvgPool2d(3, 2, ceil_mode=True)
     x = zoo.sample_input((1, 10, 10), 6)
@@ -159,7 +159,7 @@ def test_per_channel_bound_becomes_per_channel_thresholds():
             return self.fc(torch.clamp(self.conv(x), min=torch.zeros(()), max=self.bound).flatten(1))
 
     model = zoo._randomize(Net(), 4)
-    graph = bridge.convert(model, (1, 6, 6))
+    graph = bridge.convert(model, (1, 6, 6), weights="float64")
     (name,) = [k for k, n in graph.nodes.items() if isinstance(n, nir.IF)]
     theta = np.asarray(graph.nodes[name].v_threshold)
     np.testing.assert_array_equal(theta[:, 0, 0], [0.5, 1.0, 1.5])
@@ -167,3 +167,34 @@ def test_per_channel_bound_becomes_per_channel_thresholds():
     with torch.no_grad(), warnings.catch_warnings():
         expected = copy.deepcopy(model).double()(x)
     torch.testing.assert_close(ann_view(graph, x), expected, rtol=0, atol=1e-10)
+
+
+def test_weights_are_written_in_the_models_precision():
+    model, shape = zoo.vgg_bn()
+    x = zoo.sample_input(shape, 8)
+    by_default, wide = bridge.convert(model, shape), bridge.convert(model, shape, weights="float64")
+    for name, node in by_default.nodes.items():
+        if isinstance(node, (nir.Conv2d, nir.Affine)):
+            assert node.weight.dtype == np.float32 and node.bias.dtype == np.float32, name
+            assert wide.nodes[name].weight.dtype == np.float64
+            np.testing.assert_allclose(node.weight, wide.nodes[name].weight, rtol=1e-7, atol=1e-8)
+        if isinstance(node, nir.IF):  # thresholds and initial potentials stay float64
+            assert np.asarray(node.v_threshold).dtype == np.float64
+    with torch.no_grad():
+        expected = copy.deepcopy(model).double()(x)
+    torch.testing.assert_close(ann_view(by_default, x), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ann_view(wide, x), expected, rtol=0, atol=1e-10)
+    assert bridge.convert(copy.deepcopy(model).double(), shape).nodes["fc2"].weight.dtype == np.float64
+
+
+def test_export_weights_flag(tmp_path, capsys):
+    from app.cli import main
+
+    model, shape = zoo.mlp()
+    program = tmp_path / "mlp.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(1, *shape),)), program)
+    for flag, dtype in (([], np.float32), (["--weights", "float64"], np.float64)):
+        out = tmp_path / f"m{len(flag)}.nir"
+        assert main(["export", str(program), "--to", "nir", "-o", str(out), *flag]) == 0, capsys.readouterr().err
+        assert bridge.read_graph(out).nodes["fc1"].weight.dtype == dtype
+    assert main(["export", str(program), "--to", "nir", "-o", str(tmp_path / "x.nir"), "--weights", "half"]) == 2

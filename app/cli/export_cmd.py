@@ -218,6 +218,9 @@ or a NIR file (for --to spikingjelly/norse).""",
 @click.option("--timesteps", type=int, help="T to optimise for (with --v-init optimized).")
 @click.option("--maxpool", type=click.Choice(["error", "avg"]), default="error", show_default=True,
               help="MaxPool2d: refuse (default) or replace by average pooling (accuracy changes).")
+@click.option("--weights", "weight_precision", type=click.Choice(["model", "float32", "float64"]), default="model",
+              show_default=True, help="Precision of the weights in the NIR file: the model's own "
+                                      "(float32 for a float32 model), or float32 / float64.")
 @click.option("--profile", default="exact", show_default=True,
               type=click.Choice(PROFILES),
               help="NIR encoding: exact (bridge metadata), or thresholds normalised to 1 for "
@@ -226,7 +229,7 @@ or a NIR file (for --to spikingjelly/norse).""",
 def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: bool,
            input_shape: str | None, thresholds: str, channel_wise: bool, calibration: str | None,
            calibration_samples: int, v_init: str, timesteps: int | None, maxpool: str,
-           profile: str, force: bool) -> None:
+           weight_precision: str, profile: str, force: bool) -> None:
     """Convert a trained PyTorch model to a spiking network (NIR), or a NIR file to a
     SpikingJelly or Norse model.
 
@@ -237,7 +240,7 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
 
     shape = parse_input_shape(input_shape)
     options, optimized = conversion_options(thresholds, v_init, channel_wise=channel_wise, maxpool=maxpool,
-                                            timesteps=timesteps)
+                                            timesteps=timesteps, weights=weight_precision)
     if optimized and (timesteps is None or calibration is None):
         raise BridgeError("--v-init optimized needs --timesteps T and --calibration data")
     if profile != "exact" and target != "nir":

@@ -63,7 +63,8 @@ def convert_layer_graph(layer_graph: LayerGraph, *, calibration: Any = None,
     shapes = op_shapes(graph)
     theta = compute_thresholds(graph, opts.thresholds, channel_wise=opts.channel_wise, calibration=calibration,
                                shapes=shapes)
-    return build_nir(graph, theta, v_init=opts.v_init, timesteps=opts.timesteps, shapes=shapes)
+    return build_nir(graph, theta, v_init=opts.v_init, timesteps=opts.timesteps, shapes=shapes,
+                     weight_dtype=opts.weight_dtype(layer_graph.model_dtype))
 
 
 def read_model(model: Any, input_shape: Sequence[int] | None = None) -> LayerGraph:
@@ -123,6 +124,7 @@ def convert(
     v_init: str | float = _NOT_GIVEN,
     maxpool: str = _NOT_GIVEN,
     timesteps: int | None = _NOT_GIVEN,
+    weights: str = _NOT_GIVEN,
 ) -> nir.NIRGraph:
     """Convert ``model`` (one sample of shape ``input_shape``, no batch) to a bridge NIR graph.
 
@@ -133,10 +135,12 @@ def convert(
     ``p99.99`` on ``calibration``), ``"trained"``, ``"max"``, ``"p99.9"``, ``"p99.99"`` or any
     ``"p<float>"``; ``channel_wise`` takes calibrated thresholds per output channel; ``v_init``:
     ``"half"`` (theta/2), ``"zero"`` or a fraction of theta in [0, 1); ``maxpool``: ``"error"`` or
-    ``"avg"`` (replace, with a warning); ``timesteps`` is recorded in the graph metadata.
+    ``"avg"`` (replace, with a warning); ``timesteps`` is recorded in the graph metadata;
+    ``weights``: the precision of conv / affine weights in the graph, ``"model"`` (default: float32
+    for a float32 model, float64 for a float64 one), ``"float32"`` or ``"float64"``.
     ``calibration``: a tensor ``(N, *input_shape)`` or an iterable of tensors / ``(x, y)`` batches.
     A module is put in eval mode. Raises BridgeError on bad input (options are checked first).
     """
     opts = _options(options, {"thresholds": thresholds, "channel_wise": channel_wise, "v_init": v_init,
-                              "maxpool": maxpool, "timesteps": timesteps})
+                              "maxpool": maxpool, "timesteps": timesteps, "weights": weights})
     return convert_layer_graph(read_model(model, input_shape), calibration=calibration, options=opts)

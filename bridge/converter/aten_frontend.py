@@ -301,6 +301,9 @@ class _Reader:
                 self._call(node)
             elif node.op == "output":
                 self._output(node)
+        weight = next((t for t in self.ep.state_dict.values() if isinstance(t, torch.Tensor) and t.is_floating_point()),
+                      None)
+        self.out.graph.model_dtype = weight.dtype if weight is not None else torch.float32
         return self.out.graph
 
     def _group_bounded_modules(self) -> None:

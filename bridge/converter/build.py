@@ -70,7 +70,7 @@ import numpy as np
 import torch
 
 from bridge.format.errors import BridgeError
-from bridge.format.extension import conv_metadata, graph_metadata, make_if
+from bridge.format.extension import NAMESPACE, conv_metadata, graph_metadata, make_if, qcfs_metadata
 from bridge.format.graph import per_channel, scale_input_channels
 from bridge.converter.adaptive_pool import adaptive_pool_as_avgpool, adaptive_pool_matrix
 from bridge.converter.ir_eval import shapes as op_shapes
@@ -151,8 +151,9 @@ def _dense(weight: torch.Tensor, groups: int) -> np.ndarray:
 
 class _Builder:
     def __init__(self, graph: LayerGraph, thresholds: dict[str, np.ndarray], fraction: float,
-                 shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+                 shapes: dict[str, tuple[int, ...]] | None = None, weight_dtype: type = np.float64) -> None:
         self.graph = graph
+        self.weight_dtype = weight_dtype  # conv / affine weights and biases as written to NIR
         self.thresholds = thresholds
         self.fraction = fraction
         self.shapes = shapes if shapes is not None else op_shapes(graph)
@@ -300,9 +301,23 @@ class _Builder:
         self.values[value] = out
         return out
 
+    def _if_node(self, op: ActivationOp, theta: np.ndarray) -> nir.IF:
+        """The IF node of ``op`` with thresholds ``theta``; a QCFS activation also records its
+        staircase (L and shift) for readers and ``bridge inspect``."""
+        node = make_if(theta, self.fraction * theta)
+        if op.kind == "qcfs":
+            node.metadata[NAMESPACE].update(qcfs_metadata(int(op.levels), op.shift))  # type: ignore[arg-type]
+        return node
+
     def _weighted(self, name: str, weight: np.ndarray, bias: np.ndarray, sources: list[str], params: dict,
                   out_shape: tuple[int, ...], groups: int = 1) -> None:
-        """A conv (``params`` has ``input_shape``) or affine node with a dense ``weight``."""
+        """A conv (``params`` has ``input_shape``) or affine node with a dense ``weight``.
+
+        The builder computes in float64 (``self.linear`` keeps those values for later rewrites);
+        the node gets them rounded once to ``weight_dtype`` (the model's precision by default)."""
+        exact = weight, bias
+        weight = weight.astype(self.weight_dtype, copy=False)
+        bias = bias.astype(self.weight_dtype, copy=False)
         if weight.ndim == 2:
             self._node(name, nir.Affine(weight=weight, bias=bias), sources, out_shape)
         elif weight.ndim == 4:
@@ -315,7 +330,7 @@ class _Builder:
                 input_shape=int(params["input_shape"][1]), weight=weight, stride=int(params["stride"][0]),
                 padding=int(params["padding"][0]), dilation=int(params["dilation"][0]), groups=1, bias=bias,
                 metadata=conv_metadata(groups)), sources, out_shape)
-        self.linear[name] = _Linear(weight, bias, list(sources), dict(params))
+        self.linear[name] = _Linear(*exact, list(sources), dict(params))
 
     # -- ops -------------------------------------------------------------------------------
     def build(self) -> dict[str, nir.NIRNode]:
@@ -520,7 +535,7 @@ class _Builder:
         ident, gathered = self._terms(op.inputs[0])
         if not gathered:
             sources = self._materialize(ident)
-            self._node(name, make_if(theta, self.fraction * theta), sources, self.shapes[op.name])
+            self._node(name, self._if_node(op, theta), sources, self.shapes[op.name])
             self.values[op.name] = [_Term(name, theta)]
             return
         out: list[_Term] = []
@@ -533,7 +548,7 @@ class _Builder:
             sel = vmap >= 0
             th[vmap[sel]] = theta[sel]
             part = name if not out else self._fresh(f"{name}_part")
-            self._node(part, make_if(th, self.fraction * th), sources, (size, *spatial))
+            self._node(part, self._if_node(op, th), sources, (size, *spatial))
             identity = size == len(vmap) and np.array_equal(vmap, np.arange(size))
             out.append(_Term(part, th, None if identity else vmap))
         self.values[op.name] = out
@@ -691,9 +706,14 @@ def build_nir(
     v_init: str | float = "half",
     timesteps: int | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    weight_dtype: type = np.float64,
 ) -> nir.NIRGraph:
-    """The NIR graph of a folded LayerGraph with per-neuron thresholds (see module docstring)."""
+    """The NIR graph of a folded LayerGraph with per-neuron thresholds (see module docstring).
+
+    Conv and affine weights and biases are written as ``weight_dtype`` (computed in float64, rounded
+    once at the end); thresholds, initial potentials and scales stay float64.
+    """
     check_timesteps(timesteps)
-    builder = _Builder(graph, thresholds, v_init_fraction(v_init), shapes)
+    builder = _Builder(graph, thresholds, v_init_fraction(v_init), shapes, weight_dtype)
     nodes = builder.build()
     return nir.NIRGraph(nodes=nodes, edges=builder.edges, metadata=graph_metadata(timesteps), type_check=True)

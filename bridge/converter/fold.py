@@ -73,7 +73,7 @@ def replace_maxpool(graph: LayerGraph, maxpool: str) -> LayerGraph:
         stacklevel=3,
     )
     shapes = op_shapes(graph)
-    out = LayerGraph()
+    out = LayerGraph(model_dtype=graph.model_dtype)
     for op in graph.ops.values():
         for new in maxpool_replacement(op, shapes[op.inputs[0]], set(graph.ops)) if isinstance(op, MaxPoolOp) else [op]:
             out.add(new)
@@ -82,7 +82,7 @@ def replace_maxpool(graph: LayerGraph, maxpool: str) -> LayerGraph:
 
 def fold_batchnorm(graph: LayerGraph) -> LayerGraph:
     """A copy of ``graph`` with every foldable BatchNorm folded into its conv/linear producer."""
-    out = LayerGraph()
+    out = LayerGraph(model_dtype=graph.model_dtype)
     rename: dict[str, str] = {}  # folded BN name -> name of the layer that absorbed it
     folded: dict[str, LayerOp] = {}
     for op in graph.ops.values():

@@ -592,6 +592,8 @@ class _Converter:
                     raise rules.refuse(self._site(node), f"output {type(out).__name__}",
                                        "the model must return one tensor (the readout)")
                 self.out.emit(node.name, OutputOp(node.name, [self._ref(node, out)], _source(node)))
+        param = next((p for p in self.gm.parameters() if p.is_floating_point()), None)
+        self.out.graph.model_dtype = param.dtype if param is not None else torch.float32
         return self.out.graph
 
 

@@ -155,6 +155,8 @@ class LayerGraph:
     """Ops in topological order, keyed by name (the fx node names)."""
 
     ops: dict[str, LayerOp] = field(default_factory=dict)
+    # the precision of the model's weights (the ops hold float64 copies)
+    model_dtype: torch.dtype = torch.float32
 
     def add(self, op: LayerOp) -> LayerOp:
         if op.name in self.ops:

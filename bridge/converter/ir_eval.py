@@ -161,7 +161,7 @@ def cast_graph(graph: LayerGraph, dtype: torch.dtype, *, channels_last: bool = F
                if isinstance(getattr(op, f.name), torch.Tensor)]
     if not channels_last and all(getattr(op, name).dtype == dtype for op, name in tensors):
         return graph
-    out = LayerGraph()
+    out = LayerGraph(model_dtype=graph.model_dtype)
     for op in graph.ops.values():
         changes = {f.name: cast(getattr(op, f.name)) for f in dataclasses.fields(op)
                    if isinstance(getattr(op, f.name), torch.Tensor)}

@@ -11,6 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+import torch
+
 from bridge.format.errors import BridgeError
 
 THRESHOLD_SOURCES_HELP = "use auto, trained, max or a percentile like p99.9 / p99.99"
@@ -103,3 +106,10 @@ class ConversionOptions:
     @property
     def v_init_fraction(self) -> float:
         return v_init_fraction(self.v_init)
+
+    def weight_dtype(self, model_dtype: torch.dtype) -> type:
+        """The NumPy dtype of the weights in the NIR file: ``model`` keeps a float64 model's
+        precision and writes float32 for anything else (float32, float16, bfloat16)."""
+        if self.weights == "float64" or (self.weights == "model" and model_dtype == torch.float64):
+            return np.float64
+        return np.float32

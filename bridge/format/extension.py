@@ -15,7 +15,9 @@ IF node metadata ``node.metadata["bridge"]``::
 
     {"reset": "subtract",           # v <- m - theta * s   ("zero": v <- v_reset * s + m (1 - s))
      "spike_condition": "ge",       # s = [m >= theta]     ("gt": s = [m > theta])
-     "v_init": ndarray}             # initial membrane potential, same shape as v_threshold
+     "v_init": ndarray,             # initial membrane potential, same shape as v_threshold
+     "qcfs_levels": 8,              # optional: the ANN activation was the QCFS staircase
+     "qcfs_shift": 0.5}             #   theta/L * clip(floor(z L / theta + shift), 0, L)
 
 One step t of such an IF node with input current I(t) (r = 1, one step integrates one
 input)::
@@ -32,6 +34,10 @@ with ``groups = 1`` and the dense weight ``W_dense[o, c] = W[o, c - g(o) C_in/g]
 the group ``g(o) = o // (C_out/g)`` of ``o``, 0 elsewhere. Every reader gets the same map from
 the dense weight (at g times the cost); readers that know this key recover the grouped weight
 ``(C_out, C_in/g, *k)`` with :func:`conv_weight` and run a grouped convolution.
+
+With ``qcfs_levels`` L and ``qcfs_shift`` s, the IF node with ``v_init = s * theta`` reproduces the
+staircase exactly at T = L under a constant input (s = 1/2 for QCFS, 0 for the plain floor);
+readers that simulate need not read them.
 
 A graph without ``metadata["bridge"]`` is a plain NIR graph and is read with the NIR
 text semantics: hard reset to ``v_reset``, spike when ``v > v_threshold``, ``v(0) = 0``.
@@ -62,6 +68,8 @@ SPIKE_CONDITION = "spike_condition"
 V_INIT = "v_init"
 # Conv-node key
 GROUPS = "groups"
+QCFS_LEVELS = "qcfs_levels"
+QCFS_SHIFT = "qcfs_shift"
 
 Reset = Literal["subtract", "zero"]
 SpikeCondition = Literal["ge", "gt"]
@@ -111,6 +119,19 @@ def graph_metadata(timesteps: int | None = None) -> dict[str, Any]:
 def if_metadata(v_init: np.ndarray) -> dict[str, Any]:
     """The IF-node extension metadata written by the converter (subtract reset, v >= theta)."""
     return {NAMESPACE: {RESET: "subtract", SPIKE_CONDITION: "ge", V_INIT: np.asarray(v_init)}}
+
+
+def qcfs_metadata(levels: int, shift: float) -> dict[str, Any]:
+    """The IF-node keys that record a QCFS staircase activation (merged into ``if_metadata``)."""
+    return {QCFS_LEVELS: int(levels), QCFS_SHIFT: float(shift)}
+
+
+def qcfs_staircase(node: nir.NIRNode) -> tuple[int, float] | None:
+    """(L, shift) of the QCFS staircase an IF node stands for, or None."""
+    meta = (getattr(node, "metadata", None) or {}).get(NAMESPACE) or {}
+    if not isinstance(meta, dict) or QCFS_LEVELS not in meta:
+        return None
+    return int(meta[QCFS_LEVELS]), float(meta.get(QCFS_SHIFT, 0.5))
 
 
 def make_if(threshold: np.ndarray, v_init: np.ndarray) -> nir.IF:

@@ -16,7 +16,7 @@ from typing import Any
 import nir
 import numpy as np
 
-from bridge.format.extension import conv_weight, graph_semantics, if_semantics
+from bridge.format.extension import conv_weight, graph_semantics, if_semantics, qcfs_staircase
 from bridge.format.graph import topological_order
 
 # array fields that hold a layer's parameters (weights, biases, scales)
@@ -57,7 +57,9 @@ def inspect_graph(graph: nir.NIRGraph) -> dict[str, Any]:
     ``name``, ``type``, ``input_shape``, ``output_shape``, ``params`` and, for IF nodes,
     ``neurons``, ``threshold_min/max``, ``v_init_min/max`` (fractions of theta), ``reset``
     and ``spike_condition``; a dense-encoded grouped conv (bridge conv metadata) has ``groups``
-    and ``grouped_params`` (the parameters of the grouped form bridge runs).
+    and ``grouped_params`` (the parameters of the grouped form bridge runs),
+    plus ``qcfs_levels`` / ``qcfs_shift`` where the IF node stands for a
+    QCFS staircase (the SNN reproduces it at T = L with ``v_init = shift * theta``).
     """
     sem = graph_semantics(graph)
     nodes: list[dict[str, Any]] = []
@@ -92,6 +94,9 @@ def inspect_graph(graph: nir.NIRGraph) -> dict[str, Any]:
                 reset=rule.reset,
                 spike_condition=rule.spike_condition,
             )
+            staircase = qcfs_staircase(node)
+            if staircase is not None:
+                entry.update(qcfs_levels=staircase[0], qcfs_shift=staircase[1])
             thresholds.append(theta.reshape(-1))
             resets.add(rule.reset)
             conditions.add(rule.spike_condition)
@@ -140,6 +145,7 @@ def render(info: dict[str, Any], title: str = "") -> Any:
     for n in info["nodes"]:
         shapes = f"{_fmt_shape(n['input_shape'])} -> {_fmt_shape(n['output_shape'])}"
         kind = f"{n['type']} (groups={n['groups']})" if "groups" in n else n["type"]
+        kind += f" (QCFS L={n['qcfs_levels']}, shift {n['qcfs_shift']:g})" if "qcfs_levels" in n else ""
         table.add_row(n["name"], kind, shapes,
                       _fmt_range(n.get("threshold_min"), n.get("threshold_max")),
                       _fmt_range(n.get("v_init_min"), n.get("v_init_max")),

@@ -78,7 +78,7 @@ def write_graph(graph: nir.NIRGraph, path: str | Path, *, force: bool = False) -
     return path
 
 
-def graph_bytes(graph: nir.NIRGraph) -> bytes:
+def graph_bytes(graph: nir.NIRGraph) -> memoryview:
     """The NIR file of ``graph``, built in memory.
 
     HDF5 is never pointed at the disk: a short write inside the HDF5 library (a full disk,
@@ -87,10 +87,78 @@ def graph_bytes(graph: nir.NIRGraph) -> bytes:
     """
     buf = io.BytesIO()
     try:
-        nir.write(buf, graph)
+        if _has_large_array(graph):
+            _write_nir(buf, graph)
+        else:
+            nir.write(buf, graph)
     except Exception as exc:  # nir/h5py refuse a graph they cannot store
         raise BridgeError(f"cannot store the graph as NIR ({first_line(exc)})") from None
-    return buf.getvalue()
+    return buf.getbuffer()  # no copy: an ImageNet graph is hundreds of MB
+
+
+LARGE_ARRAY_BYTES = 16 << 20
+
+
+def _has_large_array(graph: nir.NIRGraph) -> bool:
+    import numpy as np
+
+    return any(isinstance(v, np.ndarray) and v.nbytes >= LARGE_ARRAY_BYTES
+               for node in graph.nodes.values() for v in vars(node).values())
+
+
+def _write_nir(path: Path | io.BytesIO, graph: nir.NIRGraph) -> None:
+    """``nir.write`` for graphs with large arrays: those that are not constant are stored uncompressed.
+
+    Trained weights barely compress (a few %), and gzip on hundreds of MB takes longer than the
+    whole conversion of an ImageNet model; constant arrays (per-neuron thresholds of one value,
+    r, v_reset) and everything below 16 MB are gzipped as ``nir.write`` does (graphs without a
+    large array go through ``nir.write`` itself). Any HDF5 reader (``nir.read``) reads both.
+    """
+    import h5py
+    import numpy as np
+
+    def compression(v: np.ndarray) -> dict:
+        if v.nbytes >= LARGE_ARRAY_BYTES and v.size and v.min() != v.max():
+            return {}
+        return {"compression": "gzip", "compression_opts": None}
+
+    def write_recursive(group: h5py.Group, node: dict) -> None:  # as nir.serialization.write
+        for k, v in node.items():
+            if k == "metadata":
+                if not v == {}:
+                    write_recursive(group.create_group(k), v)
+            elif isinstance(v, str):
+                group.create_dataset(k, data=v, dtype=h5py.string_dtype())
+            elif isinstance(v, np.ndarray):
+                group.create_dataset(k, data=v, dtype=v.dtype, **compression(v))
+            elif isinstance(v, dict):
+                write_recursive(group.create_group(str(k)), v)
+            else:
+                group.create_dataset(k, data=v)
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("version", data=nir.version, dtype=h5py.string_dtype())
+        write_recursive(f.create_group("node"), _as_dict(graph))
+
+
+def _as_dict(node: nir.NIRNode) -> dict:
+    """``node.to_dict()`` without its copies: nir builds the dict with ``dataclasses.asdict``,
+    which deep-copies every array (twice for a graph's nodes): seconds and gigabytes for an
+    ImageNet model. The same keys in the same order, holding the node's own arrays."""
+    import dataclasses
+
+    out = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)
+           if f.name not in ("input_type", "output_type")}
+    out["type"] = type(node).__name__
+    if isinstance(node, nir.NIRGraph):
+        out["nodes"] = {k: _as_dict(n) for k, n in node.nodes.items()}
+    elif isinstance(node, nir.Input):
+        out["shape"] = node.input_type["input"]
+    elif isinstance(node, nir.Output):
+        out["shape"] = node.output_type["output"]
+    elif isinstance(node, nir.Flatten):
+        out["input_type"] = node.input_type["input"]
+    return out
 
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

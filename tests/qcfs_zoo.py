@@ -1,0 +1,139 @@
+"""The QCFS authors' model code, as published (activations spelled with their own ops).
+
+The QCFS follow-up of bridge's method trains VGG-16 and ResNet-20 with two hand-written
+activations, not bridge's modules:
+
+* ``MyFloor`` (the quantised clip, QCFS): ``x / up``, clamp to [0, 1], ``floor(x t + 0.5) / t``
+  (a custom autograd function with a straight-through gradient), ``* up``;
+* ``TCL`` (the trainable clip): ``relu``, ``up - x``, ``relu``, ``up - x`` = ``clip(x, 0, up)``.
+
+Both keep their bound ``up`` as a one-element parameter. The converter must recognise them by
+the function they compute. Widths are divided by ``width`` so that the digits train in seconds.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GradFloor(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001, ANN205
+        return x.floor()
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        return grad
+
+
+myfloor = GradFloor.apply
+
+
+class MyFloor(nn.Module):
+    def __init__(self, up: float = 8.0, t: int = 32) -> None:
+        super().__init__()
+        self.up = nn.Parameter(torch.tensor([up]), requires_grad=True)
+        self.t = t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x / self.up
+        x = torch.clamp(x, 0, 1)
+        x = myfloor(x * self.t + 0.5) / self.t
+        x = x * self.up
+        return x
+
+
+class TCL(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Parameter(torch.Tensor([4.0]), requires_grad=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(x, inplace="True")  # the authors pass a truthy string
+        x = self.up - x
+        x = F.relu(x, inplace="True")
+        x = self.up - x
+        return x
+
+
+def _act(kind: str, levels: int) -> nn.Module:
+    return MyFloor(2.0, levels) if kind == "myfloor" else TCL()
+
+
+VGG16_CFG = [64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A"]
+
+
+class VGG16(nn.Module):
+    """The authors' VGG-16 (max pooling already replaced by average pooling), on (C, 32, 32)."""
+
+    def __init__(self, act: str = "myfloor", levels: int = 4, width: int = 16, in_channels: int = 1,
+                 classes: int = 10, hidden: int = 64) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for v in VGG16_CFG:
+            if v == "A":
+                layers.append(nn.AvgPool2d(2))
+            else:
+                cout = max(int(v) // width, 2)
+                layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), _act(act, levels)]
+                cin = cout
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(cin, hidden), _act(act, levels), nn.Dropout(0.5),
+            nn.Linear(hidden, hidden), _act(act, levels), nn.Dropout(0.5), nn.Linear(hidden, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, act: str, levels: int) -> None:
+        super().__init__()
+        self.residual_function = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), _act(act, levels),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu = _act(act, levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.residual_function(x) + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """The authors' CIFAR ResNet-20: a 3x3 stem, three stages of three basic blocks, global pool."""
+
+    def __init__(self, act: str = "myfloor", levels: int = 4, width: int = 2, in_channels: int = 1,
+                 classes: int = 10) -> None:
+        super().__init__()
+        widths = [16 // width, 32 // width, 64 // width]
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(widths[0]), _act(act, levels))
+        blocks: list[nn.Module] = []
+        cin = widths[0]
+        for i, cout in enumerate(widths):
+            for j in range(3):
+                blocks.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, act, levels))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.avg_pool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.conv1(x))
+        out = self.avg_pool(out)
+        return self.fc(out.view(out.size(0), -1))
+
+
+def set_bounds(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A different bound ``up`` per activation (as after training), from a seed."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (MyFloor, TCL)):
+                m.up.fill_(float(torch.rand((), generator=g) * 1.5 + 0.5))
+    return model

@@ -1,0 +1,95 @@
+"""The QCFS authors' models (tests/qcfs_zoo.py) convert as published: same NIR by both front-ends,
+exact ANN views, the staircase's L and shift in the metadata, and the SNN at T = L agrees with the
+ANN on trained digits models."""
+
+from __future__ import annotations
+
+import copy
+
+import nir
+import numpy as np
+import pytest
+import torch
+
+import bridge
+from bridge.converter import trace_module
+from bridge.converter.ir_eval import evaluate
+from bridge.format.extension import qcfs_staircase
+from bridge.format.inspect import inspect_graph, render
+from bridge.reference import ann_view
+from tests import qcfs_zoo, zoo
+from tests.test_frontend_parity import assert_same_nir
+
+MODELS = {"vgg16": (qcfs_zoo.VGG16, (1, 32, 32)), "resnet20": (qcfs_zoo.ResNet20, (1, 16, 16))}
+LEVELS = 4
+
+
+def _model(name: str, act: str, seed: int = 5) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    cls, shape = MODELS[name]
+    model = zoo._randomize(cls(act, levels=LEVELS), seed)
+    return qcfs_zoo.set_bounds(model, seed), shape
+
+
+def _out(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return copy.deepcopy(model).double().eval()(x)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("act", ["myfloor", "tcl"])
+def test_authors_models_convert_by_both_paths_with_the_same_nir(name, act):
+    model, shape = _model(name, act)
+    program = torch.export.export(model, (torch.zeros(1, *shape),))
+    graph = bridge.convert(model, shape)
+    assert_same_nir(graph, bridge.convert(program))
+    ifs = {k: n for k, n in graph.nodes.items() if isinstance(n, nir.IF)}
+    bounds = [float(m.up) for m in model.modules() if isinstance(m, (qcfs_zoo.MyFloor, qcfs_zoo.TCL))]
+    assert len(ifs) == len(bounds)  # one IF layer per activation module, named after it
+    thetas = sorted(float(np.asarray(n.v_threshold).max()) for n in ifs.values())
+    np.testing.assert_allclose(thetas, sorted(bounds), rtol=1e-7)  # float32 `up` read as the model has it
+    x = zoo.sample_input(shape, 8) * 2
+    if act == "tcl":
+        assert all(qcfs_staircase(n) is None for n in ifs.values())
+        torch.testing.assert_close(ann_view(graph, x), _out(model, x), rtol=0, atol=1e-5)
+        return
+    assert {qcfs_staircase(n) for n in ifs.values()} == {(LEVELS, 0.5)}
+    # the staircase as the converter read it (a, L, shift) computes what the model computes
+    torch.testing.assert_close(evaluate(trace_module(model, shape), x), _out(model, x), rtol=0, atol=1e-5)
+    # the IF rate function (T -> inf) is the clip with the same bounds: the TCL twin of the model
+    twin = MODELS[name][0]("tcl", levels=LEVELS)
+    twin.load_state_dict(model.state_dict())
+    torch.testing.assert_close(ann_view(graph, x), _out(twin.eval(), x), rtol=0, atol=1e-5)
+
+
+def test_inspect_shows_the_staircase():
+    model, shape = _model("resnet20", "myfloor")
+    info = inspect_graph(bridge.convert(model, shape))
+    entries = [n for n in info["nodes"] if n["type"] == "IF"]
+    assert entries and all((n["qcfs_levels"], n["qcfs_shift"]) == (LEVELS, 0.5) for n in entries)
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render(info))
+    assert f"IF (QCFS L={LEVELS}, shift 0.5)" in console.export_text()
+
+
+def test_snn_at_t_equals_l_reproduces_the_trained_qcfs_layer_exactly():
+    """QCFS with theta/2: after T = L steps of a constant current the IF layer's rate is the
+    staircase itself, so a trained model with one MyFloor layer gives the ANN's output exactly.
+    (Deeper layers receive uneven spike trains, where T = L is only approximate: see the report.)"""
+    from bridge.data.datasets import digits_split
+    from bridge.model.train import train_model
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3), qcfs_zoo.MyFloor(2.0, LEVELS), torch.nn.Flatten(),
+                                torch.nn.Linear(6 * 6 * 6, 10))
+    split = digits_split(size=8)
+    trained = train_model(model, split, epochs=3, lr=1e-2)
+    assert trained.ann_accuracy > 0.8
+    graph = bridge.convert(trained.model, (1, 8, 8))
+    x = split.test_x.double()
+    result = bridge.simulate(graph, x, steps=LEVELS)
+    ann = _out(trained.model, x)
+    torch.testing.assert_close(result.readout, ann, rtol=0, atol=1e-5)  # float32 weights in the file
+    assert torch.equal(result.predictions(), ann.argmax(1))
+    off = bridge.simulate(graph, x, steps=LEVELS + 1).readout  # T != L: not the staircase
+    assert (off - ann).abs().max() > 1e-3
