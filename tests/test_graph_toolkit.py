@@ -128,7 +128,7 @@ def test_a_rescaled_threshold_is_the_ann_with_that_clip_bound(layer):
     from bridge.reference import ann_view
 
     model, shape = zoo.vgg_bn()
-    graph = convert(model, shape)
+    graph = convert(model, shape, weights="float64")  # compared to 1e-9
     name = f"features_{layer}"
     theta = if_semantics(graph.nodes[name]).threshold
     a = np.linspace(0.6, 1.7, theta.shape[0])
