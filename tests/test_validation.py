@@ -20,7 +20,7 @@ from validation import backends as registry
 from validation.accuracy import AccuracyCurve, parse_timesteps
 from validation.backends.base import Backend
 from validation.compare import compare_results, if_ancestors, if_nodes_in_order
-from validation.report import write_report
+from validation.report import markdown, write_report
 from validation.suite import validate
 
 
@@ -241,7 +241,7 @@ def test_json_markdown_and_report_folder(tmp_path, stand_ins):
     data = json.loads(report.to_json())
     assert data["ok"] is True and data["backends"][1]["layers"]["a"]["ties"] >= 1
     assert data["backends"][1]["first_divergence"]["node"] == "a"
-    md = report.to_markdown()
+    md = markdown(report, {})
     assert "| test-gt |" in md and "T=4" in md
     out = write_report(report, tmp_path / "rep")
     for name in ("report.md", "accuracy_vs_T.png", "layer_agreement.png", "firing_rates.png"):

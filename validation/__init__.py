@@ -1,7 +1,7 @@
 """The validation suite: every backend against the reference simulator, at every time-step.
 
 ``validate(graph, backends=[...], x, y=None, steps=..., timesteps=[...]) -> ValidationReport``
-(``.ok``, ``.to_json()``, ``.to_markdown()``); ``bridge validate`` is its command line and
+(``.ok``, ``.to_json()``; ``validation.report`` renders it as a table or Markdown); ``bridge validate`` is its command line and
 ``python -m validation.compat`` regenerates ``docs/compatibility.md``. See docs/validation.md.
 """
 

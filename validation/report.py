@@ -247,7 +247,7 @@ def write_report(report: ValidationReport, folder: str | Path, *, force: bool = 
             pass
     md = folder / "report.md"
     with atomic_path(md, ".md") as tmp:
-        tmp.write_text(report.to_markdown(images))
+        tmp.write_text(markdown(report, images))
     for t in targets:
         if t.exists():
             default_mode(t)

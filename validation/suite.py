@@ -110,11 +110,6 @@ class ValidationReport:
         return json.dumps(_no_nan(self.to_dict()), indent=kwargs.pop("indent", 2), default=_jsonable,
                           allow_nan=False, **kwargs)
 
-    def to_markdown(self, images: dict[str, str] | None = None) -> str:
-        from validation.report import markdown
-
-        return markdown(self, images or {})
-
 
 def _no_nan(obj):
     """NaN (nothing measured) becomes null: strict JSON for other tools."""
