@@ -30,14 +30,6 @@ from validation.backends.spikingjelly import SpikingJellyBackend
 STEPS = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> dict[str, tuple[torch.nn.Module, nir.NIRGraph]]:
     folder = tmp_path_factory.mktemp("grouped")

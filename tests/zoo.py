@@ -46,6 +46,12 @@ def sample_input(input_shape: tuple[int, ...], n: int = 16, seed: int = 1) -> to
     return torch.randn((n, *input_shape), generator=g, dtype=torch.float64)
 
 
+def uniform_input(input_shape: tuple[int, ...], n: int = 4, seed: int = 0) -> torch.Tensor:
+    """Deterministic inputs (N, *input_shape), float64, uniform in [0, 1) like images."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, *input_shape), generator=g, dtype=torch.float64)
+
+
 class MLP(nn.Module):
     def __init__(self, act: str = "clipped") -> None:
         super().__init__()
