@@ -24,8 +24,8 @@ from bridge.format.nirio import read_graph, write_graph
 from bridge.passes.optimize import optimize_initial_potentials
 from bridge.reference import ann_view, simulate
 from tests import zoo_imagenet as zoo
+from tests.backend_checks import assert_exports_agree_per_step
 from tests.zoo import uniform_input
-from validation.backends.norse import NorseBackend
 from validation.backends.spikingjelly import SpikingJellyBackend
 from validation.suite import validate
 
@@ -64,12 +64,7 @@ def test_reference_and_exports_agree_per_step_in_float64(converted, name: str) -
     x = uniform_input(shape, 2, seed=3)
     ref = simulate(graph, x, STEPS, trace=True)
     assert sum(bool(tr.spikes.any()) for tr in ref.traces.values()) > len(ref.traces) // 2
-    for backend in (SpikingJellyBackend, NorseBackend):
-        got = backend(graph).run(x, STEPS, trace=True)
-        for node, rt in ref.traces.items():
-            assert torch.equal(got.traces[node].spikes, rt.spikes), (backend.name, node)
-            assert torch.equal(got.traces[node].v, rt.v), (backend.name, node)
-        assert torch.equal(got.outputs, ref.outputs)
+    assert_exports_agree_per_step(graph, x, STEPS, ref)
 
 
 def test_ann_view_of_the_file_is_the_model(converted) -> None:

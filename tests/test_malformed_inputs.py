@@ -25,10 +25,7 @@ from tests.cli_helpers import assert_one_line_error as assert_one_line, run
 @pytest.fixture(scope="module")
 def mlp_nir(tmp_path_factory) -> Path:
     """The zoo MLP (input (1, 8, 8), 10 outputs) as a NIR file."""
-    model, shape = zoo.mlp()
-    path = tmp_path_factory.mktemp("mlp") / "mlp.nir"
-    write_graph(convert(model, shape), path)
-    return path
+    return zoo.write_mlp_nir(tmp_path_factory.mktemp("mlp") / "mlp.nir")
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -20,10 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.converter import convert
 from bridge.format.errors import BridgeError
 from bridge.model.loading import load_model
-from bridge.format.nirio import write_graph
 from tests import zoo
 from tests.cli_helpers import assert_one_line_error as assert_refused, run
 from tests.pt2_tamper import (
@@ -51,10 +49,7 @@ def valid_pt2() -> bytes:
 
 @pytest.fixture(scope="module")
 def nir_file(tmp_path_factory) -> Path:
-    model, shape = zoo.mlp()
-    path = tmp_path_factory.mktemp("nir") / "mlp.nir"
-    write_graph(convert(model, shape), path)
-    return path
+    return zoo.write_mlp_nir(tmp_path_factory.mktemp("nir") / "mlp.nir")
 
 
 @pytest.mark.parametrize("vector", LIVE_IN_TORCH)

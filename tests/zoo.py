@@ -8,6 +8,8 @@ ClippedReLU for a plain ReLU (thresholds then come from calibration data).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nir
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from torch import nn
 
 from bridge.model.activations import ClippedReLU
 from bridge.converter import convert
+from bridge.format.nirio import write_graph
 
 
 def _act(act: str, bound: float) -> nn.Module:
@@ -93,6 +96,13 @@ class VGGBN(nn.Module):
         x = self.features(x)
         x = x.view(x.size(0), -1)
         return self.fc2(self.drop(self.act_fc(self.bn_fc(self.fc1(x)))))
+
+
+def write_mlp_nir(path: Path) -> Path:
+    """The MLP (input (1, 8, 8), 10 outputs) converted with the defaults, written to ``path``."""
+    model, shape = mlp()
+    write_graph(convert(model, shape), path)
+    return path
 
 
 def vgg_bn(act: str = "clipped") -> tuple[nn.Module, tuple[int, ...]]:
