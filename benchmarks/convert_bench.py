@@ -62,47 +62,10 @@ def vgg16():  # noqa: ANN201 - built inside the worker after the imports
 
 def resnet18():  # noqa: ANN201
     """ResNet-18 for CIFAR: conv3x3 stem, 4 stages of 2 basic blocks, 1x1-conv shortcuts."""
-    from torch import nn
+    from recipes.models import resnet18 as build
 
-    from bridge.model.activations import ClippedReLU
-
-    class Block(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.act1 = ClippedReLU(4.0)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.shortcut = nn.Sequential()
-            if stride != 1 or cin != cout:
-                self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                              nn.BatchNorm2d(cout))
-            self.act2 = ClippedReLU(4.0)
-
-        def forward(self, x):  # noqa: ANN001, ANN202
-            y = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
-            return self.act2(y + self.shortcut(x))
-
-    class ResNet18(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.act1 = ClippedReLU(4.0)
-            blocks, cin = [], 64
-            for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-                blocks += [Block(cin, cout, stride), Block(cout, cout, 1)]
-                cin = cout
-            self.layers = nn.Sequential(*blocks)
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(512, 10)
-
-        def forward(self, x):  # noqa: ANN001, ANN202
-            x = self.layers(self.act1(self.bn1(self.conv1(x))))
-            return self.fc(self.pool(x).flatten(1))
-
-    return ResNet18()
+    model, _ = build()
+    return model
 
 
 def vgg16_imagenet():  # noqa: ANN201
@@ -110,15 +73,9 @@ def vgg16_imagenet():  # noqa: ANN201
     from torch import nn
 
     from bridge.model.activations import ClippedReLU
+    from recipes.models import vgg16_features
 
-    layers: list[nn.Module] = []
-    cin = 3
-    for v in VGG16_CFG:
-        if v == "A":
-            layers.append(nn.AvgPool2d(2))
-        else:
-            layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), ClippedReLU(4.0)]
-            cin = int(v)
+    layers, _ = vgg16_features(4.0, bias=True)
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(512 * 7 * 7, 4096),
                          ClippedReLU(4.0), nn.Dropout(0.5), nn.Linear(4096, 4096), ClippedReLU(4.0),
                          nn.Dropout(0.5), nn.Linear(4096, 1000))

@@ -37,43 +37,19 @@ sys.path.insert(0, str(ROOT))
 
 from bridge.converter import convert  # noqa: E402
 from bridge.model.activations import ClippedReLU  # noqa: E402
+from recipes.models import BasicBlock, vgg16_features  # noqa: E402
 from validation.distributed import distributed_session, shard_bounds  # noqa: E402
 from validation.evaluation import BatchRunner  # noqa: E402
 
 STEPS = (4, 8, 32)
-VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
 def vgg16() -> nn.Sequential:
     """VGG-16 for 32x32 inputs as Bu et al. convert it: ClippedReLU, average pooling."""
-    layers: list[nn.Module] = []
-    cin = 3
-    for v in VGG16:
-        if v == "M":
-            layers.append(nn.AvgPool2d(2))
-        else:
-            layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), ClippedReLU()]
-            cin = int(v)
+    layers, _ = vgg16_features(bias=True)
     layers += [nn.Flatten(), nn.Linear(512, 4096), ClippedReLU(), nn.Linear(4096, 4096), ClippedReLU(),
                nn.Linear(4096, 10)]
     return nn.Sequential(*layers)
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.act1 = ClippedReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        self.act2 = ClippedReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))) + self.shortcut(x))
 
 
 class ResNet(nn.Module):
@@ -90,7 +66,7 @@ class ResNet(nn.Module):
         for i, n in enumerate(blocks):
             cout = 64 * 2 ** i
             for j in range(n):
-                layers.append(BasicBlock(cin, cout, 2 if j == 0 and i > 0 else 1))
+                layers.append(BasicBlock(cin, cout, 2 if j == 0 and i > 0 else 1, bound=4.0))
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

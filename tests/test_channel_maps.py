@@ -24,24 +24,13 @@ from bridge.format.nirio import read_graph, write_graph
 from bridge.passes.optimize import optimize_initial_potentials
 from bridge.reference import ann_view, simulate
 from tests import zoo_imagenet as zoo
-from validation.backends.norse import NorseBackend
+from tests.backend_checks import assert_exports_agree_per_step
+from tests.zoo import uniform_input
 from validation.backends.spikingjelly import SpikingJellyBackend
 from validation.suite import validate
 
 FAMILIES = ["DenseNet-BC", "GoogLeNet", "ShuffleNetV2", "DLA", "DPN"]
 STEPS = 12
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _inputs(shape: tuple[int, ...], n: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +40,7 @@ def converted(tmp_path_factory) -> dict[str, tuple[torch.nn.Module, nir.NIRGraph
     for name in FAMILIES:
         model, shape = zoo.ALL[name]()
         model = model.double()
-        x = _inputs(shape, 6)
+        x = uniform_input(shape, 6)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # GoogLeNet's max pools become average pools
             graph = convert(model, shape, thresholds="max", calibration=x, maxpool="avg")
@@ -72,15 +61,10 @@ def test_standard_nodes_only_and_no_dangling_node(converted, name: str) -> None:
 def test_reference_and_exports_agree_per_step_in_float64(converted, name: str) -> None:
     _, graph, _ = converted[name]
     shape = tuple(int(d) for d in graph.nodes["input"].input_type["input"])
-    x = _inputs(shape, 2, seed=3)
+    x = uniform_input(shape, 2, seed=3)
     ref = simulate(graph, x, STEPS, trace=True)
     assert sum(bool(tr.spikes.any()) for tr in ref.traces.values()) > len(ref.traces) // 2
-    for backend in (SpikingJellyBackend, NorseBackend):
-        got = backend(graph).run(x, STEPS, trace=True)
-        for node, rt in ref.traces.items():
-            assert torch.equal(got.traces[node].spikes, rt.spikes), (backend.name, node)
-            assert torch.equal(got.traces[node].v, rt.v), (backend.name, node)
-        assert torch.equal(got.outputs, ref.outputs)
+    assert_exports_agree_per_step(graph, x, STEPS, ref)
 
 
 def test_ann_view_of_the_file_is_the_model(converted) -> None:
@@ -160,7 +144,7 @@ def test_less_common_channel_maps_are_exact_on_both_paths(kind: str) -> None:
         model.a.bias.add_(1.0)
         model.b.bias.add_(1.0)
     shape = (2, 5, 5)
-    x = _inputs(shape, 6)
+    x = uniform_input(shape, 6)
     graphs = [convert_layer_graph(lg, thresholds="max", calibration=x)
               for lg in (trace_module(model, shape), exported_to_layer_graph(torch.export.export(model, (x,))))]
     assert_same_nir(*graphs)

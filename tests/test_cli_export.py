@@ -22,6 +22,7 @@ from bridge.converter import convert
 from bridge.format.extension import if_semantics
 from bridge.format.nirio import read_graph
 from tests import zoo
+from tests.cli_helpers import assert_one_line_error as assert_user_error, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,21 +74,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
     np.save(d / "calib.npy", np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32))
     out["calib"] = d / "calib.npy"
     return out
-
-
-def run(capsys, *args: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_user_error(code: int, err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("bridge: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def test_pt2_to_nir_with_summary(files, tmp_path, capsys):

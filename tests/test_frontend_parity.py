@@ -20,7 +20,7 @@ from torch import nn
 
 import bridge
 from bridge.format.errors import BridgeError
-from tests import zoo
+from tests import qcfs_zoo, zoo
 
 
 class Fn(nn.Module):
@@ -48,45 +48,12 @@ class Fn(nn.Module):
         return self.fc(torch.flatten(self.f(self, y), 1))
 
 
-class GradFloor(torch.autograd.Function):
-    """The QCFS authors' floor with a straight-through gradient."""
-
-    @staticmethod
-    def forward(ctx, x):  # noqa: ANN001, ANN205
-        return x.floor()
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        return grad
-
-
-class MyFloor(nn.Module):
-    """The QCFS authors' quantised clip: x / up, clamp to [0, 1], floor(x t + 0.5) / t, * up."""
-
-    def __init__(self, up: float = 2.0, t: int = 4) -> None:
-        super().__init__()
-        self.up = nn.Parameter(torch.tensor([up]))
-        self.t = t
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x / self.up
-        x = torch.clamp(x, 0, 1)
-        x = GradFloor.apply(x * self.t + 0.5) / self.t
-        return x * self.up
-
-
-class TCL(nn.Module):
-    """The QCFS authors' trainable clip: a ReLU and a subtraction from the bound, twice."""
-
-    def __init__(self, up: float = 1.5) -> None:
-        super().__init__()
-        self.up = nn.Parameter(torch.tensor([up]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(x, inplace=True)
-        x = self.up - x
-        x = F.relu(x, inplace=True)
-        return self.up - x
+def tcl(up: float) -> qcfs_zoo.TCL:
+    """The QCFS authors' trainable clip (tests/qcfs_zoo.py) with its bound set to ``up``."""
+    act = qcfs_zoo.TCL()
+    with torch.no_grad():
+        act.up.fill_(up)
+    return act
 
 
 class Sigmoidal(nn.Module):
@@ -121,8 +88,8 @@ CASES: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], dict, str | Non
      ACCEPT),
     ("bridge ClippedReLU", fn(lambda m, x: m.act(x), extra={"act": bridge.ClippedReLU(0.9)}), S6, {}, ACCEPT),
     ("bridge QCFS", fn(lambda m, x: m.act(x), extra={"act": bridge.QCFS(1.3, levels=4)}), S6, {}, ACCEPT),
-    ("authors' TCL", fn(lambda m, x: m.act(x), extra={"act": TCL(1.5)}), S6, {}, ACCEPT),
-    ("authors' MyFloor", fn(lambda m, x: m.act(x), extra={"act": MyFloor(2.0, 4)}), S6, {}, ACCEPT),
+    ("authors' TCL", fn(lambda m, x: m.act(x), extra={"act": tcl(1.5)}), S6, {}, ACCEPT),
+    ("authors' MyFloor", fn(lambda m, x: m.act(x), extra={"act": qcfs_zoo.MyFloor(2.0, 4)}), S6, {}, ACCEPT),
     ("per-channel QCFS", fn(lambda m, x: (torch.floor(x.clamp(min=0) * 4 / m.b + 0.5).clamp(0, 4)) * m.b / 4,
                             extra={"b": _bounds()}), S6, {}, ACCEPT),
     ("round staircase", fn(lambda m, x: torch.round((x * 3 / 1.5).clamp(0, 3)) * 0.5), S6, {}, ACCEPT),

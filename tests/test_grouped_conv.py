@@ -22,20 +22,11 @@ from bridge.format.extension import GROUPS, NAMESPACE, conv_metadata, conv_weigh
 from bridge.format.nirio import read_graph, write_graph
 from bridge.reference import ReferenceSimulator, ann_view, simulate
 from exporters.graph_spec import graph_to_spec
+from tests.backend_checks import assert_exports_agree_per_step
 from tests.zoo import sample_input
 from tests.zoo_imagenet import mobilenet_v1, regnetx
-from validation.backends.norse import NorseBackend
-from validation.backends.spikingjelly import SpikingJellyBackend
 
 STEPS = 16
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +107,7 @@ def test_reference_and_exports_agree_per_step_in_float64(converted, name: str) -
     x = sample_input(tuple(int(d) for d in graph.nodes["input"].input_type["input"]), 3, seed=7)
     ref = simulate(graph, x, STEPS, trace=True)
     assert all(tr.spikes.any() for tr in ref.traces.values())
-    for backend in (SpikingJellyBackend, NorseBackend):
-        got = backend(graph).run(x, STEPS, trace=True)
-        for node, rt in ref.traces.items():
-            assert torch.equal(got.traces[node].spikes, rt.spikes), (backend.name, node)
-            assert torch.equal(got.traces[node].v, rt.v), (backend.name, node)
-        assert torch.equal(got.outputs, ref.outputs)
+    assert_exports_agree_per_step(graph, x, STEPS, ref)
 
 
 def _strip(graph: nir.NIRGraph) -> nir.NIRGraph:

@@ -19,31 +19,13 @@ from app.cli import main
 from bridge.converter import convert
 from bridge.format.nirio import write_graph
 from tests import zoo
+from tests.cli_helpers import assert_one_line_error as assert_one_line, run
 
 
 @pytest.fixture(scope="module")
 def mlp_nir(tmp_path_factory) -> Path:
     """The zoo MLP (input (1, 8, 8), 10 outputs) as a NIR file."""
-    model, shape = zoo.mlp()
-    path = tmp_path_factory.mktemp("mlp") / "mlp.nir"
-    write_graph(convert(model, shape), path)
-    return path
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line(code: int, err: str, *needles: str) -> str:
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("bridge: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
+    return zoo.write_mlp_nir(tmp_path_factory.mktemp("mlp") / "mlp.nir")
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -20,12 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from app.cli import main
-from bridge.converter import convert
 from bridge.format.errors import BridgeError
 from bridge.model.loading import load_model
-from bridge.format.nirio import write_graph
 from tests import zoo
+from tests.cli_helpers import assert_one_line_error as assert_refused, run
 from tests.pt2_tamper import (
     VECTORS,
     MarkerPayload,
@@ -51,26 +49,7 @@ def valid_pt2() -> bytes:
 
 @pytest.fixture(scope="module")
 def nir_file(tmp_path_factory) -> Path:
-    model, shape = zoo.mlp()
-    path = tmp_path_factory.mktemp("nir") / "mlp.nir"
-    write_graph(convert(model, shape), path)
-    return path
-
-
-def run(capsys, *args: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_refused(code: int, err: str, *needles: str) -> str:
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("bridge: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
+    return zoo.write_mlp_nir(tmp_path_factory.mktemp("nir") / "mlp.nir")
 
 
 @pytest.mark.parametrize("vector", LIVE_IN_TORCH)

@@ -21,6 +21,7 @@ from bridge.converter.aten_frontend import exported_to_layer_graph
 from bridge.converter.ir_eval import evaluate
 from bridge.reference import ann_view
 from tests import zoo_imagenet as zoo
+from tests.zoo import uniform_input
 from tests.test_frontend_parity import assert_same_nir
 
 # name -> (builder, maxpool policy); every family converts through both front-ends
@@ -44,23 +45,11 @@ CONVERTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _inputs(shape: tuple[int, ...], n: int = 4) -> torch.Tensor:
-    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-
-
 @pytest.mark.parametrize("name", list(zoo.ALL))
 def test_every_model_runs_and_has_its_published_structure(name: str) -> None:
     model, shape = zoo.ALL[name]()
     assert not model.training
-    out = model.double()(_inputs(shape, 2))
+    out = model.double()(uniform_input(shape, 2))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
@@ -85,7 +74,7 @@ def test_converts_on_both_paths_with_the_same_nir_and_an_exact_ann_view(name: st
     build, maxpool = CONVERTS[name]
     model, shape = build()
     model = model.double()
-    x = _inputs(shape)
+    x = uniform_input(shape)
     graphs = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the maxpool='avg' replacement warns by design
@@ -103,7 +92,7 @@ def test_a_concatenation_costs_no_more_than_its_consumer() -> None:
     weight (no projection node): the file's weights are the model's, to within the IF layers the
     BatchNorm-ReLU pairs add per branch (each BatchNorm runs in its branch's channels)."""
     model, shape = zoo.densenet()
-    graph = convert(model.double(), shape, thresholds="max", calibration=_inputs(shape))
+    graph = convert(model.double(), shape, thresholds="max", calibration=uniform_input(shape))
     model_convs = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     file_convs = sum(int(np.asarray(n.weight).size) for n in graph.nodes.values()
                      if isinstance(n, nir.Conv2d) and not (n.metadata or {}).get("bridge"))

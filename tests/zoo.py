@@ -8,6 +8,8 @@ ClippedReLU for a plain ReLU (thresholds then come from calibration data).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nir
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from torch import nn
 
 from bridge.model.activations import ClippedReLU
 from bridge.converter import convert
+from bridge.format.nirio import write_graph
 
 
 def _act(act: str, bound: float) -> nn.Module:
@@ -44,6 +47,12 @@ def sample_input(input_shape: tuple[int, ...], n: int = 16, seed: int = 1) -> to
     """Deterministic inputs (N, *input_shape), float64."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn((n, *input_shape), generator=g, dtype=torch.float64)
+
+
+def uniform_input(input_shape: tuple[int, ...], n: int = 4, seed: int = 0) -> torch.Tensor:
+    """Deterministic inputs (N, *input_shape), float64, uniform in [0, 1) like images."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, *input_shape), generator=g, dtype=torch.float64)
 
 
 class MLP(nn.Module):
@@ -87,6 +96,13 @@ class VGGBN(nn.Module):
         x = self.features(x)
         x = x.view(x.size(0), -1)
         return self.fc2(self.drop(self.act_fc(self.bn_fc(self.fc1(x)))))
+
+
+def write_mlp_nir(path: Path) -> Path:
+    """The MLP (input (1, 8, 8), 10 outputs) converted with the defaults, written to ``path``."""
+    model, shape = mlp()
+    write_graph(convert(model, shape), path)
+    return path
 
 
 def vgg_bn(act: str = "clipped") -> tuple[nn.Module, tuple[int, ...]]:
