@@ -405,7 +405,6 @@ def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: De
                res: Results, progress: _Progress) -> None:
     """Train, convert, calibrate and measure one model on one seed; record into ``res``."""
     from bridge.converter import convert
-    from bridge.passes.optimize import optimize_initial_potentials
     from bridge.passes.pipeline import CalibrationReport, calibrate
 
     x, y = split.test_x, split.test_y
@@ -448,10 +447,11 @@ def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: De
             for stage in CALIBRATION_STAGES:
                 if stage in stage_graphs:
                     res.add("accuracy", spec.key, stage, accuracy_vs_steps(stage_graphs[stage], x, y, (t,), False)[0])
+            res.add("accuracy", spec.key, "default", accuracy_vs_steps(calibrated[t], x, y, (t,), False)[0])
         else:  # the search only (the digits beyond the targets' T: keeps the demo short)
-            calibrated[t] = optimize_initial_potentials(graphs["half"], calibration_for(t, split, config.calibration_samples), t)
+            calibrated[t] = calibrate(graphs["half"], calibration_for(t, split, config.calibration_samples), t,
+                                      stages=("half", "optimized"))
             res.add("accuracy", spec.key, "optimized", accuracy_vs_steps(calibrated[t], x, y, (t,), False)[0])
-        res.add("accuracy", spec.key, "default", accuracy_vs_steps(calibrated[t], x, y, (t,), False)[0])
         bar()
     t0 = res.clock("calibrate + simulate", t0)
     if config.any_t:

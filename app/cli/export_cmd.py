@@ -39,9 +39,11 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     return shape
 
 
-def parse_v_init(text: str) -> str | float:
-    """``half``, ``zero``, ``optimized`` or a fraction of theta in [0, 1)."""
-    if text in ("half", "zero", "optimized"):
+def parse_v_init(text: str | None) -> str | float:
+    """``auto`` (None), ``half``, ``zero``, ``optimized`` or a fraction of theta in [0, 1)."""
+    if text is None:
+        return "auto"
+    if text in ("auto", "half", "zero", "optimized"):
         return text
     try:
         value = float(text)
@@ -49,7 +51,7 @@ def parse_v_init(text: str) -> str | float:
         value = math.nan
     if not (0.0 <= value < 1.0):
         raise BridgeError(
-            f"--v-init {text!r} must be half, zero, optimized or a fraction of the threshold "
+            f"--v-init {text!r} must be auto, half, zero, optimized or a fraction of the threshold "
             "in [0, 1) (0.5 = half)"
         )
     return value
@@ -198,6 +200,23 @@ def _optimize(graph: Any, calibration: Any, timesteps: int) -> Any:
     )
 
 
+def _calibrate(graph: Any, calibration: Any, timesteps: int | None) -> Any:
+    """The default with --calibration: the calibration pipeline for T (or for every T), with its
+    choice and cost printed (bridge.passes.pipeline)."""
+    import torch
+
+    from app.cli.console import console
+
+    from bridge.passes.pipeline import CalibrationReport, calibrate
+
+    report = CalibrationReport(timesteps)
+    out = console()
+    calibrated = calibrate(graph, torch.as_tensor(calibration, dtype=torch.float32), timesteps, report=report,
+                           progress=lambda stage: out.print(f"[dim]calibrating: {stage}...[/]", highlight=False))
+    out.print(report.summary(), highlight=False, soft_wrap=True)
+    return calibrated
+
+
 @click.command(
     name="export",
     epilog="""\b
@@ -206,6 +225,7 @@ Examples:
   bridge export weights.pt --arch mypkg.nets:vgg16 --input-shape 3,32,32 --to nir -o model.nir
   bridge export weights.pt --arch mypkg.nets:vgg16 --input-shape 3,32,32 \\
       --thresholds p99.99 --calibration images.npy --to nir -o model.nir
+  bridge export model.pt2 --calibration digits --timesteps 4 --to nir -o m.nir
   bridge export model.pt2 --v-init optimized --timesteps 8 --calibration digits --to nir -o m.nir
   bridge export whole_model.pt --trust-pickle --input-shape 1,16,16 --to nir -o model.nir
   bridge export model.nir --to spikingjelly -o sj_model/
@@ -229,14 +249,18 @@ or a NIR file (for --to spikingjelly/norse).""",
               help="Shape of one input sample without batch (default: the .pt2's example input).")
 @click.option("--thresholds", default="auto", show_default=True, metavar="auto|trained|max|pNN.N",
               help="Threshold source: the trained clip bounds, or calibration max / percentile.")
-@click.option("--channel-wise", is_flag=True, help="Calibrate one threshold per channel.")
+@click.option("--channel-wise/--layer-wise", default=None,
+              help="Calibrated thresholds per channel or per layer (default: per channel when the "
+                   "calibration pipeline runs, else per layer).")
 @click.option("--calibration", metavar="digits|FILE",
               help="Calibration inputs: the embedded digits or a .npy/.npz/.pt tensor file.")
 @click.option("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES,
               show_default=True, help="Use the first N calibration samples.")
-@click.option("--v-init", default="half", show_default=True, metavar="half|zero|FLOAT|optimized",
-              help="Initial potential: theta/2, 0, a fraction of theta, or optimised on data.")
-@click.option("--timesteps", type=int, help="T to optimise for (with --v-init optimized).")
+@click.option("--v-init", default=None, metavar="auto|half|zero|FLOAT|optimized",
+              help="Initial potential: auto (default: with --calibration the calibration pipeline, "
+                   "else theta/2), theta/2, 0, a fraction of theta, or the v_init/threshold search only.")
+@click.option("--timesteps", type=int, help="T to calibrate for (default with --calibration: a "
+                                            "setting for every T).")
 @click.option("--maxpool", type=click.Choice(["error", "avg"]), default="error", show_default=True,
               help="MaxPool2d: refuse (default) or replace by average pooling (accuracy changes).")
 @click.option("--profile", default="exact", show_default=True,
@@ -245,8 +269,8 @@ or a NIR file (for --to spikingjelly/norse).""",
                    "importers that need one scalar threshold (see docs/compatibility.md).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: bool,
-           input_shape: str | None, thresholds: str, channel_wise: bool, calibration: str | None,
-           calibration_samples: int, v_init: str, timesteps: int | None, maxpool: str,
+           input_shape: str | None, thresholds: str, channel_wise: bool | None, calibration: str | None,
+           calibration_samples: int, v_init: str | None, timesteps: int | None, maxpool: str,
            profile: str, force: bool) -> None:
     """Convert a trained PyTorch model to a spiking network (NIR), or a NIR file to a
     SpikingJelly or Norse model.
@@ -259,6 +283,11 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     shape = parse_input_shape(input_shape)
     thresholds = parse_thresholds(thresholds)
     v = parse_v_init(v_init)
+    pipeline = v == "auto" and calibration is not None
+    if v == "auto" and not pipeline:
+        v = "half"
+    if channel_wise is None:
+        channel_wise = pipeline
     if v == "optimized" and (timesteps is None or calibration is None):
         raise BridgeError("--v-init optimized needs --timesteps T and --calibration data")
     if profile != "exact" and target != "nir":
@@ -296,11 +325,13 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     with _one_line_warnings():
         graph = convert_loaded(
             loaded, shape, thresholds=thresholds, channel_wise=channel_wise, calibration=calib,
-            v_init="half" if v == "optimized" else v, maxpool=maxpool, timesteps=timesteps,
+            v_init="half" if v in ("optimized", "auto") else v, maxpool=maxpool, timesteps=timesteps,
         )
         if v == "optimized":
             assert timesteps is not None
             graph = _optimize(graph, calib, timesteps)
+        elif pipeline:
+            graph = _calibrate(graph, calib, timesteps)
 
     if target == "nir":
         from bridge.format.nirio import write_graph
