@@ -101,7 +101,7 @@ class DemoConfig:
     #: the T at which the whole calibration pipeline runs per benchmark (elsewhere: the search only)
     pipeline_steps: dict[str, tuple[int, ...]] = field(
         default_factory=lambda: {"digits": (1, 2), "mnist1d": FULL_STEPS})
-    joint_iterations: int = 100
+    joint_iterations: int = 80
     any_t: bool = True
 
     @classmethod
