@@ -455,7 +455,7 @@ def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: De
         bar()
     t0 = res.clock("calibrate + simulate", t0)
     if config.any_t:
-        rep = CalibrationReport(None)
+        rep = CalibrationReport(None)  # what export writes without --timesteps
         any_t = calibrate(graphs["half"], cal, None, report=rep, iterations=config.joint_iterations)
         res.calibration.setdefault(spec.key, {}).setdefault("any", []).append(
             {"seconds": rep.seconds, "images": rep.images, "heldout": rep.heldout, "chosen": rep.chosen})

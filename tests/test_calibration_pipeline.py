@@ -189,7 +189,7 @@ def test_any_t_default_needs_every_t_not_to_get_worse():
     assert improves([1.0, 1.0], None)
     assert improves([0.5, 1.01], [1.0, 1.0])
     assert not improves([0.1, 1.1], [1.0, 1.0])  # much better at one T, worse at another: refused
-    assert default_stages(None) == ("half", "any-T")
+    assert default_stages(None) == ("half",)
     assert "joint" not in default_stages(64) and "weights" in default_stages(4)
 
 
