@@ -34,6 +34,7 @@ bench: install
 	$(PY) benchmarks/convert_bench.py
 	$(PY) benchmarks/simulate_bench.py
 	$(PY) benchmarks/export_bench.py
+	$(PY) benchmarks/calibration_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache bridge-demo

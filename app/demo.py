@@ -1,20 +1,29 @@
-"""``bridge demo``: train, convert, export, validate and report accuracy vs latency on digits.
+"""``bridge demo``: train, convert, calibrate, export, validate and report accuracy vs latency.
 
-For each data split (``digits_split(seed)``) the demo
+Two benchmarks, each over several seeds:
 
-1. trains four small models (:mod:`bridge.model.train`): a CNN with the trainable clipped ReLU, the
-   same CNN with QCFS, a plain-ReLU baseline and a small ResNet with clipped ReLUs;
-2. converts each to NIR (:func:`bridge.converter.convert`) and, on the first split, writes the
-   NIR file, the SpikingJelly and Norse artifacts (:func:`exporters.write_artifact`) and
-   validates both exporters against the reference simulator (:func:`validation.validate`);
-3. measures accuracy at T in 1, 2, 4, ..., 64 with the reference simulator for the initial
-   potentials 0, theta/2 and optimised (:func:`bridge.passes.optimize.optimize_initial_potentials`,
-   fitted per T on training images), and SpikingJelly's own ann2snn converter on the same
-   plain-ReLU weights (:mod:`app.ann2snn_baseline`);
-4. writes a report folder (Markdown, PNG plots, results.json) and prints the table.
+* **digits** (scikit-learn's 8x8 digits upsampled to 16x16, ``digits_split(seed)``): a CNN with the
+  trainable clipped ReLU, the same CNN with QCFS, a plain-ReLU CNN and a small ResNet;
+* **MNIST-1D** (Greydanus 2020, ``bridge.data.mnist1d``; the fixed published set, the seed changes
+  the initialisation, the mini-batches and the calibration images): a 1D CNN and a residual 1D net,
+  each with QCFS (trained for low latency) and with plain ReLU (post-hoc calibration only).
 
-Every number is a mean over the splits with its standard deviation; the targets of issue #6
-are checked on the means and printed with pass/fail.
+For each model the demo
+
+1. trains it (:mod:`bridge.model.train`);
+2. converts it to NIR (:func:`bridge.converter.convert`; ReLU models take per-channel p99.99
+   thresholds from training images);
+3. measures test accuracy at T in 1, 2, 4, ..., 64 (:func:`validation.evaluation.evaluate_graph`,
+   float32) for v_init 0 (digits), theta/2, each stage of the calibration pipeline
+   (:func:`bridge.passes.pipeline.calibrate`: fitted per T on training images only, each stage
+   kept only if it lowers the error on held-out training images), the pipeline's choice (what
+   ``bridge export --calibration DATA --timesteps T`` writes), the any-T default (what it writes
+   without ``--timesteps``), and SpikingJelly's own ann2snn on the same ReLU weights
+   (:mod:`app.ann2snn_baseline`);
+4. on the first seed writes the NIR file and the SpikingJelly and Norse artifacts of the
+   calibrated graph and validates both exporters against the reference simulator;
+5. writes a report folder (Markdown, PNG plots, results.json); :mod:`app.demo_report` checks
+   the issues' targets on the means over seeds and prints them with pass/fail.
 """
 
 from __future__ import annotations
@@ -32,30 +41,45 @@ from torch import nn
 from app import ann2snn_baseline as sj
 from bridge.data.datasets import Split, digits_split
 from bridge.format.errors import BridgeError
-from bridge.model.train import DigitsCNN, DigitsResNet, train_model
+from bridge.model.train import DigitsCNN, DigitsResNet, SignalCNN, SignalResNet, train_model
 
 INPUT_SHAPE = (1, 16, 16)
 FULL_STEPS = (1, 2, 4, 8, 16, 32, 64)
 QUICK_STEPS = (1, 2, 4, 8, 16)
-BRIDGE_METHODS = ("zero", "half", "optimized")
-METHOD_LABELS = {"zero": "v_init 0", "half": "v_init theta/2", "optimized": "optimized"}
+BENCHMARKS = ("digits", "mnist1d")
+BRIDGE_METHODS = ("zero", "half", "optimized", "bias", "joint", "weights", "default", "any-T")
+METHOD_LABELS = {"zero": "v_init 0", "half": "v_init theta/2", "optimized": "+ v_init/threshold search",
+                 "bias": "+ bias correction", "joint": "+ joint fit (theta, v_init, bias)",
+                 "weights": "+ weight calibration", "default": "default export for T (pipeline's choice)",
+                 "any-T": "default export, no --timesteps"}
+CALIBRATION_STAGES = ("optimized", "bias", "joint", "weights")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model of the demo: how to build it and how long to train it."""
+    """One model of the demo: its benchmark, how to build it and how long to train it."""
 
     key: str
     label: str
     build: Callable[[], nn.Module]
     epochs: int
+    benchmark: str = "digits"
+    relu: bool = False  # plain ReLU: calibrated thresholds, SpikingJelly ann2snn applies
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return INPUT_SHAPE if self.benchmark == "digits" else (1, 40)
 
 
 MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("clip", "CNN, clipped ReLU", lambda: DigitsCNN("clip"), 20),
     ModelSpec("qcfs", "CNN, QCFS (L=4)", lambda: DigitsCNN("qcfs", levels=4), 20),
-    ModelSpec("relu", "CNN, plain ReLU", lambda: DigitsCNN("relu"), 20),
+    ModelSpec("relu", "CNN, plain ReLU", lambda: DigitsCNN("relu"), 20, relu=True),
     ModelSpec("resnet", "ResNet, clipped ReLU", lambda: DigitsResNet("clip"), 10),
+    ModelSpec("m1d-cnn-qcfs", "MNIST-1D CNN, QCFS (L=4)", lambda: SignalCNN("qcfs", levels=4), 12, "mnist1d"),
+    ModelSpec("m1d-cnn-relu", "MNIST-1D CNN, plain ReLU", lambda: SignalCNN("relu"), 12, "mnist1d", relu=True),
+    ModelSpec("m1d-res-qcfs", "MNIST-1D ResNet, QCFS (L=4)", lambda: SignalResNet("qcfs", levels=4), 8, "mnist1d"),
+    ModelSpec("m1d-res-relu", "MNIST-1D ResNet, plain ReLU", lambda: SignalResNet("relu"), 8, "mnist1d", relu=True),
 )
 
 
@@ -68,20 +92,42 @@ class DemoConfig:
     quick: bool = False
     force: bool = False
     steps: tuple[int, ...] = FULL_STEPS
-    calibration_samples: int = 256
+    calibration_samples: int = 512
     epochs_scale: float = 1.0
     sj_settings: tuple[sj.SJSetting, ...] = sj.SETTINGS
     export_and_validate: bool = True
+    benchmarks: tuple[str, ...] = BENCHMARKS
+    mnist1d_seeds: int = 2
+    #: the T at which the whole calibration pipeline runs per benchmark (elsewhere: the search only)
+    pipeline_steps: dict[str, tuple[int, ...]] = field(
+        default_factory=lambda: {"digits": (1, 2), "mnist1d": FULL_STEPS})
+    joint_iterations: int = 80
+    any_t: bool = True
 
     @classmethod
     def make(cls, out: str | Path = "bridge-demo", seeds: int = 3, quick: bool = False,
-             force: bool = False) -> DemoConfig:
+             force: bool = False, benchmarks: tuple[str, ...] = BENCHMARKS,
+             mnist1d_seeds: int | None = None) -> DemoConfig:
         if seeds < 1:
             raise BridgeError(f"--seeds must be >= 1, got {seeds}")
+        bad = [b for b in benchmarks if b not in BENCHMARKS]
+        if bad or not benchmarks:
+            raise BridgeError(f"unknown benchmark {', '.join(bad) or '(none)'}; choose from {', '.join(BENCHMARKS)}")
+        m1d = min(seeds, 2) if mnist1d_seeds is None else mnist1d_seeds
+        if m1d < 1:
+            raise BridgeError(f"--mnist1d-seeds must be >= 1, got {m1d}")
         if quick:
-            return cls(Path(out), seeds, True, force, QUICK_STEPS, 128, 0.5,
-                       tuple(s for s in sj.SETTINGS if s.mode == "99.9%"))
-        return cls(Path(out), seeds, False, force)
+            return cls(Path(out), seeds, True, force, QUICK_STEPS, 256, 0.5,
+                       tuple(s for s in sj.SETTINGS if s.mode == "99.9%"), benchmarks=tuple(benchmarks),
+                       mnist1d_seeds=m1d, pipeline_steps={"digits": (1, 2), "mnist1d": (2, 4, 8)},
+                       joint_iterations=60, any_t=False)
+        return cls(Path(out), seeds, False, force, benchmarks=tuple(benchmarks), mnist1d_seeds=m1d)
+
+    def models(self) -> list[ModelSpec]:
+        return [m for m in MODELS if m.benchmark in self.benchmarks]
+
+    def seeds_of(self, benchmark: str) -> list[int]:
+        return list(range(self.seeds if benchmark == "digits" else self.mnist1d_seeds))
 
 
 # --- results --------------------------------------------------------------------------------
@@ -101,6 +147,11 @@ class Results:
     train_seconds: dict[str, list[float]] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # where the time went
     seconds: float = 0.0
+    # calibration cost per model and T (str), one dict per seed: seconds, images, chosen stage
+    calibration: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+    benchmark_seeds: dict[str, list[int]] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # model key -> label
+    benchmark_of: dict[str, str] = field(default_factory=dict)  # model key -> benchmark
 
     def clock(self, stage: str, since: float) -> float:
         """Add the time since ``since`` to ``stage``; return now."""
@@ -134,7 +185,9 @@ class Results:
                 "accuracy": conv(self.accuracy), "agreement": conv(self.agreement),
                 "layers": self.layers, "validation": self.validation,
                 "train_seconds": self.train_seconds, "stage_seconds": self.stage_seconds,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "calibration": self.calibration,
+                "benchmark_seeds": self.benchmark_seeds, "labels": self.labels,
+                "benchmark_of": self.benchmark_of}
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -298,11 +351,34 @@ class _Progress:
         return update
 
 
-def run_demo(config: DemoConfig, console=None) -> Results:
-    """Run the whole demo; write the report folder; return the numbers."""
-    from bridge.converter import convert
-    from bridge.passes.optimize import optimize_initial_potentials
+def accuracy_vs_steps(graph: nir.NIRGraph, x: torch.Tensor, y: torch.Tensor, steps: tuple[int, ...],
+                      ann: bool) -> tuple[dict[int, float], dict[int, float]]:
+    """Test accuracy (and, with ``ann``, agreement with the graph's ANN view) after each T in ``steps``.
 
+    One float32 reference run of max(steps) steps (:func:`validation.evaluation.evaluate_graph`).
+    For an uncalibrated conversion the ANN view is the ANN, so the agreement is the agreement
+    with the ANN's predictions.
+    """
+    from validation.evaluation import evaluate_graph
+
+    ev = evaluate_graph(graph, x, y, list(steps), batch_size=len(x), dtype=torch.float32, ann=ann)
+    return ev.accuracy, ev.ann_agreement
+
+
+def _split(benchmark: str, seed: int) -> Split:
+    if benchmark == "digits":
+        return digits_split(seed)
+    from bridge.data.mnist1d import mnist1d_split
+
+    full = mnist1d_split()
+    # the published set is fixed; the seed picks the calibration images (a permutation of train)
+    perm = torch.randperm(len(full.train_y), generator=torch.Generator().manual_seed(seed))
+    return Split(full.train_x[perm], full.train_y[perm], full.test_x, full.test_y)
+
+
+def run_demo(config: DemoConfig, console=None) -> Results:
+    """Run the whole demo and return the numbers (``app.demo_report.write_report`` writes the
+    report folder from them)."""
     out = config.out
     if out.exists() and any(out.iterdir()) and not config.force:
         raise BridgeError(f"{out} already exists and is not empty; choose another --out or pass --force")
@@ -310,71 +386,97 @@ def run_demo(config: DemoConfig, console=None) -> Results:
         raise BridgeError(f"the folder {out.parent} does not exist; create it first")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    seeds = list(range(config.seeds))
-    res = Results(config.steps, seeds)
-    tmax = max(config.steps)
+    res = Results(config.steps, config.seeds_of("digits"))
     with _Progress(console) as progress:
-        for seed in seeds:
-            split = digits_split(seed)
-            x, y = split.test_x, split.test_y
-            for spec in MODELS:
-                epochs = max(1, round(spec.epochs * config.epochs_scale))
-                bar = progress.task(f"split {seed}: {spec.label}", epochs + 3 + len(config.steps))
-                t0 = time.perf_counter()
-                trained = train_model(spec.build(), split, epochs=epochs, seed=seed,
-                                      progress=lambda d, n: bar(done=d))
-                model = trained.model
-                res.ann.setdefault(spec.key, []).append(trained.ann_accuracy)
-                res.train_seconds.setdefault(spec.key, []).append(trained.seconds)
-                with torch.no_grad():
-                    ann_pred = model(x).argmax(1)
-                cal = split.train_x[:config.calibration_samples]
-                t0 = res.clock("train", t0)
-                # a ReLU has no trained bound: thresholds are calibrated per channel (p99.99), the
-                # same granularity as SpikingJelly's best setting it is compared with
-                graphs = {v: convert(model, INPUT_SHAPE, calibration=cal, v_init=v,
-                                     channel_wise=spec.key == "relu")
-                          for v in ("zero", "half")}
-                bar()
-                for v, g in graphs.items():
-                    running = sweep(g, x, tmax)
-                    acc, agree = _readout_stats(running, y, ann_pred, config.steps)
-                    res.add("accuracy", spec.key, v, acc)
-                    res.add("agreement", spec.key, v, agree)
-                bar()
-                t0 = res.clock("convert + simulate", t0)
-                optimized_graphs = {}
-                for t in config.steps:
-                    go = optimize_initial_potentials(graphs["half"], calibration_for(t, split, config.calibration_samples), t)
-                    optimized_graphs[t] = go
-                    running = sweep(go, x, t)
-                    acc, agree = _readout_stats(running, y, ann_pred, (t,))
-                    res.add("accuracy", spec.key, "optimized", acc)
-                    res.add("agreement", spec.key, "optimized", agree)
-                    bar()
-                t0 = res.clock("optimize + simulate", t0)
-                if seed == seeds[0]:
-                    t_layer = 4 if 4 in config.steps else config.steps[0]
-                    res.layers[spec.key] = layer_analysis(graphs["half"], optimized_graphs[t_layer], x[:128], t_layer)
-                    t0 = res.clock("layer analysis", t0)
-                    if config.export_and_validate:
-                        res.validation[spec.key] = validate_exports(
-                            graphs["half"], out / "models" / spec.key, x[:64], y[:64],
-                            min(16, tmax), config.force)
-                        t0 = res.clock("export + validate", t0)
-                bar()
-                if spec.key == "relu":
-                    sj_bar = progress.task(f"split {seed}: SpikingJelly ann2snn", len(config.sj_settings))
-                    for setting in config.sj_settings:
-                        snn = sj.convert(model, cal, setting)
-                        running = sj.run(snn, x, tmax)
-                        acc, agree = _readout_stats(running, y, ann_pred, config.steps)
-                        res.add("accuracy", spec.key, setting.label, acc)
-                        res.add("agreement", spec.key, setting.label, agree)
-                        sj_bar()
-                    res.clock("SpikingJelly ann2snn", t0)
+        for benchmark in config.benchmarks:
+            seeds = config.seeds_of(benchmark)
+            res.benchmark_seeds[benchmark] = seeds
+            for seed in seeds:
+                split = _split(benchmark, seed)
+                for spec in [m for m in config.models() if m.benchmark == benchmark]:
+                    _run_model(spec, split, seed, seed == seeds[0], config, res, progress)
     res.seconds = time.perf_counter() - start
-    from app.demo_report import write_report
-
-    write_report(res, config, out)
     return res
+
+
+def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: DemoConfig,
+               res: Results, progress: _Progress) -> None:
+    """Train, convert, calibrate and measure one model on one seed; record into ``res``."""
+    from bridge.converter import convert
+    from bridge.passes.pipeline import CalibrationReport, calibrate
+
+    x, y = split.test_x, split.test_y
+    res.labels[spec.key], res.benchmark_of[spec.key] = spec.label, spec.benchmark
+    epochs = max(1, round(spec.epochs * config.epochs_scale))
+    pipeline_steps = [t for t in config.steps if t in config.pipeline_steps.get(spec.benchmark, ())]
+    bar = progress.task(f"{spec.benchmark} seed {seed}: {spec.label}"[:38],
+                        epochs + 2 + len(config.steps) + int(config.any_t))
+    t0 = time.perf_counter()
+    trained = train_model(spec.build(), split, epochs=epochs, seed=seed, progress=lambda d, n: bar(done=d))
+    model = trained.model
+    res.ann.setdefault(spec.key, []).append(trained.ann_accuracy)
+    res.train_seconds.setdefault(spec.key, []).append(trained.seconds)
+    with torch.no_grad():
+        ann_pred = model(x).argmax(1)
+    cal = split.train_x[:config.calibration_samples]
+    t0 = res.clock("train", t0)
+    # a ReLU has no trained bound: thresholds are calibrated per channel (p99.99), the same
+    # granularity as SpikingJelly's best setting it is compared with
+    inits = ("zero", "half") if spec.benchmark == "digits" else ("half",)
+    graphs = {v: convert(model, spec.input_shape, calibration=cal, v_init=v, channel_wise=spec.relu)
+              for v in inits}
+    bar()
+    for v, g in graphs.items():
+        acc, agree = accuracy_vs_steps(g, x, y, config.steps, ann=True)
+        res.add("accuracy", spec.key, v, acc)
+        res.add("agreement", spec.key, v, agree)
+    bar()
+    t0 = res.clock("convert + simulate", t0)
+    calibrated: dict[int, nir.NIRGraph] = {}
+    for t in config.steps:
+        if t in pipeline_steps:
+            rep, stage_graphs = CalibrationReport(t), {}
+            calibrated[t] = calibrate(graphs["half"], cal, t, report=rep, graphs=stage_graphs,
+                                      iterations=config.joint_iterations)
+            res.calibration.setdefault(spec.key, {}).setdefault(str(t), []).append(
+                {"seconds": rep.seconds, "images": rep.images, "heldout": rep.heldout, "chosen": rep.chosen,
+                 "stages": {st.name: {"seconds": st.seconds, "heldout_error": st.heldout_error, "kept": st.kept}
+                            for st in rep.stages}})
+            for stage in CALIBRATION_STAGES:
+                if stage in stage_graphs:
+                    res.add("accuracy", spec.key, stage, accuracy_vs_steps(stage_graphs[stage], x, y, (t,), False)[0])
+            res.add("accuracy", spec.key, "default", accuracy_vs_steps(calibrated[t], x, y, (t,), False)[0])
+        else:  # the search only (the digits beyond the targets' T: keeps the demo short)
+            calibrated[t] = calibrate(graphs["half"], calibration_for(t, split, config.calibration_samples), t,
+                                      stages=("half", "optimized"))
+            res.add("accuracy", spec.key, "optimized", accuracy_vs_steps(calibrated[t], x, y, (t,), False)[0])
+        bar()
+    t0 = res.clock("calibrate + simulate", t0)
+    if config.any_t:
+        rep = CalibrationReport(None)  # what export writes without --timesteps
+        any_t = calibrate(graphs["half"], cal, None, report=rep, iterations=config.joint_iterations)
+        res.calibration.setdefault(spec.key, {}).setdefault("any", []).append(
+            {"seconds": rep.seconds, "images": rep.images, "heldout": rep.heldout, "chosen": rep.chosen})
+        res.add("accuracy", spec.key, "any-T", accuracy_vs_steps(any_t, x, y, config.steps, False)[0])
+        bar()
+        t0 = res.clock("calibrate any T + simulate", t0)
+    if first:
+        t_layer = 4 if 4 in calibrated else config.steps[0]
+        res.layers[spec.key] = layer_analysis(graphs["half"], calibrated[t_layer], x[:128], t_layer)
+        t0 = res.clock("layer analysis", t0)
+        if config.export_and_validate:
+            # the calibrated graph (weights, biases, thresholds, v_init changed) must export exactly
+            res.validation[spec.key] = validate_exports(
+                calibrated[t_layer], config.out / "models" / spec.key, x[:64], y[:64],
+                min(16, max(config.steps)), config.force)
+            t0 = res.clock("export + validate", t0)
+    if spec.relu:
+        sj_bar = progress.task(f"seed {seed}: SpikingJelly ann2snn", len(config.sj_settings))
+        for setting in config.sj_settings:
+            snn = sj.convert(model, cal, setting)
+            running = sj.run(snn, x, max(config.steps))
+            acc, agree = _readout_stats(running, y, ann_pred, config.steps)
+            res.add("accuracy", spec.key, setting.label, acc)
+            res.add("agreement", spec.key, setting.label, agree)
+            sj_bar()
+        res.clock("SpikingJelly ann2snn", t0)

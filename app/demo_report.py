@@ -38,33 +38,60 @@ def _gap(g: float) -> str:
     return f"{abs(100 * g):.2f} pt {'below' if g > 1e-9 else 'above' if g < -1e-9 else 'from'} ANN"
 
 
-def check_targets(res: Results) -> list[Target]:
-    """The issue's targets, evaluated on mean accuracies (gaps in percentage points)."""
-    from app.demo import BRIDGE_METHODS
+def _bridge_methods(res: Results, model: str) -> list[str]:
+    return [m for m in res.methods(model) if not m.startswith("SJ ")]
 
+
+def bridge_best(res: Results, model: str, t: int) -> float:
+    """The best mean accuracy of any bridge method at T = ``t`` (nan where none was measured)."""
+    vals = [res.mean(model, m, t) for m in _bridge_methods(res, model)]
+    vals = [v for v in vals if not math.isnan(v)]
+    return max(vals) if vals else float("nan")
+
+
+def headline(res: Results, model: str, method: str = "default", within: float = 0.01) -> int | None:
+    """The smallest T whose mean accuracy (``method``) is within ``within`` of the ANN's, or None."""
+    ann = res.ann_mean(model)
+    for t in res.steps:
+        m = res.mean(model, method, t)
+        if not math.isnan(m) and ann - m <= within + 1e-12:
+            return t
+    return None
+
+
+def _models(res: Results, benchmark: str) -> list[str]:
+    return [m for m in res.ann if res.benchmark_of.get(m, "digits") == benchmark]
+
+
+def check_targets(res: Results) -> list[Target]:
+    """The issues' targets (#6 on the digits, #12 on MNIST-1D), on mean accuracies (gaps in points)."""
     targets: list[Target] = []
     steps = res.steps
-    clipped = [m for m in ("clip", "qcfs") if m in res.ann]
+    digits = _models(res, "digits")
+    clipped = [m for m in ("clip", "qcfs") if m in digits]
 
     def gap(model: str, method: str, t: int) -> float:
         return res.ann_mean(model) - res.mean(model, method, t)
 
+    # --- digits (issue #6) ---
     for t, limit in ((4, 0.010), (8, 0.003)):
         if t not in steps or not clipped:
             continue
         gaps = {m: gap(m, "half", t) for m in clipped}
         best = min(gaps, key=gaps.get)
         targets.append(Target(
-            f"theta/2, best of clipped/QCFS: T={t} within {100 * limit:.1f} pt of its ANN",
+            f"digits theta/2, best of clipped/QCFS: T={t} within {100 * limit:.1f} pt of its ANN",
             gaps[best] <= limit + 1e-12,
             "; ".join(f"{m}: {_gap(g)}" for m, g in gaps.items())))
     if 8 in steps and clipped:
         agr = {m: res.mean(m, "half", 8, "agreement") for m in clipped}
         best = max(agr, key=agr.get)
-        targets.append(Target("theta/2, best of clipped/QCFS: agreement with the ANN at T=8 >= 99.5%",
+        targets.append(Target("digits theta/2, best of clipped/QCFS: agreement with the ANN at T=8 >= 99.5%",
                               agr[best] >= 0.995, "; ".join(f"{m}: {_pts(a)}%" for m, a in agr.items())))
     low = [t for t in steps if t <= 16]
-    for model in res.ann:
+    for model in digits:
+        if "zero" not in res.methods(model):
+            continue
         worse = [t for t in low if res.mean(model, "half", t) < res.mean(model, "zero", t)]
         ties = [t for t in low if res.mean(model, "half", t) == res.mean(model, "zero", t)]
         targets.append(Target(
@@ -72,45 +99,79 @@ def check_targets(res: Results) -> list[Target]:
             ("zero better at T=" + ",".join(map(str, worse))) if worse else
             ("equal at T=" + ",".join(map(str, ties)) if ties else "better at every T")))
     for model in ("relu", "clip"):
-        if model not in res.ann:
+        if model not in digits:
             continue
         for t, limit in ((1, 0.02), (2, 0.005)):
             if t in steps:
-                g = gap(model, "optimized", t)
-                targets.append(Target(f"{model}: optimized T={t} within {100 * limit:.1f} pt of the ANN",
+                g = gap(model, "default", t)
+                targets.append(Target(f"{model}: calibrated (default) T={t} within {100 * limit:.1f} pt of the ANN",
                                       g <= limit + 1e-12, _gap(g)))
-    if "resnet" in res.ann and 4 in steps:
-        per = {m: res.mean("resnet", m, 4) for m in BRIDGE_METHODS if m in res.methods("resnet")}
+    if "resnet" in digits and 4 in steps:
+        per = {m: res.mean("resnet", m, 4) for m in _bridge_methods(res, "resnet")}
+        per = {m: v for m, v in per.items() if not math.isnan(v)}
         best = max(per, key=per.get)
         targets.append(Target("resnet: >= 95% at T=4 (bridge's best setting)", per[best] >= 0.95,
                               "; ".join(f"{m}: {_pts(a)}%" for m, a in per.items())))
-    if "relu" in res.ann:
-        sj_methods = [m for m in res.methods("relu") if m.startswith("SJ ")]
-        bridge_methods = [m for m in res.methods("relu") if not m.startswith("SJ ")]
-        if sj_methods:
-            lost = []
-            for t in low:
-                b = max(res.mean("relu", m, t) for m in bridge_methods)
-                s = max(res.mean("relu", m, t) for m in sj_methods)
-                if not b > s:
-                    lost.append(f"T={t}: bridge {_pts(b)} vs SJ {_pts(s)}")
-            targets.append(Target("same ReLU weights: bridge's best beats SJ ann2snn's best at every T <= 16",
-                                  not lost, "; ".join(lost) if lost else "bridge ahead at every T"))
+    # --- MNIST-1D (issue #12) ---
+    for model in _models(res, "mnist1d"):
+        relu = "relu" in model
+        limits = ((2, 0.06), (4, 0.02), (8, 0.005)) if relu else ((2, 0.02), (4, 0.005))
+        for t, limit in limits:
+            if t in steps:
+                g = gap(model, "default", t)
+                targets.append(Target(f"{model}: default export T={t} within {100 * limit:.1f} pt of the ANN",
+                                      g <= limit + 1e-12, _gap(g)))
+        misses = []
+        for t in steps:
+            best, default = bridge_best(res, model, t), res.mean(model, "default", t)
+            if not math.isnan(default) and best - default > 0.005 + 1e-12:
+                misses.append(f"T={t}: {_pts(default)} vs best {_pts(best)}")
+        targets.append(Target(f"{model}: default export within 0.5 pt of bridge's best at every T", not misses,
+                              "; ".join(misses) if misses else "at every T"))
+    # --- bridge vs SpikingJelly on the same ReLU weights (both benchmarks) ---
+    for model in res.ann:
+        sj_methods = [m for m in res.methods(model) if m.startswith("SJ ")]
+        if not sj_methods:
+            continue
+        lost = []
+        for t in steps:
+            b = bridge_best(res, model, t)
+            s = max(res.mean(model, m, t) for m in sj_methods)
+            if not b > s:
+                lost.append(f"T={t}: bridge {_pts(b)} vs SJ {_pts(s)}")
+        targets.append(Target(f"{model}: bridge's best beats SJ ann2snn's best at every T in {steps[0]}..{steps[-1]}",
+                              not lost, "; ".join(lost) if lost else "bridge ahead at every T"))
     return targets
+
+
+def headlines(res: Results) -> list[tuple[str, str]]:
+    """Per model: the smallest T within 1 point of the ANN, for the default export and for SJ's best."""
+    out = []
+    for model in res.ann:
+        t = headline(res, model)
+        text = f"T={t}" if t is not None else f"none up to T={res.steps[-1]}"
+        sj_methods = [m for m in res.methods(model) if m.startswith("SJ ")]
+        if sj_methods:
+            best_sj = [headline(res, model, m) for m in sj_methods]
+            best_sj = [b for b in best_sj if b is not None]
+            text += f" (SJ ann2snn best: {'T=' + str(min(best_sj)) if best_sj else 'none'})"
+        out.append((res.labels.get(model, model), text))
+    return out
 
 
 def table_rows(res: Results) -> tuple[list[str], list[list[str]]]:
     """Header and rows (mean ± std over splits, in %) of the accuracy table."""
-    from app.demo import METHOD_LABELS, MODELS
+    from app.demo import BRIDGE_METHODS, METHOD_LABELS, MODELS
 
     header = ["model", "method", "ANN"] + [f"T={t}" for t in res.steps]
     rows = []
+    order = {m: i for i, m in enumerate(BRIDGE_METHODS)}
     for spec in MODELS:
         if spec.key not in res.ann:
             continue
         ann = res.ann[spec.key]
         ann_cell = f"{100 * np.mean(ann):.2f}±{100 * np.std(ann):.2f}"
-        methods = res.methods(spec.key)
+        methods = sorted(res.methods(spec.key), key=lambda m: order.get(m, len(order)))
         for i, method in enumerate(methods):
             cells = []
             for t in res.steps:
@@ -118,7 +179,7 @@ def table_rows(res: Results) -> tuple[list[str], list[list[str]]]:
                 cells.append("-" if math.isnan(m) else f"{100 * m:.2f}±{100 * res.std(spec.key, method, t):.2f}")
             rows.append([spec.label if i == 0 else "", METHOD_LABELS.get(method, method),
                          ann_cell if i == 0 else ""] + cells)
-        if spec.key != "relu":
+        if not spec.relu:
             rows.append(["", "SJ ann2snn: not applicable (converts nn.ReLU only)", ""] +
                         ["n/a"] * len(res.steps))
     return header, rows
@@ -130,19 +191,69 @@ def print_table(res: Results, console) -> None:
     header, rows = table_rows(res)
     if not console.is_terminal:  # a log file: do not wrap the table at 80 columns
         console.width = max(console.width, 200)
-    table = Table(title=f"Test accuracy (%) vs time-steps T, mean ± std over {len(res.seeds)} split(s) "
-                        f"of the digits (360 test images each)")
+    table = Table(title=f"Test accuracy (%) vs time-steps T, mean ± std over seeds ({_data_line(res)})")
     for h in header:
         table.add_column(h, justify="left" if h in ("model", "method") else "right")
     for r in rows:
         table.add_row(*r)
     console.print(table)
-    t = Table(title="Targets (issue #6), on the means")
-    for h in ("target", "result", "detail"):
-        t.add_column(h)
+    h = Table(title="Headline: smallest T within 1 point of the ANN (default export)")
+    h.add_column("model")
+    h.add_column("smallest T")
+    for label, text in headlines(res):
+        h.add_row(label, text)
+    console.print(h)
+    c = Table(title="Calibration cost (mean over seeds): chosen stage, seconds, images")
+    for col in ("model", "T", "chosen", "seconds", "images (held out)"):
+        c.add_column(col)
+    for row in calibration_rows(res):
+        c.add_row(*row)
+    console.print(c)
+    t = Table(title="Targets (issues #6 and #12), on the means")
+    for h_ in ("target", "result", "detail"):
+        t.add_column(h_)
     for tg in check_targets(res):
         t.add_row(tg.text, "[green]pass[/green]" if tg.passed else "[red]FAIL[/red]", tg.detail)
     console.print(t)
+
+
+def _data_line(res: Results) -> str:
+    parts = []
+    for bench, seeds in (res.benchmark_seeds or {"digits": res.seeds}).items():
+        what = "digits, 360 test images" if bench == "digits" else "MNIST-1D, 1000 test signals"
+        parts.append(f"{what}, {len(seeds)} seed(s)")
+    return "; ".join(parts)
+
+
+def calibration_rows(res: Results) -> list[list[str]]:
+    """Per model and T: the stage the pipeline chose (per seed), mean seconds, images."""
+    rows = []
+    for model, per_t in res.calibration.items():
+        for t, runs in per_t.items():
+            chosen = ",".join(r["chosen"] for r in runs)
+            rows.append([res.labels.get(model, model), "any" if t == "any" else t, chosen,
+                         f"{np.mean([r['seconds'] for r in runs]):.1f}",
+                         f"{runs[0]['images']} ({runs[0]['heldout']})"])
+    return rows
+
+
+def summary_line(res: Results) -> str:
+    """One line: how many targets passed, and the failed ones."""
+    tg = check_targets(res)
+    failed = [t.text for t in tg if not t.passed]
+    head = f"targets: {len(tg) - len(failed)}/{len(tg)} passed"
+    return head + (f"; FAILED: {'; '.join(failed)}" if failed else "")
+
+
+def _grid(plt, n: int, cols: int = 4):
+    """A figure with ``n`` panels, ``cols`` per row; returns the figure and the flat list of used axes."""
+    rows = max(1, -(-n // cols))
+    cols = min(cols, max(n, 1))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
 
 
 def _plots(res: Results, out: Path) -> None:
@@ -156,8 +267,8 @@ def _plots(res: Results, out: Path) -> None:
     models = [s for s in MODELS if s.key in res.ann]
     for table, fname, ylabel in (("accuracy", PLOTS[0], "test accuracy (%)"),
                                  ("agreement", PLOTS[1], "agreement with the ANN (%)")):
-        fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
-        for ax, spec in zip(axes[0], models):
+        fig, axes = _grid(plt, len(models))
+        for ax, spec in zip(axes, models):
             for method in res.methods(spec.key):
                 ts = [t for t in res.steps if not math.isnan(res.mean(spec.key, method, t, table))]
                 m = np.array([100 * res.mean(spec.key, method, t, table) for t in ts])
@@ -173,15 +284,15 @@ def _plots(res: Results, out: Path) -> None:
             ax.set_ylim(max(0, ax.get_ylim()[0]), 100.5)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
-        axes[0][0].set_ylabel(ylabel)
+        axes[0].set_ylabel(ylabel)
         fig.tight_layout()
         fig.savefig(out / fname, dpi=110)
         plt.close(fig)
     for key_prefix, fname, ylabel in (("error_", PLOTS[2], "mean |rate output - ANN| / theta"),
                                       ("rate_", PLOTS[3], "spikes per neuron per step"),
                                       ("synops_", PLOTS[4], "synaptic ops per inference")):
-        fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
-        for ax, spec in zip(axes[0], models):
+        fig, axes = _grid(plt, len(models))
+        for ax, spec in zip(axes, models):
             rows = [r for r in res.layers.get(spec.key, []) if f"{key_prefix}half" in r]
             if key_prefix != "synops_":
                 rows = [r for r in rows if "neurons" in r]
@@ -189,7 +300,7 @@ def _plots(res: Results, out: Path) -> None:
             xs = np.arange(len(rows))
             for j, method in enumerate(("half", "optimized")):
                 ax.bar(xs + 0.4 * j - 0.2, [r[f"{key_prefix}{method}"] for r in rows], width=0.4,
-                       label=METHOD_LABELS[method])
+                       label="theta/2" if method == "half" else "calibrated for T=4")
             ax.set_xticks(xs, names, rotation=60, fontsize=6, ha="right")
             ax.set_title(spec.label, fontsize=9)
             ax.legend(fontsize=6)
@@ -197,7 +308,7 @@ def _plots(res: Results, out: Path) -> None:
                 ann = [r.get("ann_macs") for r in res.layers.get(spec.key, []) if "ann_macs" in r]
                 if ann:
                     ax.set_title(f"{spec.label}\n(ANN: {ann[0]:.3g} MACs)", fontsize=8)
-        axes[0][0].set_ylabel(ylabel)
+        axes[0].set_ylabel(ylabel)
         fig.tight_layout()
         fig.savefig(out / fname, dpi=110)
         plt.close(fig)
@@ -208,14 +319,18 @@ def markdown(res: Results, config: DemoConfig) -> str:
     lines = [
         "# bridge demo report",
         "",
-        f"Digits (scikit-learn, upsampled to 16x16), {len(res.seeds)} split(s) `digits_split(seed)`, "
-        f"seeds {res.seeds}; 360 test images per split. Numbers are mean ± std over splits, in %. "
+        f"{_data_line(res)}. Numbers are mean ± std over seeds, in %. "
         f"Run time {res.seconds:.0f} s{' (--quick)' if config.quick else ''}.",
         "",
         "Methods: *v_init 0* and *v_init theta/2*: the converted graph with that initial potential, "
-        "simulated once for all T by the reference simulator; *optimized*: thresholds and initial "
-        "potentials fitted per channel on training images for each T (`bridge.passes.optimize`); "
-        "*SJ ann2snn*: SpikingJelly 2.0's own converter on the same plain-ReLU weights.",
+        "simulated once for all T by the reference simulator; the calibration stages "
+        "(`bridge.passes.pipeline`, fitted per T on training images, each kept only if it lowers the "
+        "error on held-out training images; a row shows the best graph so far after that stage): "
+        "*+ v_init/threshold search* (`bridge.passes.optimize`), *+ bias correction* "
+        "(`bridge.passes.bias_correction`), *+ joint fit* and *+ weight calibration* "
+        "(`bridge.passes.joint_fit`); *default export for T*: the pipeline's choice, what "
+        "`bridge export --calibration DATA --timesteps T` writes; *default export, no --timesteps*: "
+        "the any-T setting; *SJ ann2snn*: SpikingJelly 2.0's own converter on the same plain-ReLU weights.",
         "",
         "## Accuracy vs T",
         "",
@@ -223,16 +338,21 @@ def markdown(res: Results, config: DemoConfig) -> str:
         "|" + "---|" * len(header),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "## Headline: smallest T within 1 point of the ANN", "", "| model | smallest T |", "|---|---|"]
+    lines += [f"| {label} | {text} |" for label, text in headlines(res)]
+    lines += ["", "## Calibration cost", "", "| model | T | chosen stage (per seed) | seconds | images (held out) |",
+              "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in calibration_rows(res)]
     lines += ["", "![accuracy](accuracy_vs_T.png)", "", "![agreement](agreement_vs_T.png)", "",
-              "## Targets", "", "| target | result | detail |", "|---|---|---|"]
+              "## Targets", "", summary_line(res), "", "| target | result | detail |", "|---|---|---|"]
     lines += [f"| {t.text} | {'pass' if t.passed else '**FAIL**'} | {t.detail} |" for t in check_targets(res)]
     lines += ["", "## Per layer (first split)", "",
-              "Conversion error: mean |theta' N/T - clip(z, 0, theta)| / mean theta of each IF layer "
+              "Conversion error at T=4 (theta/2 vs the default export for T=4): mean |theta' N/T - clip(z, 0, theta)| / mean theta of each IF layer "
               "against the ANN view; firing rate: spikes per neuron per step; SynOps: spikes x fan-out "
               "per inference (the input layer's analog MACs counted once).", ""]
     for model, layer_rows in res.layers.items():
-        lines += [f"### {model}", "", "| layer | error theta/2 | error optimized | rate theta/2 | "
-                  "rate optimized | SynOps theta/2 | SynOps optimized |", "|---|---|---|---|---|---|---|"]
+        lines += [f"### {model}", "", "| layer | error theta/2 | error calibrated | rate theta/2 | "
+                  "rate calibrated | SynOps theta/2 | SynOps calibrated |", "|---|---|---|---|---|---|---|"]
         for r in layer_rows:
             if "neurons" in r:
                 lines.append(f"| {r['layer']} | {r['error_half']:.4f} | {r['error_optimized']:.4f} | "

@@ -284,3 +284,25 @@ def test_profile_is_refused_for_framework_targets(tmp_path, capsys):
     src.write_bytes(b"x")
     assert main(["export", str(src), "--to", "norse", "-o", str(tmp_path / "o"), "--profile", "nir-compat"]) == 2
     assert "--profile applies to --to nir" in capsys.readouterr().err
+
+
+def test_calibration_pipeline_is_the_default_with_calibration_data(files, tmp_path, capsys):
+    """--calibration DATA --timesteps T runs the pipeline for T and prints its choice and cost;
+    without --timesteps the setting for every T."""
+    out = tmp_path / "p.nir"
+    code, stdout, err = run(capsys, "export", files["relu_mlp"], "--to", "nir", "-o", out,
+                            "--calibration", files["calib"], "--timesteps", "2")
+    assert code == 0, err
+    assert "calibration for T=2: chose" in stdout and "40 images (20 held out)" in stdout
+    graph = read_graph(out)
+    from bridge.format.extension import graph_semantics
+
+    assert graph_semantics(graph).timesteps == 2
+    ths = [np.asarray(n.v_threshold) for n in graph.nodes.values() if isinstance(n, nir.IF)]
+    assert len(np.unique(ths[0])) > 1  # per-channel thresholds by default in the pipeline
+    out2 = tmp_path / "q.nir"
+    code, stdout, err = run(capsys, "export", files["relu_mlp"], "--to", "nir", "-o", out2,
+                            "--calibration", files["calib"])
+    assert code == 0, err
+    assert "calibration for any T (1..64): chose" in stdout
+    assert graph_semantics(read_graph(out2)).timesteps is None

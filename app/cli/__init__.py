@@ -30,7 +30,7 @@ SHORT_HELP: dict[str, str] = {
     "simulate": "Run a NIR graph with the reference simulator.",
     "validate": "Check every backend against the reference, step by step.",
     "evaluate": "Accuracy vs time-steps of a model or NIR file on your data.",
-    "demo": "Train, convert, export, validate and report on the embedded digits.",
+    "demo": "Train, convert, calibrate, export, validate and report on digits and MNIST-1D.",
 }
 
 

@@ -177,6 +177,23 @@ def _optimize(graph: Any, calibration: Any, timesteps: int) -> Any:
     )
 
 
+def _calibrate(graph: Any, calibration: Any, timesteps: int | None) -> Any:
+    """The default with --calibration: the calibration pipeline for T (or for every T), with its
+    choice and cost printed (bridge.passes.pipeline)."""
+    import torch
+
+    from app.cli.console import console
+
+    from bridge.passes.pipeline import CalibrationReport, calibrate
+
+    report = CalibrationReport(timesteps)
+    out = console()
+    calibrated = calibrate(graph, torch.as_tensor(calibration, dtype=torch.float32), timesteps, report=report,
+                           progress=lambda stage: out.print(f"[dim]calibrating: {stage}...[/]", highlight=False))
+    out.print(report.summary(), highlight=False, soft_wrap=True)
+    return calibrated
+
+
 @click.command(
     name="export",
     epilog="""\b
@@ -185,6 +202,7 @@ Examples:
   bridge export weights.pt --arch mypkg.nets:vgg16 --input-shape 3,32,32 --to nir -o model.nir
   bridge export weights.pt --arch mypkg.nets:vgg16 --input-shape 3,32,32 \\
       --thresholds p99.99 --calibration images.npy --to nir -o model.nir
+  bridge export model.pt2 --calibration digits --timesteps 4 --to nir -o m.nir
   bridge export model.pt2 --v-init optimized --timesteps 8 --calibration digits --to nir -o m.nir
   bridge export whole_model.pt --trust-pickle --input-shape 1,16,16 --to nir -o model.nir
   bridge export model.nir --to spikingjelly -o sj_model/
@@ -208,14 +226,18 @@ or a NIR file (for --to spikingjelly/norse).""",
               help="Shape of one input sample without batch (default: the .pt2's example input).")
 @click.option("--thresholds", default="auto", show_default=True, metavar="auto|trained|max|pNN.N",
               help="Threshold source: the trained clip bounds, or calibration max / percentile.")
-@click.option("--channel-wise", is_flag=True, help="Calibrate one threshold per channel.")
+@click.option("--channel-wise/--layer-wise", default=None,
+              help="Calibrated thresholds per channel or per layer (default: per channel when the "
+                   "calibration pipeline runs, else per layer).")
 @click.option("--calibration", metavar="digits|FILE",
               help="Calibration inputs: the embedded digits or a .npy/.npz/.pt tensor file.")
 @click.option("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES,
               show_default=True, help="Use the first N calibration samples.")
-@click.option("--v-init", default="half", show_default=True, metavar="half|zero|FLOAT|optimized",
-              help="Initial potential: theta/2, 0, a fraction of theta, or optimised on data.")
-@click.option("--timesteps", type=int, help="T to optimise for (with --v-init optimized).")
+@click.option("--v-init", default=None, metavar="auto|half|zero|FLOAT|optimized",
+              help="Initial potential: auto (default: with --calibration the calibration pipeline, "
+                   "else theta/2), theta/2, 0, a fraction of theta, or the v_init/threshold search only.")
+@click.option("--timesteps", type=int, help="T to calibrate for (default with --calibration: a "
+                                            "setting for every T).")
 @click.option("--maxpool", type=click.Choice(["error", "avg"]), default="error", show_default=True,
               help="MaxPool2d: refuse (default) or replace by average pooling (accuracy changes).")
 @click.option("--weights", "weight_precision", type=click.Choice(["model", "float32", "float64"]), default="model",
@@ -227,8 +249,8 @@ or a NIR file (for --to spikingjelly/norse).""",
                    "importers that need one scalar threshold (see docs/compatibility.md).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: bool,
-           input_shape: str | None, thresholds: str, channel_wise: bool, calibration: str | None,
-           calibration_samples: int, v_init: str, timesteps: int | None, maxpool: str,
+           input_shape: str | None, thresholds: str, channel_wise: bool | None, calibration: str | None,
+           calibration_samples: int, v_init: str | None, timesteps: int | None, maxpool: str,
            weight_precision: str, profile: str, force: bool) -> None:
     """Convert a trained PyTorch model to a spiking network (NIR), or a NIR file to a
     SpikingJelly or Norse model.
@@ -239,6 +261,13 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     from bridge.model.loading import check_finite, is_nir_file, load_model
 
     shape = parse_input_shape(input_shape)
+    # --v-init auto (the default): with --calibration the calibration pipeline (bridge.passes.pipeline)
+    # after a theta/2 conversion with per-channel thresholds, else theta/2
+    pipeline = v_init in (None, "auto") and calibration is not None
+    if v_init in (None, "auto"):
+        v_init = "half"
+    if channel_wise is None:
+        channel_wise = pipeline
     options, optimized = conversion_options(thresholds, v_init, channel_wise=channel_wise, maxpool=maxpool,
                                             timesteps=timesteps, weights=weight_precision)
     if optimized and (timesteps is None or calibration is None):
@@ -271,6 +300,8 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
         if optimized:
             assert timesteps is not None
             graph = _optimize(graph, calib, timesteps)
+        elif pipeline:
+            graph = _calibrate(graph, calib, timesteps)
 
     if target == "nir":
         from bridge.format.nirio import write_graph

@@ -1,4 +1,4 @@
-"""Small CNNs for the 16x16 digits and a seeded, deterministic training loop.
+"""Small CNNs for the 16x16 digits and MNIST-1D, and a seeded, deterministic training loop.
 
 The models are what ``bridge demo`` trains and converts: a two-conv CNN whose activation
 is chosen by name (``clip``: :class:`~bridge.model.activations.ClippedReLU`, ``qcfs``:
@@ -68,21 +68,25 @@ class DigitsCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: act(x + bn(conv(act(bn(conv(x)))))), 1x1-conv shortcut on a change of shape."""
+    """ResNet basic block: act(x + bn(conv(act(bn(conv(x)))))), 1x1-conv shortcut on a change of shape.
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, activation: str = "clip") -> None:
+    ``dims`` = 2 (images, Conv2d) or 1 (signals, Conv1d); ``levels``: QCFS steps.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, activation: str = "clip", *,
+                 dims: int = 2, levels: int = 4) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.act1 = make_activation(activation)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        conv = nn.Conv2d if dims == 2 else nn.Conv1d
+        norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        self.conv1 = conv(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = norm(cout)
+        self.act1 = make_activation(activation, levels=levels)
+        self.conv2 = conv(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = norm(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-            )
-        self.act2 = make_activation(activation)
+            self.shortcut = nn.Sequential(conv(cin, cout, 1, stride=stride, bias=False), norm(cout))
+        self.act2 = make_activation(activation, levels=levels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
@@ -106,6 +110,50 @@ class DigitsResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer2(self.layer1(self.stem(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class SignalCNN(nn.Module):
+    """A 1D CNN for MNIST-1D signals ``(B, 1, 40)``: strided convolutions instead of pooling.
+
+    conv(1->c, k5)-BN-act, then ``depth`` x [conv(c->c, k3, stride 2)-BN-act] (40 -> 20 -> 10 -> 5),
+    flatten, fc(10). Strided convolutions keep every layer a Conv1d (NIR has no 1D pooling).
+    ``levels``: the QCFS steps L (train with L near the target T).
+    """
+
+    def __init__(self, activation: str = "clip", *, channels: int = 32, depth: int = 3,
+                 levels: int = 4, length: int = 40, classes: int = 10) -> None:
+        super().__init__()
+        act = lambda: make_activation(activation, levels=levels)  # noqa: E731
+        layers: list[nn.Module] = [nn.Conv1d(1, channels, 5, padding=2), nn.BatchNorm1d(channels), act()]
+        for _ in range(depth):
+            layers += [nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.BatchNorm1d(channels), act()]
+            length = (length + 1) // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(channels * length, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class SignalResNet(nn.Module):
+    """A residual 1D net for MNIST-1D: stem conv, an identity block, two strided 1x1-shortcut blocks, fc.
+
+    ``(B, 1, 40)`` -> stem (c, 40) -> block (c, 40) -> block (2c, 20) -> block (2c, 10) -> flatten -> fc(10).
+    """
+
+    def __init__(self, activation: str = "clip", *, width: int = 16, levels: int = 4,
+                 length: int = 40, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv1d(1, width, 5, padding=2, bias=False), nn.BatchNorm1d(width),
+                                  make_activation(activation, levels=levels))
+        self.layer1 = BasicBlock(width, width, 1, activation, dims=1, levels=levels)
+        self.layer2 = BasicBlock(width, 2 * width, 2, activation, dims=1, levels=levels)
+        self.layer3 = BasicBlock(2 * width, 2 * width, 2, activation, dims=1, levels=levels)
+        self.fc = nn.Linear(2 * width * (length // 4), classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(x, 1))
 
 
 @dataclass

@@ -1,0 +1,129 @@
+"""Graph edits the calibration passes share: where a layer's bias lives, shifting it, and
+writing a fitted (threshold scale, initial potential, bias shift) back into a bridge graph.
+
+Every edit returns a new ``nir.NIRGraph`` with standard nodes only (IF in the bridge
+encoding, Conv/Affine with new biases or weights), so every exporter stays exact on it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import nir
+import numpy as np
+
+from bridge.format.errors import BridgeError
+from bridge.format.extension import NAMESPACE, TIMESTEPS, graph_metadata, if_semantics
+from bridge.passes.optimize import apply_fit
+
+_BIASED = (nir.Conv1d, nir.Conv2d, nir.Affine)
+
+
+def if_names(graph: nir.NIRGraph) -> list[str]:
+    """The IF nodes of a feed-forward ``graph`` in topological order (BridgeError on a cycle)."""
+    indeg = {n: 0 for n in graph.nodes}
+    succ: dict[str, list[str]] = {n: [] for n in graph.nodes}
+    for s, d in graph.edges:
+        indeg[d] += 1
+        succ[s].append(d)
+    ready = sorted(n for n, k in indeg.items() if k == 0)
+    order: list[str] = []
+    while ready:
+        n = ready.pop(0)
+        order.append(n)
+        for d in succ[n]:
+            indeg[d] -= 1
+            if indeg[d] == 0:
+                ready.append(d)
+    if len(order) != len(graph.nodes):
+        raise BridgeError("the graph has a cycle; calibration works on feed-forward graphs only")
+    return [n for n in order if isinstance(graph.nodes[n], nir.IF)]
+
+
+def bias_node(graph: nir.NIRGraph, name: str) -> str | None:
+    r"""The node whose bias shifts the input current of node ``name`` per channel, or None.
+
+    NIR sums a node's incoming edges, so :math:`I = \sum_p \mathrm{out}_p`; adding
+    :math:`\delta_c` to the bias of one predecessor ``p`` (a Conv1d/Conv2d/Affine that feeds
+    ``name`` only, whose output has ``name``'s channels) adds :math:`\delta_c` to ``I`` in
+    channel ``c`` and changes nothing else.
+    """
+    for p in [s for s, d in graph.edges if d == name]:
+        node = graph.nodes[p]
+        fanout = [d for s, d in graph.edges if s == p]
+        if isinstance(node, _BIASED) and fanout == [name]:
+            return p
+    return None
+
+
+def output_bias_node(graph: nir.NIRGraph) -> str | None:
+    """The node whose bias shifts the network's output (the Output's only predecessor), or None."""
+    outs = [n for n, v in graph.nodes.items() if isinstance(v, nir.Output)]
+    if len(outs) != 1:
+        return None
+    return bias_node(graph, outs[0])
+
+
+def channel_count(graph: nir.NIRGraph, name: str) -> int:
+    """Channels of the value node ``name`` emits (the first dimension of its output)."""
+    node = graph.nodes[name]
+    if isinstance(node, nir.IF):
+        return int(np.asarray(node.v_threshold).shape[0])
+    if isinstance(node, nir.Output):
+        return int(np.asarray(node.output_type["output"]).ravel()[0])
+    return int(np.asarray(node.bias).shape[0])
+
+
+def shift_bias(graph: nir.NIRGraph, name: str, shift: np.ndarray) -> nir.NIRGraph:
+    r"""A copy of ``graph`` whose Conv/Affine ``name`` has ``shift`` (per output channel) added to its bias.
+
+    Conv: :math:`b'_c = b_c + \delta_c`; Affine: :math:`b'_j = b_j + \delta_j` (its channels
+    are its features).
+    """
+    nodes = dict(graph.nodes)
+    node = copy.deepcopy(nodes[name])
+    bias = np.asarray(node.bias, dtype=np.float64)
+    shift = np.asarray(shift, dtype=np.float64).reshape(-1)
+    if shift.shape[0] != bias.shape[0]:
+        raise BridgeError(f"a bias shift of {shift.shape[0]} channels does not fit {name!r} ({bias.shape[0]})")
+    node.bias = bias + shift.reshape((-1,) + (1,) * (bias.ndim - 1))
+    nodes[name] = node
+    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=copy.deepcopy(graph.metadata))
+
+
+def can_rescale(graph: nir.NIRGraph, name: str) -> bool:
+    """True when IF ``name``'s consumers can absorb a per-channel threshold scale."""
+    channels = channel_count(graph, name)
+    try:
+        apply_fit(graph, name, np.full(channels, 2.0), np.full(channels, 0.5))
+    except BridgeError:
+        return False
+    return True
+
+
+def set_if(graph: nir.NIRGraph, name: str, scale: np.ndarray, v_init_fraction: np.ndarray) -> nir.NIRGraph:
+    r"""IF ``name`` at threshold :math:`a_c\theta` and :math:`v_{init} = f_c\,a_c\theta` (per channel).
+
+    The consumers' weights absorb :math:`a_c` (see :func:`bridge.passes.optimize.apply_fit`);
+    ``scale`` must be ones where :func:`can_rescale` is False.
+    """
+    return apply_fit(graph, name, np.asarray(scale, dtype=np.float64), np.asarray(v_init_fraction, dtype=np.float64))
+
+
+def current_fractions(graph: nir.NIRGraph, name: str) -> np.ndarray:
+    """Per channel mean of v_init / theta of IF ``name`` (what :func:`set_if` keeps with a = 1)."""
+    sem = if_semantics(graph.nodes[name], name)
+    frac = sem.v_init / sem.threshold
+    return frac.reshape(frac.shape[0], -1).mean(axis=1)
+
+
+def with_timesteps(graph: nir.NIRGraph, timesteps: int | None) -> nir.NIRGraph:
+    """A copy of ``graph`` whose bridge metadata records the T it was calibrated for (None: removed)."""
+    meta = copy.deepcopy(graph.metadata) if graph.metadata else {}
+    bridge_meta = dict(meta.get(NAMESPACE) or graph_metadata()[NAMESPACE])
+    if timesteps is None:
+        bridge_meta.pop(TIMESTEPS, None)
+    else:
+        bridge_meta[TIMESTEPS] = int(timesteps)
+    meta[NAMESPACE] = bridge_meta
+    return nir.NIRGraph(nodes=dict(graph.nodes), edges=list(graph.edges), metadata=meta)
