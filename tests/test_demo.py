@@ -107,6 +107,18 @@ def test_demo_quick_end_to_end(tmp_path):
             assert b["status"] == "ok" and b["unexplained"] == 0
     assert any(k.startswith("SJ ") for k in data["accuracy"]["relu"])
     assert not any(k.startswith("SJ ") for k in data["accuracy"]["clip"])
+    # the reported ANN accuracy, recomputed independently: the written graph's ANN view against
+    # the labels of the same held-out split (float32 weights: at most one image may flip)
+    from bridge import read_graph
+    from bridge.data.datasets import digits_split
+    from bridge.reference import ann_view
+
+    split = digits_split(0)
+    for model in ("clip", "qcfs", "relu", "resnet"):
+        graph = read_graph(out / "models" / model / "model.nir")
+        logits = ann_view(graph, split.test_x.to(torch.float64))
+        accuracy = float((logits.argmax(1) == split.test_y).double().mean())
+        assert abs(accuracy - data["ann"][model][0]) <= 1.0 / len(split.test_y) + 1e-12, model
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "not applicable" in report
     # a second run refuses to overwrite the report folder
