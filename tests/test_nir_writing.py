@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import nir
 import numpy as np
+import pytest
 
 import bridge
 from bridge.format import nirio
@@ -45,3 +46,31 @@ def test_large_weights_are_stored_uncompressed_and_read_back(tmp_path):
         assert f["node/nodes/act/v_threshold"].compression == "gzip"
     back = bridge.read_graph(path)
     assert np.array_equal(back.nodes["fc"].weight, weight) and back.nodes["fc"].weight.dtype == np.float32
+
+
+def test_a_large_graph_is_written_straight_to_disk_and_refused_without_space(tmp_path, monkeypatch):
+    """Graphs with large arrays skip the in-memory buffer (it would double the peak) and are
+    refused in one line, before writing, when the disk cannot hold them."""
+    import shutil
+    from collections import namedtuple
+
+    import bridge.format.nirio as nirio
+    from bridge.format.errors import BridgeError
+    from tests.zoo import mlp
+
+    from bridge.converter import convert
+
+    model, shape = mlp()
+    graph = convert(model, shape)
+    monkeypatch.setattr(nirio, "LARGE_ARRAY_BYTES", 1)  # every array counts as large
+    assert nirio._has_large_array(graph)
+    path = nirio.write_graph(graph, tmp_path / "big.nir")
+    back = nirio.read_graph(path)
+    for name, node in graph.nodes.items():
+        if hasattr(node, "weight"):
+            np.testing.assert_array_equal(back.nodes[name].weight, node.weight)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10, 10, 0))
+    with pytest.raises(BridgeError, match="MB free"):
+        nirio.write_graph(graph, tmp_path / "full.nir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.nir"]

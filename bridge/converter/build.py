@@ -313,9 +313,9 @@ class _Builder:
                   out_shape: tuple[int, ...], groups: int = 1) -> None:
         """A conv (``params`` has ``input_shape``) or affine node with a dense ``weight``.
 
-        The builder computes in float64 (``self.linear`` keeps those values for later rewrites);
-        the node gets them rounded once to ``weight_dtype`` (the model's precision by default)."""
-        exact = weight, bias
+        The builder computes in float64; the node gets the values rounded once to ``weight_dtype``
+        (the model's precision by default), and ``self.linear`` keeps the node's own arrays for
+        later rewrites (keeping float64 copies too would double the peak of an ImageNet model)."""
         weight = weight.astype(self.weight_dtype, copy=False)
         bias = bias.astype(self.weight_dtype, copy=False)
         if weight.ndim == 2:
@@ -330,7 +330,7 @@ class _Builder:
                 input_shape=int(params["input_shape"][1]), weight=weight, stride=int(params["stride"][0]),
                 padding=int(params["padding"][0]), dilation=int(params["dilation"][0]), groups=1, bias=bias,
                 metadata=conv_metadata(groups)), sources, out_shape)
-        self.linear[name] = _Linear(*exact, list(sources), dict(params))
+        self.linear[name] = _Linear(weight, bias, list(sources), dict(params))
 
     # -- ops -------------------------------------------------------------------------------
     def build(self) -> dict[str, nir.NIRNode]:

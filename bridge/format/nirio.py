@@ -72,6 +72,19 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 def write_graph(graph: nir.NIRGraph, path: str | Path, *, force: bool = False) -> Path:
     """Write ``graph`` to ``path`` atomically; the same graph gives a byte-identical file."""
     path = check_output_path(path, force=force)
+    if _has_large_array(graph):
+        # hundreds of MB (an ImageNet model): HDF5 writes straight into the temp file, since a
+        # buffer in memory would double the peak; the space is checked first, so the HDF5 library
+        # does not meet a short write (a size limit or a full disk) in the middle of the file
+        require_space(path.parent, sum(_array_bytes(graph)))
+        with atomic_path(path, ".nir") as tmp:
+            try:
+                _write_nir(tmp, graph)
+            except OSError:
+                raise
+            except Exception as exc:  # nir/h5py refuse a graph they cannot store
+                raise BridgeError(f"cannot store the graph as NIR ({first_line(exc)})") from None
+        return path
     data = graph_bytes(graph)
     with atomic_path(path, ".nir") as tmp:
         tmp.write_bytes(data)  # an OSError (full disk, size limit) is named by atomic_path
@@ -97,6 +110,32 @@ def graph_bytes(graph: nir.NIRGraph) -> memoryview:
 
 
 LARGE_ARRAY_BYTES = 16 << 20
+
+
+def _array_bytes(graph: nir.NIRGraph) -> list[int]:
+    import numpy as np
+
+    return [v.nbytes for node in graph.nodes.values() for v in vars(node).values() if isinstance(v, np.ndarray)]
+
+
+def require_space(folder: Path, nbytes: int) -> None:
+    """Refuse, before writing, a file of about ``nbytes`` that the file-size limit (``ulimit -f``)
+    or the free space of ``folder`` cannot hold."""
+    import resource
+    import shutil
+
+    need = int(nbytes * 1.05) + (1 << 20)  # HDF5's headers and chunk indexes
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and need > soft:
+        raise BridgeError(f"the NIR file needs about {need >> 20} MB but the file-size limit (ulimit -f) "
+                          f"is {soft >> 20} MB; raise the limit or write elsewhere")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # the write itself will say what is wrong with the folder
+    if need > free:
+        raise BridgeError(f"the NIR file needs about {need >> 20} MB but {folder} has {free >> 20} MB free; "
+                          "free some space or write elsewhere")
 
 
 def _has_large_array(graph: nir.NIRGraph) -> bool:
