@@ -41,7 +41,6 @@ from torch.fx import Node
 from bridge.model.activations import QCFS, ClippedReLU, _Bounded
 from bridge.converter import rules
 from bridge.converter.ir import InputOp, LayerGraph, OutputOp
-from bridge.converter.pointwise import ChainError, Step, channel_values
 from bridge.format.errors import BridgeError
 
 aten = torch.ops.aten
@@ -259,24 +258,10 @@ class _Reader:
         self.out.emit(node.name, ops)
 
     def pointwise(self, node: Node, kind: str, x: Any, c: Any = None, lo: Any = None, hi: Any = None) -> None:
-        if not isinstance(x, Node) or not self.out.has(x.name):
-            raise rules.refuse(self.site(node), "an element-wise op on a value that is not computed from "
-                               "the input", "apply activations to the layers' outputs")
-        shape = self.shape(x)
-
-        def value(v: Any) -> Any:
-            if v is None:
-                return None
-            if not self._is_const(v):
-                raise rules.refuse(self.site(node), "a bound or factor that depends on the input "
-                                   "(not constant at inference)", "use a constant, a parameter or a buffer")
-            try:
-                return channel_values(self._fold_arg(v), shape)
-            except ChainError as exc:
-                raise rules.refuse(self.site(node), exc.problem, exc.fix) from None
-
-        self.out.pointwise(node.name, x.name, Step(kind, value(c), value(lo), value(hi)),  # type: ignore[arg-type]
-                           self.site(node))
+        computed = isinstance(x, Node) and self.out.has(x.name)
+        rules.pointwise_step(self.out, node.name, x.name if computed else None, self.site(node), kind, (c, lo, hi),
+                             computed=computed, constant=self._is_const, fold=self._fold_arg,
+                             shape=lambda: self.shape(x))
 
     # ---- the pass ---------------------------------------------------------------------
     def run(self) -> LayerGraph:

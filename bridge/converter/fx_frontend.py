@@ -50,7 +50,6 @@ from bridge.model.activations import QCFS, ClippedReLU
 from bridge.format.errors import BridgeError
 from bridge.converter import rules
 from bridge.converter.ir import InputOp, LayerGraph, OutputOp
-from bridge.converter.pointwise import ChainError, Step, channel_values
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _CONVERTER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -267,24 +266,10 @@ class _Converter:
 
     def _pointwise(self, node: torch.fx.Node, x: Any, kind: str, c: Any = None, lo: Any = None,
                    hi: Any = None) -> None:
-        if not isinstance(x, torch.fx.Node) or not self.out.has(x.name):
-            raise rules.refuse(self._site(node), "an element-wise op on a value that is not computed from "
-                               "the input", "apply activations to the layers' outputs")
-        shape = self._shape(x)
-
-        def value(v: Any) -> Any:
-            if v is None:
-                return None
-            if not self._is_const(v):
-                raise rules.refuse(self._site(node), "a bound or factor that depends on the input "
-                                   "(not constant at inference)", "use a constant, a parameter or a buffer")
-            try:
-                return channel_values(self._const(v), shape)
-            except ChainError as exc:
-                raise rules.refuse(self._site(node), exc.problem, exc.fix) from None
-
-        self.out.pointwise(node.name, x.name, Step(kind, value(c), value(lo), value(hi)),  # type: ignore[arg-type]
-                           self._site(node))
+        computed = isinstance(x, torch.fx.Node) and self.out.has(x.name)
+        rules.pointwise_step(self.out, node.name, x.name if computed else None, self._site(node), kind,
+                             (c, lo, hi), computed=computed, constant=self._is_const, fold=self._const,
+                             shape=lambda: self._shape(x))
 
     def _binary(self, node: torch.fx.Node, kind: str, a: Any, b: Any, alpha: Any = 1) -> None:
         """``a (+, -, *, /) b``: a residual sum of two data tensors, or a step with a constant."""

@@ -57,7 +57,7 @@ import torch
 
 from bridge.format.errors import BridgeError
 from bridge.converter import layout as layouts
-from bridge.converter.pointwise import ChainError, Recognised, Step, describe, recognise
+from bridge.converter.pointwise import ChainError, Recognised, Step, channel_values, describe, recognise
 from bridge.converter.ir import (
     ActivationOp,
     AdaptiveAvgPoolOp,
@@ -131,6 +131,32 @@ _WHY_NOT_IF = (
      "a LayerNorm / GroupNorm divides by a statistic of each sample, not a fixed affine map"),
     (("softmax", "log_softmax"), "softmax normalises by a sum over the sample"),
 )
+
+
+def pointwise_step(out: Any, name: str, x: Any, site: Site, kind: str, operands: tuple[Any, Any, Any], *,
+                   computed: bool, constant: Any, fold: Any, shape: Any) -> None:
+    """One element-wise step of an activation chain, for both front-ends: ``x`` must be a value
+    computed from the input, and every operand (``c``, ``lo``, ``hi``; None where absent) a constant
+    at inference (``constant(v)``), folded to a number, a parameter or a buffer (``fold(v)``) with
+    one value per layer or per channel of ``shape()``; the step joins ``x``'s chain."""
+    if not computed:
+        raise refuse(site, "an element-wise op on a value that is not computed from the input",
+                     "apply activations to the layers' outputs")
+    data_shape = shape()
+
+    def value(v: Any) -> Any:
+        if v is None:
+            return None
+        if not constant(v):
+            raise refuse(site, "a bound or factor that depends on the input (not constant at inference)",
+                         "use a constant, a parameter or a buffer")
+        try:
+            return channel_values(fold(v), data_shape)
+        except ChainError as exc:
+            raise refuse(site, exc.problem, exc.fix) from None
+
+    c, lo, hi = operands
+    out.pointwise(name, x, Step(kind, value(c), value(lo), value(hi)), site)  # type: ignore[arg-type]
 
 
 def unsupported(site: Site) -> BridgeError:
