@@ -31,11 +31,6 @@ class LayerOp:
     source: str = ""  # "file.py:123 (the source line)" for error messages, where known
 
 
-#: the former name of :class:`LayerOp`, still imported by the two front-ends; remove it once
-#: fx_frontend.py and aten_frontend.py import ``LayerOp``
-Op = LayerOp
-
-
 @dataclass
 class InputOp(LayerOp):
     shape: tuple[int, ...] = ()  # one sample, no batch
@@ -114,7 +109,7 @@ class MaxPoolOp(LayerOp):
 
 
 @dataclass
-class ScaleOp(Op):
+class ScaleOp(LayerOp):
     """Element-wise constant factor ``y = factor * x`` (``factor`` broadcasts to one sample), e.g.
     the per-window divisor correction of an average pool."""
 

@@ -69,9 +69,9 @@ from bridge.converter.ir import (
     ConvOp,
     FlattenOp,
     LayerGraph,
+    LayerOp,
     LinearOp,
     MaxPoolOp,
-    Op,
     ScaleOp,
 )
 
@@ -300,7 +300,7 @@ def pool_divisors(size: int, kernel: int, stride: int, padding: int, out: int,
 
 def avg_pool(site: Site, name: str, src: str, in_shape: Sequence[int], *, kernel: Any, stride: Any,
              padding: Any = 0, ceil_mode: bool = False, count_include_pad: bool = True,
-             divisor_override: Any = None) -> list[Op]:
+             divisor_override: Any = None) -> list[LayerOp]:
     r"""``AvgPool2d`` exactly as torch defines it (see the module docstring).
 
     Written as a window average with divisor :math:`k_H k_W` (NIR ``AvgPool2d``, zero padding),
@@ -334,7 +334,7 @@ def avg_pool(site: Site, name: str, src: str, in_shape: Sequence[int], *, kernel
         extra.append(d)
     window_name = f"{name}_windows" if (divisor != full).any() else name
     if not any(extra):
-        ops: list[Op] = [AvgPoolOp(window_name, [src], site.source, kernel=k, stride=s, padding=p)]  # type: ignore[arg-type]
+        ops: list[LayerOp] = [AvgPoolOp(window_name, [src], site.source, kernel=k, stride=s, padding=p)]  # type: ignore[arg-type]
     else:
         channels = int(in_shape[1])
         weight = torch.zeros(channels, 1, k[0] + extra[0], k[1] + extra[1], dtype=torch.float64)
@@ -358,7 +358,7 @@ def max_pool(site: Site, name: str, src: str, in_shape: Sequence[int], *, kernel
                      ceil_mode=bool(ceil_mode))
 
 
-def maxpool_replacement(op: MaxPoolOp, in_shape: Sequence[int], taken: set[str]) -> list[Op]:
+def maxpool_replacement(op: MaxPoolOp, in_shape: Sequence[int], taken: set[str]) -> list[LayerOp]:
     """The average pool that replaces ``op`` under ``maxpool='avg'``: ``AvgPool2d(kernel, stride,
     padding, ceil_mode)`` with torch's defaults (zero padding counted in the average), as
     :func:`avg_pool` writes it; the last op keeps ``op``'s name."""
@@ -389,7 +389,7 @@ def adaptive_avg_pool(site: Site, name: str, src: str, in_shape: Sequence[int], 
 
 
 def global_mean(site: Site, name: str, pool_name: str, src: str, in_shape: Sequence[int], dim: Any,
-                keepdim: Any, dtype: Any = None) -> list[Op]:
+                keepdim: Any, dtype: Any = None) -> list[LayerOp]:
     r"""``x.mean(dim=(2, 3), keepdim)`` on (N, C, H, W): :math:`\mathrm{mean}_{h,w}\,x =
     \mathrm{avgpool}_{H\times W}(x)`, then a flatten to (N, C) unless ``keepdim``."""
     dims = (dim,) if isinstance(dim, int) else tuple(dim) if isinstance(dim, (tuple, list)) else None
@@ -603,7 +603,7 @@ class LayerGraphWriter:
             raise refuse(site, f"a layout step that does not apply ({exc})", "check the model") from None
         self.layouts[node] = (new, site, nodes + (node,))
 
-    def emit(self, node: str, ops: Op | list[Op]) -> None:
+    def emit(self, node: str, ops: LayerOp | list[LayerOp]) -> None:
         """Add ``ops``; the last one computes ``node``'s value."""
         ops = ops if isinstance(ops, list) else [ops]
         for i, op in enumerate(ops[:-1]):  # helper ops (a pool's windows) take a free name
