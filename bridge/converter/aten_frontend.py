@@ -643,7 +643,7 @@ def exported_to_layer_graph(ep: torch.export.ExportedProgram) -> LayerGraph:
     """Read a ``torch.export`` program (ATen graph) into the converter's :class:`LayerGraph`.
 
     Weights come from ``ep.state_dict`` and ``ep.constants`` through ``ep.graph_signature``
-    (float64 copies); the input shape is the program's example input shape without batch.
+    (as the program holds them, see :mod:`bridge.converter.ir`); the input shape is the program's example input shape without batch.
     Raises :class:`BridgeError` on any operator without a spiking equivalent.
     """
     return _Reader(ep).run()

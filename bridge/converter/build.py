@@ -92,6 +92,7 @@ from bridge.converter.ir import (
     MaxPoolOp,
     OutputOp,
     ScaleOp,
+    cast_op,
 )
 
 @dataclass
@@ -136,11 +137,24 @@ class _Linear:
     params: dict  # stride, padding, dilation, input_shape (conv)
 
 
+#: float64 numbers per block of output rows when a weight is scaled and rounded (16 MiB)
+_BLOCK_NUMBERS = 1 << 21
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A layer-graph tensor as a NumPy array in its own precision, without a copy (it may be the
+    model's own parameter: read only); bfloat16, which NumPy lacks, is up-cast to float64."""
+    t = t.detach()
+    return t.numpy() if t.dtype in (torch.float16, torch.float32, torch.float64) else t.to(torch.float64).numpy()
+
+
 def _dense(weight: torch.Tensor, groups: int) -> np.ndarray:
-    """A grouped conv weight (Cout, Cin/g, *k) as the equivalent dense (Cout, Cin, *k)."""
-    w = weight.detach().to(torch.float64).numpy()
+    """A grouped conv weight (Cout, Cin/g, *k) as the equivalent dense (Cout, Cin, *k), float64;
+    an ungrouped one as it is (the layer graph's array, in the model's precision: read only,
+    up-cast block by block where it is written, :meth:`_Builder._rounded`)."""
     if groups == 1:
-        return w  # shared with the layer graph's own float64 copy (nothing writes to either)
+        return _as_numpy(weight)
+    w = weight.detach().to(torch.float64).numpy()
     cout, cin_g = w.shape[:2]
     co = cout // groups
     dense = np.zeros((cout, cin_g * groups, *w.shape[2:]), dtype=np.float64)
@@ -309,6 +323,20 @@ class _Builder:
             node.metadata[NAMESPACE].update(qcfs_metadata(int(op.levels), op.shift))  # type: ignore[arg-type]
         return node
 
+    def _rounded(self, weight: np.ndarray, kc: np.ndarray | None) -> np.ndarray:
+        r"""The dense weight :math:`W'_{o,c} = W_{o,c}\,k_c` (``kc`` None: :math:`W`) as written, in
+        ``weight_dtype``: computed in float64 and rounded once, as :meth:`_weighted` does, but a
+        block of output rows at a time, so that neither a float64 copy of the whole weight nor
+        the whole float64 product exists (an ImageNet classifier's 103 M-weight matrix: 0.8 GB
+        each). Always a new array: ``weight`` may be the model's own parameter."""
+        if kc is None:  # W itself: up-casting is exact, so the one rounding is this cast
+            return weight.astype(self.weight_dtype)
+        out = np.empty(weight.shape, dtype=self.weight_dtype)
+        rows = max(1, _BLOCK_NUMBERS // max(1, weight[0].size))
+        for i in range(0, weight.shape[0], rows):
+            out[i:i + rows] = scale_input_channels(weight[i:i + rows].astype(np.float64), kc)
+        return out
+
     def _weighted(self, name: str, weight: np.ndarray, bias: np.ndarray, sources: list[str], params: dict,
                   out_shape: tuple[int, ...], groups: int = 1) -> None:
         """A conv (``params`` has ``input_shape``) or affine node with a dense ``weight``.
@@ -380,9 +408,11 @@ class _Builder:
         out_terms: list[_Term] = []
         if ident or not gathered:
             sources, kc = self._channel_factor_of(ident) if ident else ([], None)
-            w = scale_input_channels(weight, kc) if kc is not None else weight
-            self._weighted(name, w, bias, sources, params, self.shapes[op.name], _block_groups(w, groups)
-                           if kc is not None or groups > 1 else 1)
+            if groups == 1:  # the op's own weight (perhaps the model's, float32): scaled in blocks
+                self._weighted(name, self._rounded(weight, kc), bias, sources, params, self.shapes[op.name])
+            else:
+                w = scale_input_channels(weight, kc) if kc is not None else weight
+                self._weighted(name, w, bias, sources, params, self.shapes[op.name], _block_groups(w, groups))
             out_terms.append(_Term(name, None))
             bias = np.zeros_like(bias)
         for t in gathered:
@@ -444,7 +474,7 @@ class _Builder:
         return True
 
     def _ConvOp(self, op: ConvOp) -> None:
-        self._conv_node(op, _dense(op.weight, op.groups), np.asarray(op.bias.detach().numpy(), dtype=np.float64),
+        self._conv_node(op, _dense(op.weight, op.groups), op.bias.detach().to(torch.float64).numpy(),
                         op.stride, op.padding, op.dilation, op.groups)
 
     def _affine_node(self, op: LayerOp, weight: np.ndarray, bias: np.ndarray) -> None:
@@ -455,12 +485,12 @@ class _Builder:
         self._conv_node(op, weight, bias, (), (), ())
 
     def _LinearOp(self, op: LinearOp) -> None:
-        # no copy: the layer graph's weights are already the converter's own float64 copies
-        self._affine_node(op, np.asarray(op.weight.detach().numpy(), dtype=np.float64),
-                          np.asarray(op.bias.detach().numpy(), dtype=np.float64))
+        # no copy: the weight is read in the model's precision and up-cast in blocks (_rounded)
+        self._affine_node(op, _as_numpy(op.weight), op.bias.detach().to(torch.float64).numpy())
 
     def _BatchNormOp(self, op: BatchNormOp) -> None:
         """Unfolded BatchNorm: y_c = a_c x_c + b_c, a = gamma / sqrt(var + eps), b = beta - a mu."""
+        op = cast_op(op, torch.float64)  # type: ignore[assignment]  (computed in float64)
         a = (op.weight / torch.sqrt(op.var + op.eps)).numpy()
         b = (op.bias - op.weight / torch.sqrt(op.var + op.eps) * op.mean).numpy()
         in_shape = self.shapes[op.inputs[0]]

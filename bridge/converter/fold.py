@@ -14,7 +14,8 @@ consumer would see the folded values). A BatchNorm with nothing to fold into sta
 :class:`~bridge.converter.ir.BatchNormOp`: the per-channel affine map
 ``y_c = a_c x_c + (beta_c - a_c mu_c)`` with ``a_c = gamma_c / sqrt(var_c + eps)``, which
 the NIR builder writes as an ``Affine`` with a diagonal weight (features) or a 1x1
-``Conv2d``/``Conv1d`` with a diagonal weight (channels).
+``Conv2d``/``Conv1d`` with a diagonal weight (channels). Folding computes in float64 (the
+layer's and the BatchNorm's tensors up-cast, exactly), so a folded layer holds float64 tensors.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from bridge.format.errors import BridgeError
-from bridge.converter.ir import BatchNormOp, ConvOp, LayerGraph, LayerOp, LinearOp, MaxPoolOp
+from bridge.converter.ir import BatchNormOp, ConvOp, LayerGraph, LayerOp, LinearOp, MaxPoolOp, cast_op
 from bridge.converter.ir_eval import shapes as op_shapes
 from bridge.converter.options import MAXPOOL_POLICIES
 from bridge.converter.rules import maxpool_replacement
@@ -46,7 +47,7 @@ def check_finite(graph: LayerGraph) -> None:
                 raise BridgeError(
                     f"layer {op.name!r}{_where(op)} has NaN or infinite values in its {field}; "
                     "the model is damaged or diverged in training: use a checkpoint with finite weights")
-        if isinstance(op, BatchNormOp) and (op.var + op.eps <= 0).any():
+        if isinstance(op, BatchNormOp) and (op.var.to(torch.float64) + op.eps <= 0).any():
             raise BridgeError(f"BatchNorm {op.name!r}{_where(op)} has running_var + eps <= 0; "
                               "use a checkpoint with valid BatchNorm statistics")
 
@@ -102,9 +103,11 @@ def fold_batchnorm(graph: LayerGraph) -> LayerGraph:
 
 
 def _fold(layer: ConvOp | LinearOp, bn: BatchNormOp) -> ConvOp | LinearOp:
+    """The folded layer, computed in float64 (its tensors are float64, see the module docstring)."""
     fuse = fuse_conv_bn_weights if isinstance(layer, ConvOp) else fuse_linear_bn_weights
+    layer64, bn64 = cast_op(layer, torch.float64), cast_op(bn, torch.float64)
     with torch.no_grad():
-        w, b = fuse(layer.weight, layer.bias, bn.mean, bn.var, bn.eps, bn.weight, bn.bias)
+        w, b = fuse(layer64.weight, layer64.bias, bn64.mean, bn64.var, bn.eps, bn64.weight, bn64.bias)
     new = copy.copy(layer)
     new.weight, new.bias = w.detach().clone(), b.detach().clone()
     return new

@@ -181,12 +181,14 @@ class _Converter:
     # ---- constants and data ---------------------------------------------------------------
     def _fold(self, node: torch.fx.Node) -> None:
         """Nodes computed from parameters, buffers and literals only are evaluated once, in
-        float64 (as the torch.export front-end folds them)."""
+        float64 (as the torch.export front-end folds them). A parameter itself is kept as the model
+        has it (a weight the layer graph shares, :func:`bridge.converter.rules.weights`) and
+        up-cast where it is computed with."""
         if node.op == "get_attr":
             value = self.gm
             for part in str(node.target).split("."):
                 value = getattr(value, part)
-            self.consts[node.name] = _f64(value)
+            self.consts[node.name] = value.detach() if isinstance(value, torch.Tensor) else value
             return
         if node.op not in ("call_function", "call_method") or node.target is getattr:
             return
@@ -194,8 +196,8 @@ class _Converter:
             return
         if not node.all_input_nodes and node.op == "call_function" and "bridge_shape" not in node.meta:
             return  # shape arithmetic on Python numbers
-        args = torch.fx.node.map_arg(node.args, lambda n: self.consts[n.name])
-        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: self.consts[n.name])
+        args = torch.fx.node.map_arg(node.args, lambda n: _f64(self.consts[n.name]))
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: _f64(self.consts[n.name]))
         if node.op == "call_method":
             self.consts[node.name] = _f64(getattr(args[0], str(node.target))(*args[1:], **kwargs))
         else:
@@ -638,7 +640,8 @@ def trace_module(model: nn.Module, input_shape: Sequence[int]) -> LayerGraph:
     """Trace ``model`` (one sample of shape ``input_shape``, no batch) into a LayerGraph.
 
     The model is put in eval mode (Dropout off, BatchNorm on running statistics); its
-    weights are copied as float64 and not modified.
+    weights are not modified: the layer graph refers to them as they are (no float64 copies,
+    see :mod:`bridge.converter.ir`).
     """
     input_shape = tuple(int(s) for s in input_shape)
     if not input_shape or any(s <= 0 for s in input_shape):

@@ -5,12 +5,19 @@ module level, the other reads ``torch.export`` programs at ATen level. Everythin
 (BatchNorm folding, thresholds, initial potentials, NIR building) works on this one
 representation, so each conversion rule is written once.
 
-Tensors are float64 and detached. ``inputs`` name the producing ops; an op with several
-inputs other than :class:`AddOp` and :class:`ConcatOp` is not allowed.
+Parameter tensors are detached CPU tensors in the model's own precision: a front-end keeps the
+model's parameters as they are (sharing their memory, never writing to them), while tensors the
+converter computes (folded BatchNorms, constants folded from parameters, pool corrections) are
+float64. Every computation up-casts to float64 first (exact for float16/bfloat16/float32), so a
+float32 parameter gives the same results as its float64 copy did, without an ImageNet model's
+weights existing a second time, twice as large (:func:`cast_op` per op, where it is used).
+``inputs`` name the producing ops; an op with several inputs other than :class:`AddOp` and
+:class:`ConcatOp` is not allowed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -150,7 +157,7 @@ class LayerGraph:
     """Ops in topological order, keyed by name (the fx node names)."""
 
     ops: dict[str, LayerOp] = field(default_factory=dict)
-    # the precision of the model's weights (the ops hold float64 copies)
+    # the precision of the model's weights (the ops hold them as they are, see the module docstring)
     model_dtype: torch.dtype = torch.float32
 
     def add(self, op: LayerOp) -> LayerOp:
@@ -171,3 +178,11 @@ class LayerGraph:
 
     def consumers(self, name: str) -> list[LayerOp]:
         return [o for o in self.ops.values() if name in o.inputs]
+
+
+def cast_op(op: LayerOp, dtype: torch.dtype) -> LayerOp:
+    """``op`` with its parameter tensors in ``dtype``: ``op`` itself when they already are, else a
+    copy (the graph's own op and tensors are left as they are)."""
+    changes = {f.name: value.to(dtype) for f in dataclasses.fields(op)
+               if isinstance(value := getattr(op, f.name), torch.Tensor) and value.dtype != dtype}
+    return dataclasses.replace(op, **changes) if changes else op

@@ -38,6 +38,7 @@ from bridge.converter.ir import (
     MaxPoolOp,
     OutputOp,
     ScaleOp,
+    cast_op,
 )
 
 Recorder = Callable[[ActivationOp, torch.Tensor, torch.Tensor], None]
@@ -122,8 +123,10 @@ def evaluate(
     ``record(op, z, a)`` is called for every activation op with its pre-activation ``z`` and
     its output ``a`` (the ANN activation, or ``clip(z, 0, theta)`` where ``thresholds`` has it).
     ``thresholds`` (name -> per-neuron theta) replaces those activations by ``clip(z, 0, theta)``.
-    The op parameters must already be in ``dtype`` (:func:`cast_graph`). Each intermediate value
-    is dropped after its last consumer ran, so memory holds only the live activations.
+    Op parameters in another precision (the model's own, see :mod:`bridge.converter.ir`) are cast
+    to ``dtype`` one op at a time, while it runs (:func:`cast_graph` casts them all once, for
+    repeated runs). Each intermediate value is dropped after its last consumer ran, so memory holds
+    only the live activations.
     """
     last_use: dict[str, int] = {}
     for i, op in enumerate(graph.ops.values()):
@@ -142,7 +145,7 @@ def evaluate(
             theta = torch.as_tensor(thresholds[op.name], dtype=dtype)
             values[op.name] = torch.minimum(torch.relu(inputs[0]), theta)
         else:
-            values[op.name] = run_op(op, inputs)
+            values[op.name] = run_op(cast_op(op, dtype), inputs)
         if record is not None and isinstance(op, ActivationOp):
             record(op, inputs[0], values[op.name])
         del inputs
@@ -153,19 +156,18 @@ def cast_graph(graph: LayerGraph, dtype: torch.dtype, *, channels_last: bool = F
     """A copy of ``graph`` whose parameter tensors are in ``dtype`` (``graph`` itself if nothing
     changes). ``channels_last`` stores 4-d weights as NHWC: with an NHWC input, PyTorch's CPU
     (oneDNN) float32 convolution runs about 1.6-1.9x faster here; the values are the same."""
-    def cast(t: torch.Tensor) -> torch.Tensor:
-        t = t.to(dtype)
-        return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
-
     tensors = [(op, f.name) for op in graph.ops.values() for f in dataclasses.fields(op)
                if isinstance(getattr(op, f.name), torch.Tensor)]
     if not channels_last and all(getattr(op, name).dtype == dtype for op, name in tensors):
         return graph
     out = LayerGraph(model_dtype=graph.model_dtype)
     for op in graph.ops.values():
-        changes = {f.name: cast(getattr(op, f.name)) for f in dataclasses.fields(op)
-                   if isinstance(getattr(op, f.name), torch.Tensor)}
-        out.add(dataclasses.replace(op, **changes))
+        op = cast_op(op, dtype)
+        if channels_last:
+            changes = {f.name: value.contiguous(memory_format=torch.channels_last) for f in dataclasses.fields(op)
+                       if isinstance(value := getattr(op, f.name), torch.Tensor) and value.dim() == 4}
+            op = dataclasses.replace(op, **changes) if changes else op
+        out.add(op)
     return out
 
 

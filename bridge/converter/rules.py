@@ -201,8 +201,12 @@ def pair(value: Any, n: int = 2) -> tuple[int, ...]:
 
 
 def weights(t: Any) -> torch.Tensor:
-    """A detached float64 CPU copy of a parameter (the converter computes in float64)."""
-    return torch.as_tensor(t).detach().to("cpu", torch.float64, copy=True)
+    """A parameter as the layer graph holds it: detached, on the CPU, in the model's own precision
+    and (for a CPU model) sharing the model's memory, never written to. Every use up-casts it to
+    float64 (exact) where it computes: an ImageNet model then does not exist twice more in
+    memory as float64 copies (:mod:`bridge.converter.ir`)."""
+    t = torch.as_tensor(t).detach().to("cpu")
+    return t if t.is_floating_point() else t.to(torch.float64)
 
 
 def _zeros(n: int) -> torch.Tensor:
