@@ -100,10 +100,7 @@ def graph_bytes(graph: nir.NIRGraph) -> memoryview:
     """
     buf = io.BytesIO()
     try:
-        if _has_large_array(graph):
-            _write_nir(buf, graph)
-        else:
-            nir.write(buf, graph)
+        _write_nir(buf, graph)
     except Exception as exc:  # nir/h5py refuse a graph they cannot store
         raise BridgeError(f"cannot store the graph as NIR ({first_line(exc)})") from None
     return buf.getbuffer()  # no copy: an ImageNet graph is hundreds of MB
@@ -150,8 +147,10 @@ def _write_nir(path: Path | io.BytesIO, graph: nir.NIRGraph) -> None:
 
     Trained weights barely compress (a few %), and gzip on hundreds of MB takes longer than the
     whole conversion of an ImageNet model; constant arrays (per-neuron thresholds of one value,
-    r, v_reset) and everything below 16 MB are gzipped as ``nir.write`` does (graphs without a
-    large array go through ``nir.write`` itself). Any HDF5 reader (``nir.read``) reads both.
+    r, v_reset) and everything below 16 MB are gzipped as ``nir.write`` does: a graph without a
+    large array gives ``nir.write``'s file byte for byte, without the two deep copies of every
+    array that ``nir.write`` makes (``to_dict``; a ResNet-50's per-neuron thresholds and initial
+    potentials are hundreds of MB). Any HDF5 reader (``nir.read``) reads both.
     """
     import h5py
     import numpy as np
@@ -180,12 +179,18 @@ def _write_nir(path: Path | io.BytesIO, graph: nir.NIRGraph) -> None:
         write_recursive(f.create_group("node"), _as_dict(graph))
 
 
+#: the node types whose own ``to_dict`` :func:`_as_dict` restates
+_OWN_DICTS = (nir.NIRGraph, nir.Input, nir.Output, nir.Flatten)
+
+
 def _as_dict(node: nir.NIRNode) -> dict:
     """``node.to_dict()`` without its copies: nir builds the dict with ``dataclasses.asdict``,
     which deep-copies every array (twice for a graph's nodes): seconds and gigabytes for an
     ImageNet model. The same keys in the same order, holding the node's own arrays."""
     import dataclasses
 
+    if type(node).to_dict is not nir.NIRNode.to_dict and type(node) not in _OWN_DICTS:
+        return node.to_dict()  # a node type with its own to_dict (nir.Identity): nir's, copies and all
     out = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)
            if f.name not in ("input_type", "output_type")}
     out["type"] = type(node).__name__
