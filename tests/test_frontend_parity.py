@@ -20,7 +20,8 @@ from torch import nn
 
 import bridge
 from bridge.format.errors import BridgeError
-from tests import qcfs_zoo, zoo
+from recipes import qcfs_models as qcfs_zoo
+from tests import zoo
 
 
 class Fn(nn.Module):
@@ -49,7 +50,7 @@ class Fn(nn.Module):
 
 
 def tcl(up: float) -> qcfs_zoo.TCL:
-    """The QCFS authors' trainable clip (tests/qcfs_zoo.py) with its bound set to ``up``."""
+    """The QCFS authors' trainable clip (recipes/qcfs_models.py) with its bound set to ``up``."""
     act = qcfs_zoo.TCL()
     with torch.no_grad():
         act.up.fill_(up)

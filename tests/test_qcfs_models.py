@@ -1,6 +1,7 @@
-"""The QCFS authors' models (tests/qcfs_zoo.py) convert as published: same NIR by both front-ends,
+"""The QCFS authors' models (recipes/qcfs_models.py) convert as published: same NIR by both front-ends,
 exact ANN views, the staircase's L and shift in the metadata, and the SNN at T = L agrees with the
-ANN on trained digits models."""
+ANN on trained digits models (exactly for one layer; for the deep models with theta/2 as the
+method promises in expectation, and closer still after bridge's initial-potential search)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from bridge.converter.ir_eval import evaluate
 from bridge.format.extension import qcfs_staircase
 from bridge.format.inspect import inspect_graph, render
 from bridge.reference import ann_view
-from tests import qcfs_zoo, zoo
+from recipes import qcfs_models as qcfs_zoo
+from tests import zoo
 from tests.test_frontend_parity import assert_same_nir
 
 MODELS = {"vgg16": (qcfs_zoo.VGG16, (1, 32, 32)), "resnet20": (qcfs_zoo.ResNet20, (1, 16, 16))}
@@ -93,3 +95,38 @@ def test_snn_at_t_equals_l_reproduces_the_trained_qcfs_layer_exactly():
     assert torch.equal(result.predictions(), ann.argmax(1))
     off = bridge.simulate(graph, x, steps=LEVELS + 1).readout  # T != L: not the staircase
     assert (off - ann).abs().max() > 1e-3
+
+
+# Agreement of the SNN's predictions with the ANN's on the 360 test digits, measured by
+# benchmarks/qcfs_t_equals_l.py over seeds 0-2 (docs/model-families.md): theta/2 at T = L
+# VGG-16 0.42-0.98, ResNet-20 0.73-0.98 (seed 0 here: 0.98 / 0.93); at T = 4L 0.97-1.00;
+# after the initial-potential search at T = L 0.986-0.994 on every seed.
+SEARCHED_AT_L = 0.97
+THETA_HALF_AT_4L = 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vgg16", "resnet20"])
+def test_trained_authors_models_at_t_equals_l_agree_with_the_ann(name):
+    """The authors' VGG-16 / ResNet-20 trained on the digits (MyFloor, L = 4): both front-ends give
+    the same NIR; with theta/2 the SNN's predictions agree with the ANN's more as T grows from L
+    to 4L, and after bridge's initial-potential search at T = L (fitted on training digits) on
+    almost every test digit."""
+    from bridge.passes.optimize import optimize_initial_potentials
+
+    trained, split, shape = qcfs_zoo.train_on_digits(name, seed=0, levels=LEVELS)
+    assert trained.ann_accuracy > 0.95
+    graph = bridge.convert(trained.model, shape)
+    assert_same_nir(graph, bridge.convert(torch.export.export(trained.model, (split.test_x[:1],))))
+    x = split.test_x.double()
+    ann = _out(trained.model, x).argmax(1)
+
+    def agreement(g: nir.NIRGraph, steps: int) -> float:
+        return float((bridge.simulate(g, x, steps=steps).predictions() == ann).double().mean())
+
+    at_l, at_4l = agreement(graph, LEVELS), agreement(graph, 4 * LEVELS)
+    assert 0.35 < at_l <= at_4l  # theta/2: right in expectation, far above chance (0.1) at T = L
+    assert at_4l >= THETA_HALF_AT_4L
+    searched = optimize_initial_potentials(graph, split.train_x[:384].float(), LEVELS)
+    at_l_searched = agreement(searched, LEVELS)
+    assert at_l_searched >= max(at_l, SEARCHED_AT_L)
