@@ -32,9 +32,11 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/convert_bench.py
+	$(PY) benchmarks/convert_bench.py --models vgg16_224,resnet50_224 --cases trained,pt2
 	$(PY) benchmarks/simulate_bench.py
 	$(PY) benchmarks/export_bench.py
 	$(PY) benchmarks/calibration_bench.py
+	$(PY) benchmarks/qcfs_t_equals_l.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache bridge-demo
