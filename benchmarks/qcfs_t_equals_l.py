@@ -1,4 +1,4 @@
-"""The QCFS authors' VGG-16 and ResNet-20 (recipes/qcfs_models.py) trained on the digits: how often
+"""The QCFS authors' VGG-16, ResNet-18 and ResNet-20 (recipes/qcfs_models.py) on the digits: how often
 the SNN's prediction equals the ANN's at T = L, 2L, 4L, 8L with theta/2, and at T = L after
 bridge's initial-potential / threshold search.
 
@@ -9,7 +9,7 @@ T = L, the method's promise (zero conversion error in expectation). The search
 (:func:`bridge.passes.optimize.optimize_initial_potentials`, per channel, T = L) is fitted on
 384 training digits only.
 
-    python benchmarks/qcfs_t_equals_l.py                         # both models, seeds 0 1 2
+    python benchmarks/qcfs_t_equals_l.py                         # the three models, seeds 0 1 2
     python benchmarks/qcfs_t_equals_l.py --models resnet20 --seeds 0 --width 2   # a narrower net
     python benchmarks/qcfs_t_equals_l.py --json out.json
 
@@ -73,7 +73,7 @@ def _mean_std(rows: list[dict], key: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="vgg16,resnet20")
+    parser.add_argument("--models", default="vgg16,resnet18,resnet20")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--levels", type=int, default=4, help="L of the MyFloor staircase")
     parser.add_argument("--width", type=int, default=None, help="divide the channels by this (default: the recipe's)")

@@ -1,6 +1,6 @@
 """The QCFS authors' model code, as published (activations spelled with their own ops).
 
-The QCFS follow-up of bridge's method trains VGG-16 and ResNet-20 with two hand-written
+The QCFS follow-up of bridge's method trains VGG-16, ResNet-18 and ResNet-20 with two hand-written
 activations, not bridge's modules:
 
 * ``MyFloor`` (the quantised clip, QCFS): ``x / up``, clamp to [0, 1], ``floor(x t + 0.5) / t``
@@ -11,8 +11,8 @@ Both keep their bound ``up`` as a one-element parameter. The converter must reco
 the function they compute. Widths are divided by ``width`` so that the digits train in seconds.
 
 :func:`train_on_digits` trains them on the digits with the recipes measured in
-``benchmarks/qcfs_t_equals_l.py`` (VGG-16 at a quarter width on 32x32, ResNet-20 at full width
-on 16x16): narrower nets train to the same ANN accuracy but their SNN at T = L agrees far less
+``benchmarks/qcfs_t_equals_l.py`` (VGG-16 and ResNet-18 at a quarter width on 32x32 and 16x16,
+ResNet-20 at full width on 16x16): narrower nets train to the same ANN accuracy but their SNN at T = L agrees far less
 with the ANN (docs/model-families.md, "The authors' QCFS models at T = L").
 """
 
@@ -114,19 +114,20 @@ class BasicBlock(nn.Module):
         return self.relu(self.residual_function(x) + self.shortcut(x))
 
 
-class ResNet20(nn.Module):
-    """The authors' CIFAR ResNet-20: a 3x3 stem, three stages of three basic blocks, global pool."""
+class CifarResNet(nn.Module):
+    """The authors' CIFAR ResNets: a 3x3 stem (no max pool), stages of basic blocks (the first
+    stage at stride 1, the others halving), a global average pool and a linear readout."""
 
-    def __init__(self, act: str = "myfloor", levels: int = 4, width: int = 2, in_channels: int = 1,
-                 classes: int = 10) -> None:
+    def __init__(self, stage_widths: tuple[int, ...], blocks_per_stage: int, act: str = "myfloor",
+                 levels: int = 4, width: int = 2, in_channels: int = 1, classes: int = 10) -> None:
         super().__init__()
-        widths = [16 // width, 32 // width, 64 // width]
+        widths = [w // width for w in stage_widths]
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
                                    nn.BatchNorm2d(widths[0]), _act(act, levels))
         blocks: list[nn.Module] = []
         cin = widths[0]
         for i, cout in enumerate(widths):
-            for j in range(3):
+            for j in range(blocks_per_stage):
                 blocks.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, act, levels))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
@@ -137,6 +138,22 @@ class ResNet20(nn.Module):
         out = self.blocks(self.conv1(x))
         out = self.avg_pool(out)
         return self.fc(out.view(out.size(0), -1))
+
+
+class ResNet20(CifarResNet):
+    """The authors' ResNet-20: three stages of three basic blocks, 16 / 32 / 64 channels."""
+
+    def __init__(self, act: str = "myfloor", levels: int = 4, width: int = 2, in_channels: int = 1,
+                 classes: int = 10) -> None:
+        super().__init__((16, 32, 64), 3, act, levels, width, in_channels, classes)
+
+
+class ResNet18(CifarResNet):
+    """The authors' ResNet-18 (CIFAR layout): four stages of two basic blocks, 64 to 512 channels."""
+
+    def __init__(self, act: str = "myfloor", levels: int = 4, width: int = 16, in_channels: int = 1,
+                 classes: int = 10) -> None:
+        super().__init__((64, 128, 256, 512), 2, act, levels, width, in_channels, classes)
 
 
 def set_bounds(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -161,9 +178,10 @@ class DigitsRecipe:
 
 DIGITS_RECIPES = {
     "vgg16": DigitsRecipe(width=4, size=32, epochs=15, lr=1e-3),  # 5 poolings: 32x32 -> 1x1
+    "resnet18": DigitsRecipe(width=4, size=16, epochs=10, lr=1e-2),
     "resnet20": DigitsRecipe(width=1, size=16, epochs=10, lr=1e-2),
 }
-ARCHITECTURES = {"vgg16": VGG16, "resnet20": ResNet20}
+ARCHITECTURES = {"vgg16": VGG16, "resnet18": ResNet18, "resnet20": ResNet20}
 
 
 def train_on_digits(name: str, seed: int = 0, levels: int = 4,
