@@ -137,7 +137,7 @@ class _Edge(torch.nn.Module):
 def test_less_common_channel_maps_are_exact_on_both_paths(kind: str) -> None:
     from bridge.converter import convert_layer_graph, trace_module
     from bridge.converter.aten_frontend import exported_to_layer_graph
-    from tests.test_frontend_parity import assert_same_nir
+    from tests.nir_compare import assert_same_nir
 
     model = zoo._randomize(_Edge(kind), 5).double().eval()
     with torch.no_grad():  # every branch active on the calibration inputs

@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Callable
 
 import nir
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ import bridge
 from bridge.format.errors import BridgeError
 from recipes import qcfs_models as qcfs_zoo
 from tests import zoo
+from tests.nir_compare import assert_same_nir
 
 
 class Fn(nn.Module):
@@ -227,35 +227,6 @@ def _graphs(make: Callable[[], nn.Module], shape: tuple[int, ...], options: dict
         except BridgeError as exc:
             out.append(exc)
     return out
-
-
-def _arrays(node: nir.NIRNode) -> dict[str, np.ndarray]:
-    out = {}
-    for field in ("weight", "bias", "scale", "v_threshold", "r", "v_reset", "kernel_size", "stride", "padding",
-                  "dilation", "groups", "input_type", "output_type"):
-        value = getattr(node, field, None)
-        if isinstance(value, dict):
-            out.update({f"{field}.{k}": np.asarray(v, dtype=np.float64) for k, v in value.items()})
-        elif value is not None and not isinstance(value, str):
-            out[field] = np.asarray(value, dtype=np.float64)
-    meta = (node.metadata or {}).get("bridge", {})
-    out.update({f"meta.{k}": np.asarray(v, dtype=np.float64) for k, v in meta.items() if not isinstance(v, str)})
-    return out
-
-
-def assert_same_nir(a: nir.NIRGraph, b: nir.NIRGraph, atol: float = 1e-12) -> None:
-    assert list(a.nodes) == list(b.nodes)
-    assert sorted(a.edges) == sorted(b.edges)
-    for name, node in a.nodes.items():
-        other = b.nodes[name]
-        assert type(node) is type(other), name
-        fa, fb = _arrays(node), _arrays(other)
-        assert fa.keys() == fb.keys(), name
-        for key in fa:
-            assert fa[key].shape == fb[key].shape, (name, key)
-            np.testing.assert_allclose(fa[key], fb[key], rtol=0, atol=atol, err_msg=f"{name}.{key}")
-        assert {k: v for k, v in (node.metadata or {}).get("bridge", {}).items() if isinstance(v, str)} == \
-            {k: v for k, v in (other.metadata or {}).get("bridge", {}).items() if isinstance(v, str)}, name
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -18,9 +18,9 @@ from bridge.converter import convert, convert_layer_graph
 from bridge.converter.aten_frontend import exported_to_layer_graph
 from bridge.converter.ir import ActivationOp, BatchNormOp, ConvOp, LinearOp
 from bridge.format.errors import BridgeError
-from bridge.format.extension import if_semantics
 from bridge.model.loading import check_finite, detect_format, load_model
 from tests import zoo
+from tests.nir_compare import assert_same_nir
 
 ZOO = {
     "mlp": (zoo.mlp, {}),
@@ -46,35 +46,10 @@ def _save_pt2(model: nn.Module, shape: tuple[int, ...], path, decompose: bool = 
     return path
 
 
-def _array_fields(node: nir.NIRNode) -> dict[str, np.ndarray]:
-    out = {}
-    for field in ("weight", "bias", "scale", "v_threshold", "r", "v_reset"):
-        value = getattr(node, field, None)
-        if value is not None and not isinstance(value, str):
-            out[field] = np.asarray(value, dtype=np.float64)
-    if isinstance(node, nir.IF):
-        out["v_init"] = if_semantics(node).v_init
-    return out
-
-
 def assert_same_graph(a: nir.NIRGraph, b: nir.NIRGraph, atol: float = 1e-12) -> None:
     """Same node names, types, edges, and every weight/threshold/v_init to ``atol``."""
-    assert sorted(a.nodes) == sorted(b.nodes)
-    assert sorted(a.edges) == sorted(b.edges)
-    n_if = 0
-    for name, node in a.nodes.items():
-        other = b.nodes[name]
-        assert type(node) is type(other), name
-        fa, fb = _array_fields(node), _array_fields(other)
-        assert fa.keys() == fb.keys(), name
-        for field in fa:
-            assert fa[field].shape == fb[field].shape, (name, field)
-            np.testing.assert_allclose(fa[field], fb[field], rtol=0, atol=atol, err_msg=f"{name}.{field}")
-        for attr in ("stride", "padding", "dilation", "groups", "kernel_size"):
-            if hasattr(node, attr):
-                assert np.array_equal(np.asarray(getattr(node, attr)), np.asarray(getattr(other, attr))), (name, attr)
-        n_if += isinstance(node, nir.IF)
-    assert n_if >= 2  # the comparison covers thresholds and initial potentials
+    assert_same_nir(a, b, atol, ordered=False)
+    assert sum(isinstance(n, nir.IF) for n in a.nodes.values()) >= 2  # thresholds and v_init compared
 
 
 @pytest.mark.parametrize("name", list(ZOO))

@@ -20,7 +20,7 @@ from bridge.format.inspect import inspect_graph, render
 from bridge.reference import ann_view
 from recipes import qcfs_models as qcfs_zoo
 from tests import zoo
-from tests.test_frontend_parity import assert_same_nir
+from tests.nir_compare import assert_same_nir
 
 MODELS = {"vgg16": (qcfs_zoo.VGG16, (1, 32, 32)), "resnet18": (qcfs_zoo.ResNet18, (1, 16, 16)),
           "resnet20": (qcfs_zoo.ResNet20, (1, 16, 16))}

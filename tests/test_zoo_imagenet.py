@@ -22,7 +22,7 @@ from bridge.converter.ir_eval import evaluate
 from bridge.reference import ann_view
 from tests import zoo_imagenet as zoo
 from tests.zoo import uniform_input
-from tests.test_frontend_parity import assert_same_nir
+from tests.nir_compare import assert_same_nir
 
 # name -> (builder, maxpool policy); every family converts through both front-ends
 CONVERTS = {
