@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import statistics
 import sys
@@ -40,10 +39,9 @@ def measure(name: str, seed: int, levels: int, width: int | None) -> dict:
     from bridge.passes.optimize import optimize_initial_potentials
     from recipes import qcfs_models
 
-    if width is not None:
-        qcfs_models.DIGITS_RECIPES[name] = dataclasses.replace(qcfs_models.DIGITS_RECIPES[name], width=width)
+    width = qcfs_models.DIGITS_RECIPES[name].width if width is None else width
     t0 = time.perf_counter()
-    trained, split, shape = qcfs_models.train_on_digits(name, seed, levels)
+    trained, split, shape = qcfs_models.train_on_digits(name, seed, levels, width=width)
     train_s = time.perf_counter() - t0
     x = split.test_x.double()
     with torch.no_grad():
@@ -54,7 +52,7 @@ def measure(name: str, seed: int, levels: int, width: int | None) -> dict:
         pred = bridge.simulate(g, x, steps=steps).predictions()
         return float((pred == ann).double().mean()), float((pred == split.test_y).double().mean())
 
-    row = {"model": name, "seed": seed, "levels": levels, "width": qcfs_models.DIGITS_RECIPES[name].width,
+    row = {"model": name, "seed": seed, "levels": levels, "width": width,
            "ann_accuracy": trained.ann_accuracy, "train_s": train_s}
     for k in (1, 2, 4, 8):
         row[f"agree_T{k * levels}"], row[f"snn_accuracy_T{k * levels}"] = agreement(graph, k * levels)

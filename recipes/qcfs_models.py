@@ -184,12 +184,13 @@ DIGITS_RECIPES = {
 ARCHITECTURES = {"vgg16": VGG16, "resnet18": ResNet18, "resnet20": ResNet20}
 
 
-def train_on_digits(name: str, seed: int = 0, levels: int = 4,
-                    act: str = "myfloor") -> tuple[TrainedModel, Split, tuple[int, ...]]:
-    """The authors' ``name`` (``vgg16`` / ``resnet20``) with L = ``levels``, trained on the digits
-    by its :data:`DIGITS_RECIPES` entry from ``seed``: (trained model, split, input shape)."""
+def train_on_digits(name: str, seed: int = 0, levels: int = 4, act: str = "myfloor",
+                    width: int | None = None) -> tuple[TrainedModel, Split, tuple[int, ...]]:
+    """The authors' ``name`` (``vgg16`` / ``resnet18`` / ``resnet20``) with L = ``levels``, trained
+    on the digits by its :data:`DIGITS_RECIPES` entry from ``seed`` (``width``: another channel
+    divisor than the recipe's): (trained model, split, input shape)."""
     recipe = DIGITS_RECIPES[name]
     split = digits_split(size=recipe.size)
-    model = ARCHITECTURES[name](act, levels=levels, width=recipe.width)
+    model = ARCHITECTURES[name](act, levels=levels, width=recipe.width if width is None else width)
     trained = train_model(model, split, epochs=recipe.epochs, lr=recipe.lr, seed=seed)
     return trained, split, (1, recipe.size, recipe.size)
