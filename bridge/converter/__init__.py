@@ -46,7 +46,9 @@ def _options(options: ConversionOptions | None, overrides: dict[str, Any]) -> Co
     if options is not None and not isinstance(options, ConversionOptions):
         raise BridgeError(f"options must be a bridge.converter.ConversionOptions, got {type(options).__name__}")
     given = {k: v for k, v in overrides.items() if v is not _NOT_GIVEN}
-    return ConversionOptions(**given) if options is None else replace(options, **given)
+    if options is None:
+        return ConversionOptions(**given)
+    return replace(options, **given) if given else options  # already checked when it was made
 
 
 def prepare(layer_graph: LayerGraph, *, maxpool: str = "error") -> LayerGraph:

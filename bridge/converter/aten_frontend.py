@@ -69,6 +69,7 @@ _IDENTITY_OPS = set(_ops("dropout", "feature_dropout", "alpha_dropout", "clone",
                          "contiguous", "detach", "lift_fresh_copy"))
 # nodes that compute nothing we need (shape assertions, symbolic sizes)
 _IGNORED_OPS = set(_ops("_assert_tensor_metadata", "sym_size.int", "_assert_scalar"))
+_CLAMP_OPS = set(_ops("clamp", "clamp.Tensor"))
 _RESHAPE_OPS = set(_ops("view", "reshape", "_unsafe_view", "flatten.using_ints"))
 _CONV_OPS = set(_ops("conv1d", "conv2d", "conv1d.padding", "conv2d.padding", "convolution"))
 _LAYER_OPS = _CONV_OPS | _RESHAPE_OPS | set(_ops(
@@ -370,7 +371,7 @@ class _Reader:
 
     def _qcfs_levels(self, node: Node, group: tuple[str, str]) -> int:
         for cand in self.ep.graph.nodes:
-            if self.module_groups.get(cand.name) == group and cand.target in set(_ops("clamp", "clamp.Tensor")):
+            if self.module_groups.get(cand.name) == group and cand.target in _CLAMP_OPS:
                 hi = cand.args[2] if len(cand.args) > 2 else cand.kwargs.get("max")
                 if hi is not None and self._is_const(hi):
                     return int(round(float(torch.as_tensor(self._value(hi)))))

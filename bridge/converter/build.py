@@ -411,8 +411,9 @@ class _Builder:
             if groups == 1:  # the op's own weight (perhaps the model's, float32): scaled in blocks
                 self._weighted(name, self._rounded(weight, kc), bias, sources, params, self.shapes[op.name])
             else:
+                # block diagonal by construction (_dense / a BatchNorm's diagonal); scaling columns keeps it
                 w = scale_input_channels(weight, kc) if kc is not None else weight
-                self._weighted(name, w, bias, sources, params, self.shapes[op.name], _block_groups(w, groups))
+                self._weighted(name, w, bias, sources, params, self.shapes[op.name], groups)
             out_terms.append(_Term(name, None))
             bias = np.zeros_like(bias)
         for t in gathered:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from bridge.format.errors import BridgeError
-from bridge.converter.ir_eval import bound_tensor, cast_graph, evaluate
+from bridge.converter.ir_eval import bound_tensor, cast_graph, clip, evaluate
 from bridge.converter.ir import ActivationOp, LayerGraph
 
 CALIBRATION_BATCH = 64  # samples per forward pass: bounds the live activations
@@ -161,8 +161,7 @@ def collect_statistics(
         if topk is None:
             return
         if op.kind == "qcfs":  # taken unquantised (its clip), as the IF neuron sees it
-            bound = bound_tensor(op, z)
-            a = torch.clamp(z, 0.0, bound) if isinstance(bound, float) else torch.minimum(torch.relu(z), bound)
+            a = clip(z, bound_tensor(op, z))
         if topk.rows > 1:  # (C, values of that channel)
             block = a.transpose(0, 1).reshape(topk.rows, -1)
         elif a.dim() == 4 and not a.is_contiguous():  # NHWC: order does not matter, flatten as stored

@@ -51,15 +51,20 @@ def bound_tensor(op: ActivationOp, z: torch.Tensor) -> torch.Tensor | float:
     return float(op.bound)  # type: ignore[arg-type]
 
 
+def clip(z: torch.Tensor, bound: float | torch.Tensor) -> torch.Tensor:
+    """``clip(z, 0, bound)`` for a bound of one value or a tensor broadcastable to ``z``."""
+    if isinstance(bound, float):
+        return torch.clamp(z, 0.0, bound)
+    return torch.minimum(torch.relu(z), bound)
+
+
 def activation(op: ActivationOp, z: torch.Tensor) -> torch.Tensor:
     """The ANN activation of ``op`` applied to its pre-activation ``z``."""
     if op.kind == "relu":
         return torch.relu(z)
     bound = bound_tensor(op, z)
     if op.kind == "clip":
-        if isinstance(bound, float):
-            return torch.clamp(z, 0.0, bound)
-        return torch.minimum(torch.relu(z), bound)
+        return clip(z, bound)
     levels = int(op.levels)  # type: ignore[arg-type]
     return torch.clamp(torch.floor(z * levels / bound + op.shift), 0, levels) * bound / levels
 
@@ -143,7 +148,7 @@ def evaluate(
                 del values[name]
         if isinstance(op, ActivationOp) and thresholds is not None and op.name in thresholds:
             theta = torch.as_tensor(thresholds[op.name], dtype=dtype)
-            values[op.name] = torch.minimum(torch.relu(inputs[0]), theta)
+            values[op.name] = clip(inputs[0], theta)
         else:
             values[op.name] = run_op(cast_op(op, dtype), inputs)
         if record is not None and isinstance(op, ActivationOp):
@@ -171,7 +176,9 @@ def cast_graph(graph: LayerGraph, dtype: torch.dtype, *, channels_last: bool = F
     return out
 
 
-def _spatial(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil_mode: bool = False) -> int:
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil_mode: bool = False) -> int:
+    """torch's conv / pooling output size along one dimension (ceil_mode: the last window must
+    start inside the input or its left padding, as torch requires)."""
     span = size + 2 * padding - dilation * (kernel - 1) - 1
     out = (-(-span // stride) if ceil_mode else span // stride) + 1
     if ceil_mode and (out - 1) * stride >= size + padding:  # the last window starts inside (torch)
@@ -190,12 +197,12 @@ def shapes(graph: LayerGraph) -> dict[str, tuple[int, ...]]:
         elif isinstance(op, ConvOp):
             kernel = op.weight.shape[2:]
             shape = (op.weight.shape[0],) + tuple(
-                _spatial(x[1 + i], kernel[i], op.stride[i], op.padding[i], op.dilation[i]) for i in range(len(kernel)))
+                output_size(x[1 + i], kernel[i], op.stride[i], op.padding[i], op.dilation[i]) for i in range(len(kernel)))
         elif isinstance(op, LinearOp):
             shape = x[:-1] + (op.weight.shape[0],)
         elif isinstance(op, (AvgPoolOp, MaxPoolOp)):
             ceil = getattr(op, "ceil_mode", False)
-            shape = (x[0],) + tuple(_spatial(x[1 + i], op.kernel[i], op.stride[i], op.padding[i], 1, ceil)
+            shape = (x[0],) + tuple(output_size(x[1 + i], op.kernel[i], op.stride[i], op.padding[i], 1, ceil)
                                     for i in range(2))
         elif isinstance(op, AdaptiveAvgPoolOp):
             shape = (x[0], *op.output_size)

@@ -103,10 +103,6 @@ class ConversionOptions:
             raise BridgeError(f"unknown weight precision {self.weights!r} (--weights / weights=); "
                               "use model, float32 or float64")
 
-    @property
-    def v_init_fraction(self) -> float:
-        return v_init_fraction(self.v_init)
-
     def weight_dtype(self, model_dtype: torch.dtype) -> type:
         """The NumPy dtype of the weights in the NIR file: ``model`` keeps a float64 model's
         precision and writes float32 for anything else (float32, float16, bfloat16)."""

@@ -48,6 +48,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from bridge.format.graph import per_channel
+
 RTOL = 1e-9  # rounding of the chain's own float arithmetic (x / a * a is not always x)
 DOCUMENTED_SHIFTS = (0.5, 0.0)
 
@@ -105,11 +107,10 @@ def channel_values(value: Any, data_shape: tuple[int, ...]) -> np.ndarray:
         raise ChainError(f"a constant of shape {list(arr.shape)} that does not broadcast to one sample "
                          f"{list(sample)}", "use one value per layer or per channel") from None
     full = full.reshape(sample)
-    channels = full.reshape(sample[0], -1) if sample else full.reshape(1, -1)
-    if not (channels == channels[:, :1]).all():
+    out = per_channel(full if sample else full.reshape(1, -1))
+    if out is None:
         raise ChainError(f"a constant of shape {list(arr.shape)} that varies inside a channel",
                          "use one bound per layer or per channel")
-    out = channels[:, 0].copy()
     return out.reshape(()) if (out == out[0]).all() else out
 
 

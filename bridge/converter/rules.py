@@ -57,6 +57,7 @@ import torch
 
 from bridge.format.errors import BridgeError
 from bridge.converter import layout as layouts
+from bridge.converter.ir_eval import output_size
 from bridge.converter.pointwise import ChainError, Recognised, Step, channel_values, describe, recognise
 from bridge.converter.ir import (
     ActivationOp,
@@ -265,10 +266,9 @@ def batch_norm(site: Site, name: str, src: str, *, mean: Any, var: Any, weight: 
                        bias=weights(bias) if bias is not None else torch.zeros_like(m), eps=float(eps))
 
 
-def add(site: Site, name: str, a: str, b: str, alpha: Any = 1) -> AddOp:
-    """Residual ``a + b`` of two tensors computed from the input."""
-    if alpha != 1:
-        raise refuse(site, f"add with alpha={alpha}", "write a plain a + b")
+def add(site: Site, name: str, a: str, b: str) -> AddOp:
+    """Residual ``a + b`` of two tensors computed from the input (``rules.binary`` has refused an
+    ``alpha`` other than 1)."""
     return AddOp(name, [a, b], site.source)
 
 
@@ -276,15 +276,6 @@ def _spatial(in_shape: Sequence[int], site: Site) -> tuple[int, int]:
     if len(in_shape) != 4:
         raise refuse(site, f"2-d pooling of a {len(in_shape)}-d tensor", "2-d pooling needs an (N, C, H, W) input")
     return int(in_shape[2]), int(in_shape[3])
-
-
-def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
-    """torch's pooling output size along one dimension."""
-    span = size + 2 * padding - kernel
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:  # the last window must start inside
-        out -= 1
-    return out
 
 
 def pool_divisors(size: int, kernel: int, stride: int, padding: int, out: int,
@@ -324,7 +315,7 @@ def avg_pool(site: Site, name: str, src: str, in_shape: Sequence[int], *, kernel
         raise refuse(site, f"padding {p} larger than half the kernel {k}", "torch refuses it too; reduce the padding")
     if divisor_override is not None and not (isinstance(divisor_override, int) and divisor_override > 0):
         raise refuse(site, f"divisor_override={divisor_override!r}", "use a positive integer or None")
-    sizes = [pool_output_size(hw[i], k[i], s[i], p[i], bool(ceil_mode)) for i in range(2)]
+    sizes = [output_size(hw[i], k[i], s[i], p[i], 1, bool(ceil_mode)) for i in range(2)]
     full = k[0] * k[1]
     divisors = [pool_divisors(hw[i], k[i], s[i], p[i], sizes[i], bool(count_include_pad)) for i in range(2)]
     if divisor_override is not None:
@@ -422,7 +413,7 @@ def flatten(site: Site, name: str, src: str, in_shape: Sequence[int], out_shape:
     """A reshape that keeps the batch and flattens the rest -> :class:`FlattenOp`; a reshape to
     the same shape or of an already flat tensor -> None (no op); anything else is refused."""
     in_shape, out_shape = tuple(in_shape), tuple(out_shape)
-    if out_shape == in_shape or (len(in_shape) == 2 and out_shape == in_shape):
+    if out_shape == in_shape:
         return None
     if out_shape == (in_shape[0], math.prod(in_shape[1:])):
         return None if len(in_shape) == 2 else FlattenOp(name, [src], site.source)
@@ -523,11 +514,6 @@ def activation(site: Site, name: str, src: str, kind: str, bound: Any = None,
                          "the upper bound must be a positive finite number")
     return ActivationOp(name, [src], site.source, kind=kind, bound=bound, levels=levels,  # type: ignore[arg-type]
                         shift=shift)
-
-
-def modules_of(stacks: Iterable[Sequence[str]]) -> set[str]:
-    """Module paths that appear in any of the given module stacks."""
-    return {path for stack in stacks for path in stack}
 
 
 # ---- the layer graph a front-end writes -----------------------------------------------------
@@ -685,7 +671,7 @@ class LayerGraphWriter:
                          f"{list(lay.index.shape[1:])} that is not a fixed map of whole channels",
                          "only channel slices (x[:, a:b], split, chunk), channel permutations (a channel "
                          "shuffle: view-transpose-view) and torch.flatten(x, 1) convert")
-        if index == tuple(range(lay.base[0])) and len(index) == lay.base[0]:
+        if index == tuple(range(lay.base[0])):
             self.values[node] = lay.source
         else:
             name = fresh_name("channels", self.module_names | set(self.graph.ops))
