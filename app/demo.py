@@ -204,19 +204,6 @@ def _readout_stats(running: torch.Tensor, y: torch.Tensor, ann_pred: torch.Tenso
     return acc, agree
 
 
-def sweep(graph: nir.NIRGraph, x: torch.Tensor, steps: int) -> torch.Tensor:
-    """The running readout ``[T, B, K]`` of ``graph`` for the accuracy sweeps, in float32.
-
-    Accuracy needs the argmax, not bit-level agreement (which the float64 validation of the
-    exports checks): float32 with windows of 4 steps batched through each conv runs ~3x faster
-    here, and gave the same prediction as float64 for every image at every T <= 64 on the
-    clipped CNN (360 test images).
-    """
-    from bridge.reference import simulate
-
-    return simulate(graph, x, steps, dtype=torch.float32, time_chunk=4).running_readout
-
-
 def calibration_for(steps: int, split: Split, samples: int) -> torch.Tensor:
     """Training images for the search at T = ``steps``: its cost grows with T x samples, so
     fewer samples are used at large T (where theta/2 is already close to the ANN)."""
@@ -361,7 +348,8 @@ def accuracy_vs_steps(graph: nir.NIRGraph, x: torch.Tensor, y: torch.Tensor, ste
     """
     from validation.evaluation import evaluate_graph
 
-    ev = evaluate_graph(graph, x, y, list(steps), batch_size=len(x), dtype=torch.float32, ann=ann)
+    ev = evaluate_graph(graph, x, y, list(steps), batch_size=len(x), dtype=torch.float32, ann=ann,
+                        count_spikes=False)  # only the accuracies are read
     return ev.accuracy, ev.ann_agreement
 
 

@@ -64,14 +64,15 @@ def main() -> None:
         results[key] = {"ann": trained.ann_accuracy, "per_T": {}}
         for t in steps:
             t0 = time.perf_counter()
-            base = evaluate_graph(graph, x, y, [t], batch_size=len(x), ann=False).accuracy[t]
+            base = evaluate_graph(graph, x, y, [t], batch_size=len(x), ann=False, count_spikes=False).accuracy[t]
             sweep_s = time.perf_counter() - t0
             rep, stages = CalibrationReport(t), {}
             calibrate(graph, cal, t, report=rep, graphs=stages, iterations=args.iterations)
             rows = []
             for st in rep.stages:
                 acc = base if st.name == "half" else \
-                    evaluate_graph(stages[st.name], x, y, [t], batch_size=len(x), ann=False).accuracy[t]
+                    evaluate_graph(stages[st.name], x, y, [t], batch_size=len(x), ann=False,
+                                   count_spikes=False).accuracy[t]
                 rows.append({"stage": st.name, "accuracy": acc, "seconds": st.seconds,
                              "heldout_error": st.heldout_error, "kept": st.kept})
                 print(f"{t:>3} {STAGE_LABELS[st.name]:<28} {100 * acc:7.2f} "

@@ -183,16 +183,15 @@ def test_demo_mnist1d_path_end_to_end_on_a_reduced_config(tmp_path):
 
 def test_float32_sweep_predicts_like_the_float64_reference():
     """The demo's accuracy sweeps run in float32 (speed); their predictions must be the float64
-    reference's at every T, up to rare rounding ties."""
+    reference's at every T, up to rare rounding ties (float32, windows of 4 steps per conv)."""
     from bridge.converter import convert
-    from app.demo import sweep
     from bridge.reference import simulate
 
     split = digits_split(1)
     trained = train_model(DigitsCNN("clip", channels=(4, 8), hidden=16), split, epochs=3, seed=1)
     graph = convert(trained.model, (1, 16, 16), calibration=split.train_x[:64])
     x = split.test_x[:120]
-    fast = sweep(graph, x, 8)
+    fast = simulate(graph, x, 8, dtype=torch.float32, time_chunk=4).running_readout
     exact = simulate(graph, x, 8).running_readout
     assert fast.dtype == torch.float32 and fast.shape == exact.shape
     torch.testing.assert_close(fast.double(), exact, rtol=1e-4, atol=1e-4)

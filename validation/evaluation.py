@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from bridge.format.errors import BridgeError
+from bridge.format.graph import if_nodes_in_order, input_shape
 from bridge.reference.ops.base import NeuronOp
 from bridge.reference.probe import output_classes
 from validation.accuracy import AccuracyCurve, parse_timesteps
@@ -150,8 +151,6 @@ class BatchRunner:
             self.input_shape = tuple(self.simulator.input_shape)
         else:
             from validation.backends import get_backend
-            from validation.compare import if_nodes_in_order
-            from validation.suite import input_shape
 
             cls = get_backend(backend)
             self.instance = cls(graph, dtype=dtype, device=device)
@@ -321,6 +320,7 @@ def evaluate_dataset(
     progress: Progress | None = None,
     fingerprint: dict | None = None,
     stop_after_batches: int | None = None,
+    classes: int | None = None,
 ) -> Evaluation:
     """Accuracy of ``graph`` after each T in ``timesteps`` on ``dataset`` (samples ``(x, label)``).
 
@@ -330,7 +330,8 @@ def evaluate_dataset(
     ``ann``). ``resume``: the progress file (see the module docstring); ``fingerprint``:
     what must match for a resume (the data, the model) besides the options given here.
     ``stop_after_batches``: a test hook that stops this process after that many batches, as
-    a kill would (the counts since the last checkpoint are lost).
+    a kill would (the counts since the last checkpoint are lost). ``classes``: the graph's
+    output size when the caller has it already (else one dry run finds it).
     """
     group = group or ProcessGroup()
     ts = parse_timesteps(list(timesteps))
@@ -349,14 +350,15 @@ def evaluate_dataset(
     curve = AccuracyCurve(ts, with_ann=predictor.source is not None)
     layers = runner.layers
     start, stop = shard_bounds(total, group.rank, group.world_size)
-    fingerprint = {**(fingerprint or {}), "graph": graph_digest(graph), "samples": total, "timesteps": ts,
-                   "backend": backend, "dtype": str(dtype).removeprefix("torch."), "batch_size": batch_size,
-                   "processes": group.world_size, "ann": predictor.source, "spikes": layers}
     path = Path(resume) if resume is not None else None
     done = 0
     if path is not None:
         if path.parent != Path("") and not path.parent.is_dir():
             raise BridgeError(f"the folder of --resume {path} does not exist; create it first")
+        # the graph's digest (a hash of every weight) only where a resume needs it
+        fingerprint = {**(fingerprint or {}), "graph": graph_digest(graph), "samples": total, "timesteps": ts,
+                       "backend": backend, "dtype": str(dtype).removeprefix("torch."), "batch_size": batch_size,
+                       "processes": group.world_size, "ann": predictor.source, "spikes": layers}
         saved = _load_progress(path, fingerprint, group)
         if saved is not None:
             mine = saved[group.rank]
@@ -370,7 +372,7 @@ def evaluate_dataset(
     loader = DataLoader(Subset(dataset, range(start + done, stop)), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=group.device.type == "cuda",
                         persistent_workers=False)
-    classes = output_classes(graph)
+    classes = output_classes(graph) if classes is None else classes
     t0 = time.perf_counter()
     this_run = 0
     if progress is not None:
@@ -427,11 +429,9 @@ def evaluate_graph(
     **options: Any,
 ) -> Evaluation:
     """:func:`evaluate_dataset` on tensors in memory: ``x`` ``[N, *input_shape]``, labels ``y``."""
-    from bridge.reference import ReferenceSimulator
-
     if len(x) != len(y):
         raise BridgeError(f"{len(x)} samples but {len(y)} labels; give one label per sample")
-    shape = tuple(ReferenceSimulator(graph, dtype=dtype).input_shape)
+    shape = input_shape(graph)
     if tuple(x.shape[1:]) != shape:
         raise BridgeError(f"the data has samples of shape {list(x.shape[1:])}, the network expects "
                           f"{list(shape)}; use data of that shape")

@@ -164,7 +164,8 @@ def evaluate(model: Path, data: str, timesteps_list: str, steps_alias: str | Non
 
         # one batch holds its outputs and running readouts [max T, batch, classes]
         itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
-        require_memory(4.0 * max(ts) * batch_size * output_classes(graph) * itemsize,
+        classes = output_classes(graph)
+        require_memory(4.0 * max(ts) * batch_size * classes * itemsize,
                        f"evaluating up to T = {max(ts)} with batches of {batch_size}",
                        "lower --timesteps-list or --batch-size")
         dataset = open_dataset(data, input_shape=graph_input_shape(graph), transform=image_transform)
@@ -180,7 +181,7 @@ def evaluate(model: Path, data: str, timesteps_list: str, steps_alias: str | Non
                          enabled=group.is_main and not as_json) as bar:
             result = evaluate_dataset(
                 graph, dataset, ts, batch_size=batch_size, workers=n_workers, group=group,
-                dtype=getattr(torch, dtype), backend=backend, ann_model=ann, count_spikes=spikes,
+                dtype=getattr(torch, dtype), backend=backend, ann_model=ann, count_spikes=spikes, classes=classes,
                 resume=resume_path, checkpoint_every=checkpoint_every, progress=bar.update,
                 fingerprint={"model": str(model.resolve()), "data": data, "limit": limit,
                              "transform": transform},

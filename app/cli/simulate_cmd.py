@@ -55,7 +55,7 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
              dt: float | None, limit: int | None, force: bool) -> None:
     """Run MODEL (a NIR file) for T steps with the reference simulator and print the
     predicted classes (and the accuracy on the digits)."""
-    from bridge.reference.probe import read_runnable_graph
+    from bridge.reference.probe import read_probed_graph
     from bridge.format.nirio import check_output_path, write_with
     from bridge.reference import ReferenceSimulator
 
@@ -71,7 +71,7 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
     if output_path is not None and output_path == trace_path:
         raise BridgeError("--output and --trace name the same file; give two paths")
 
-    graph = read_runnable_graph(model)
+    graph, probe = read_probed_graph(model)
     sim = ReferenceSimulator(graph, dtype=getattr(torch, dtype), device=device, dt=dt)
     shape = sim.input_shape
     labels: torch.Tensor | None = None
@@ -91,14 +91,13 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
     if n == 0:
         raise BridgeError(f"the input {input_} holds no samples (shape {list(x.shape)})")
 
-    from bridge.reference.probe import step_footprint
     from bridge.format.output_files import require_memory
 
     # results [T, N, ...] (and traces) are kept whole, plus one more copy when they are
     # concatenated and saved: refuse now rather than fail after minutes of simulation
     itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
     require_memory(
-        2.0 * steps * n * step_footprint(graph, itemsize, trace_path is not None),
+        2.0 * steps * n * probe.step_footprint(itemsize, trace_path is not None),
         f"simulating {n} samples for T = {steps}" + (" with --trace" if trace_path else ""),
         "lower --steps, use --limit, or drop --trace",
     )

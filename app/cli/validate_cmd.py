@@ -60,7 +60,7 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bridge.data.datasets import load_labelled
-    from bridge.reference.probe import output_classes, read_runnable_graph
+    from bridge.reference.probe import probe_graph, read_probed_graph
     from validation.accuracy import parse_timesteps
     from validation.backends import parse_backends
     from validation.distributed import distributed_session, merge_validation_reports, shard_bounds
@@ -82,22 +82,22 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
         check_output_location(Path(report_dir))
     names = parse_backends(backends)  # unknown / not installed: BridgeError before any work
     ts = parse_timesteps(timesteps_list, steps) if timesteps_list else _powers_of_two(steps)
-    graph = read_runnable_graph(model)
+    graph, probe = read_probed_graph(model)
     if profile != "exact":
         from bridge.passes.profiles import apply_profile
 
         graph = apply_profile(graph, profile)
-    x, y = load_labelled(data, input_shape=input_shape(graph), classes=output_classes(graph))
+        probe = probe_graph(graph, model)
+    x, y = load_labelled(data, input_shape=input_shape(graph), classes=probe.classes)
     if limit is not None:
         x, y = x[:limit], y[:limit]
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
-    from bridge.reference.probe import step_footprint
     from bridge.format.output_files import require_memory
 
     # per batch, the reference and each backend keep spikes and potentials [T, batch, ...]
     itemsize = torch.empty((), dtype=torch_dtype).element_size()
     require_memory(2.0 * (1 + len(names)) * steps * min(batch_size, len(x))
-                   * step_footprint(graph, itemsize, trace=True),
+                   * probe.step_footprint(itemsize, trace=True),
                    f"validating {len(names)} backend(s) for T = {steps} with batches of {batch_size}",
                    "lower --steps or --batch-size")
     with distributed_session("cpu") as group:  # under torchrun: one shard of the data per process

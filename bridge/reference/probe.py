@@ -11,6 +11,8 @@ in the same words.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import nir
@@ -30,9 +32,28 @@ def _has_leaky(graph: nir.NIRGraph) -> bool:
     )
 
 
-def probe_graph(graph: nir.NIRGraph, source: str | Path = "the graph") -> tuple[int, ...]:
-    """Compile ``graph`` with the reference simulator and run it on one zero sample for two
-    steps; returns the output shape of one sample. Raises BridgeError if it cannot run."""
+@dataclass(frozen=True)
+class GraphProbe:
+    """What the dry run found: one sample's output shape and how many IF/LIF neurons a trace
+    records (what a run's memory needs per sample and step)."""
+
+    output_shape: tuple[int, ...]
+    traced_neurons: int
+
+    @property
+    def classes(self) -> int:
+        """The number of classes the graph's output scores (elements of one sample's output)."""
+        return math.prod(self.output_shape)
+
+    def step_footprint(self, itemsize: int, trace: bool) -> int:
+        """Bytes one sample needs per time step in a run's results: the output (kept for the
+        readout) and, with ``trace``, the spikes (1 byte) and potentials of every IF/LIF node."""
+        return self.classes * itemsize + (self.traced_neurons * (1 + itemsize) if trace else 0)
+
+
+def probe_graph(graph: nir.NIRGraph, source: str | Path = "the graph") -> GraphProbe:
+    """Compile ``graph`` with the reference simulator and run it, traced, on one zero sample for
+    two steps. Raises BridgeError if it cannot run."""
     from bridge.reference import ReferenceSimulator
 
     # leaky nodes need a dt to run at all; any positive one tells whether the shapes fit
@@ -40,7 +61,7 @@ def probe_graph(graph: nir.NIRGraph, source: str | Path = "the graph") -> tuple[
     try:
         sim = ReferenceSimulator(graph, dtype=torch.float64, dt=dt)
         x = torch.zeros((1, *sim.input_shape), dtype=torch.float64)
-        result = sim.run(x, 2)
+        result = sim.run(x, 2, trace=True)
     except BridgeError as exc:
         raise BridgeError(f"{source}: {exc}") from None
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError,
@@ -49,33 +70,27 @@ def probe_graph(graph: nir.NIRGraph, source: str | Path = "the graph") -> tuple[
             f"{source}: the graph does not run: its nodes do not fit together "
             f"({first_line(exc)}); the file is damaged or was edited; re-export it"
         ) from None
-    return tuple(result.outputs.shape[2:])
+    traced = sum(tr.v[0, 0].numel() for tr in result.traces.values())
+    return GraphProbe(tuple(result.outputs.shape[2:]), traced)
 
 
-def step_footprint(graph: nir.NIRGraph, itemsize: int, trace: bool) -> int:
-    """Bytes one sample needs per time step in a run's results: the output (kept for the
-    readout) and, with ``trace``, the spikes (1 byte) and potentials of every IF/LIF node."""
-    from bridge.reference import ReferenceSimulator
-
-    dt = 1e-3 if _has_leaky(graph) else None
-    sim = ReferenceSimulator(graph, dtype=torch.float64, dt=dt)
-    res = sim.run(torch.zeros((1, *sim.input_shape), dtype=torch.float64), 1, trace=trace)
-    out = res.outputs[0, 0].numel() * itemsize
-    traced = sum(tr.v[0, 0].numel() for tr in res.traces.values()) * (1 + itemsize)
-    return out + traced
+def read_probed_graph(path: str | Path) -> tuple[nir.NIRGraph, GraphProbe]:
+    """:func:`bridge.format.nirio.read_graph` plus :func:`probe_graph`: the graph is valid and
+    runs; the probe's facts come with it, so that no caller runs the graph again for them."""
+    graph = read_graph(path)
+    return graph, probe_graph(graph, path)
 
 
 def read_runnable_graph(path: str | Path) -> nir.NIRGraph:
-    """:func:`bridge.format.nirio.read_graph` plus :func:`probe_graph`: the graph is valid and runs."""
-    graph = read_graph(path)
-    probe_graph(graph, path)
-    return graph
+    """:func:`read_probed_graph` without the probe."""
+    return read_probed_graph(path)[0]
 
 
 def output_classes(graph: nir.NIRGraph) -> int:
-    """The number of classes the graph's output scores (elements of one sample's output)."""
-    shape = probe_graph(graph)
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
+    """The number of classes the graph's output scores (one dry run; see :class:`GraphProbe`)."""
+    return probe_graph(graph).classes
+
+
+def step_footprint(graph: nir.NIRGraph, itemsize: int, trace: bool) -> int:
+    """:meth:`GraphProbe.step_footprint` of ``graph`` (one dry run)."""
+    return probe_graph(graph).step_footprint(itemsize, trace)
