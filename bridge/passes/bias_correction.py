@@ -39,7 +39,8 @@ import torch
 from bridge.format.errors import BridgeError
 from bridge.format.extension import if_semantics
 from bridge.passes.calibration_edits import bias_node, if_names, output_bias_node, shift_bias, with_timesteps
-from bridge.passes.optimize import current_subgraph
+from bridge.format.neurons import if_step
+from bridge.passes.optimize import current_subgraph, layer_target
 
 
 @dataclass
@@ -67,9 +68,7 @@ def layer_rates(current: torch.Tensor, theta: torch.Tensor, v_init: torch.Tensor
     v = (v_init + 0 * d).expand(d.shape[0], current.shape[1], *v_init.shape).clone()
     count = torch.zeros_like(v)
     for t in range(steps):
-        v += current[t] + d
-        s = (v >= theta).to(v.dtype)
-        v -= theta * s
+        s, v = if_step(current[t] + d, v, theta)
         count += s
     return count * theta / steps
 
@@ -124,9 +123,7 @@ def correct_biases(
     for i, name in enumerate(names):
         target_node = bias_node(graph, name)
         if target_node is not None:
-            ref_sem = if_semantics(reference.nodes[name], name)
-            z = ann_view(current_subgraph(reference, name), x)
-            target = torch.minimum(torch.relu(z), torch.as_tensor(ref_sem.threshold))
+            target = layer_target(reference, name, x)
             sem = if_semantics(graph.nodes[name], name)
             theta, v0 = torch.as_tensor(sem.threshold), torch.as_tensor(sem.v_init)
             current = simulate(current_subgraph(graph, name), x, timesteps).outputs

@@ -14,6 +14,7 @@ import numpy as np
 
 from bridge.format.errors import BridgeError
 from bridge.format.extension import NAMESPACE, TIMESTEPS, graph_metadata, if_semantics
+from bridge.format.graph import topological_order
 from bridge.passes.optimize import apply_fit
 
 _BIASED = (nir.Conv1d, nir.Conv2d, nir.Affine)
@@ -21,20 +22,7 @@ _BIASED = (nir.Conv1d, nir.Conv2d, nir.Affine)
 
 def if_names(graph: nir.NIRGraph) -> list[str]:
     """The IF nodes of a feed-forward ``graph`` in topological order (BridgeError on a cycle)."""
-    indeg = {n: 0 for n in graph.nodes}
-    succ: dict[str, list[str]] = {n: [] for n in graph.nodes}
-    for s, d in graph.edges:
-        indeg[d] += 1
-        succ[s].append(d)
-    ready = sorted(n for n, k in indeg.items() if k == 0)
-    order: list[str] = []
-    while ready:
-        n = ready.pop(0)
-        order.append(n)
-        for d in succ[n]:
-            indeg[d] -= 1
-            if indeg[d] == 0:
-                ready.append(d)
+    order = topological_order(sorted(graph.nodes), graph.edges)  # sorted: roots in name order
     if len(order) != len(graph.nodes):
         raise BridgeError("the graph has a cycle; calibration works on feed-forward graphs only")
     return [n for n in order if isinstance(graph.nodes[n], nir.IF)]

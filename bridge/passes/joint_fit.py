@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from bridge.format.errors import BridgeError
+from bridge.reference.result import running_readout
 from bridge.format.extension import if_semantics
 from bridge.passes.calibration_edits import (
     bias_node, can_rescale, current_fractions, if_names, output_bias_node, set_if, shift_bias, with_timesteps,
@@ -190,9 +191,8 @@ class UnrolledSNN(nn.Module):
 
     def readouts(self, x: torch.Tensor, steps: Sequence[int]) -> dict[int, torch.Tensor]:
         """The running-mean readout ``[B, K]`` after each T in ``steps`` (one run of max T)."""
-        out = self.forward(x, max(steps)).flatten(2)
-        csum = torch.cumsum(out, dim=0)
-        return {t: csum[t - 1] / t for t in steps}
+        running = running_readout(self.forward(x, max(steps)).flatten(2), "mean")
+        return {t: running[t - 1] for t in steps}
 
     def write(self, graph: nir.NIRGraph) -> nir.NIRGraph:
         """``graph`` (the one this module was built from) with the learnt values, as bridge NIR."""
@@ -222,6 +222,13 @@ class UnrolledSNN(nn.Module):
             if self.out_bias is not None:
                 graph = shift_bias(graph, self.out_bias, self.d_out.detach().double().numpy())
         return graph
+
+
+def heldout_count(n: int) -> int:
+    """How many of ``n`` calibration samples (the last ones) are held out to pick the best fit:
+    a quarter, at least 32, of 64 or more; else half. The pipeline scores its stages on the
+    same tail, so both take it from here."""
+    return max(32, n // 4) if n >= 64 else max(1, n // 2)
 
 
 def _readout_error(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -271,7 +278,7 @@ def joint_fit(
     x = calibration.to(torch.float32)
     with torch.no_grad():
         target = ann_view(reference, x.double()).flatten(1).float()
-    held = max(32, len(x) // 4) if len(x) >= 64 else max(1, len(x) // 2)
+    held = heldout_count(len(x))
     x_fit, t_fit, x_val, t_val = x[:-held], target[:-held], x[-held:], target[-held:]
     model = UnrolledSNN(graph, weights=weights)
     neuron_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("weights.")]

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from bridge.format.errors import BridgeError
-from bridge.format.extension import NAMESPACE, TIMESTEPS, graph_metadata, if_semantics
+from bridge.format.extension import if_semantics
 from bridge.format.graph import channel_consumers, neighbours, rescale_threshold, topological_order
 
 OUTPUT = "__bridge_optimize_output__"
@@ -209,6 +209,15 @@ def _fit_layer(current: torch.Tensor, target: torch.Tensor, theta: torch.Tensor,
     return (best_a.double().numpy(), best_f.double().numpy(), total(base), total(best_err))
 
 
+def layer_target(reference: nir.NIRGraph, name: str, x: torch.Tensor) -> torch.Tensor:
+    r"""What IF ``name`` should output on ``x``: the ANN view :math:`\mathrm{clip}(z, 0, \theta)` of the
+    ``reference`` graph's input current ``z`` to it (value units, float64)."""
+    from bridge.reference import ann_view
+
+    z = ann_view(current_subgraph(reference, name), x)
+    return torch.minimum(torch.relu(z), torch.as_tensor(if_semantics(reference.nodes[name], name).threshold))
+
+
 def _can_absorb(graph: nir.NIRGraph, name: str) -> bool:
     """Whether the consumers of IF ``name`` can absorb a change of its threshold."""
     try:
@@ -239,7 +248,7 @@ def optimize_initial_potentials(
     (samples x neurons x T) one candidate of the grid costs: wide layers and large T are fitted
     on the first samples of ``calibration`` only (each channel still sees many positions).
     """
-    from bridge.reference import ann_view, simulate
+    from bridge.reference import simulate
 
     if timesteps < 1:
         raise BridgeError(f"timesteps must be >= 1, got {timesteps}")
@@ -249,12 +258,10 @@ def optimize_initial_potentials(
     names = _if_nodes(graph)
     x = calibration.to(torch.float64)
     for i, name in enumerate(names):
-        sem = if_semantics(original.nodes[name], name)
         theta = torch.as_tensor(if_semantics(graph.nodes[name], name).threshold)
         n = max(8, min(len(x), search_budget // max(1, theta.numel() * timesteps)))
         xs = x[:n]
-        z = ann_view(current_subgraph(original, name), xs)  # [n, *shape], float64
-        target = torch.minimum(torch.relu(z), torch.as_tensor(sem.threshold))  # ANN view, value units
+        target = layer_target(original, name, xs)  # [n, *shape], float64
         current = simulate(current_subgraph(graph, name), xs, timesteps, dtype=torch.float64).outputs
         can_scale = thresholds and _can_absorb(graph, name)
         a, f, e_half, e_best = _fit_layer(current.float(), target.float(), theta.float(),
@@ -267,8 +274,6 @@ def optimize_initial_potentials(
         elif progress:
             print(f"{name}: mse {e_half:.4g} (theta/2) -> {e_best:.4g}; a in [{a.min():.2f}, {a.max():.2f}], "
                   f"f in [{f.min():.2f}, {f.max():.2f}]", file=sys.stderr)  # progress: keep stdout for results
-    meta = copy.deepcopy(graph.metadata) if graph.metadata else {}
-    bridge_meta = dict(meta.get(NAMESPACE) or graph_metadata()[NAMESPACE])
-    bridge_meta[TIMESTEPS] = int(timesteps)
-    meta[NAMESPACE] = bridge_meta
-    return nir.NIRGraph(nodes=dict(graph.nodes), edges=list(graph.edges), metadata=meta)
+    from bridge.passes.calibration_edits import with_timesteps  # it imports apply_fit from here
+
+    return with_timesteps(graph, timesteps)

@@ -156,6 +156,7 @@ def calibrate(
     graph after each stage (the best so far at that point: what the demo measures per stage).
     ``progress(stage)`` is called before each stage.
     """
+    from bridge.passes.joint_fit import heldout_count
     from bridge.reference import ann_view
 
     if timesteps is not None and timesteps < 1:
@@ -167,7 +168,7 @@ def calibrate(
     rep.timesteps = timesteps
     start = time.perf_counter()
     x_all = calibration.to(torch.float32)
-    held = max(32, len(x_all) // 4) if len(x_all) >= 64 else len(x_all) // 2
+    held = heldout_count(len(x_all))  # calibrate() needs >= 8 samples: the same tail as joint_fit's
     x_fit, x_val = x_all[:-held], x_all[-held:]
     rep.images, rep.heldout = len(x_all), held
     ann = ann_view(graph, x_val.double()).flatten(1)
