@@ -541,9 +541,7 @@ def _reshape(r: _Reader, node: Node) -> None:
 def _reshape_or_layout(r: _Reader, node: Node) -> None:
     """A flatten (or no-op reshape) as before; any other view is a layout step (a channel shuffle)."""
     x = node.args[0]
-    if isinstance(x, Node) and r.out.has(x.name) and (
-            (x.name in r.out.layouts and not r.out.layout_is_channel_map(x.name))
-            or not rules.is_flatten(r.shape(x), r.shape(node))):
+    if isinstance(x, Node) and r.out.has(x.name) and r.out.reshape_is_layout(x.name, r.shape(x), r.shape(node)):
         return r.layout(node, x, rules.reshape_step(r.site(node), r.shape(x), r.shape(node)))
     _reshape(r, node)
 
@@ -552,9 +550,7 @@ def _cat(r: _Reader, node: Node) -> None:
     tensors = list(node.args[0])
     srcs = [r.data(node, t) for t in tensors]
     op = rules.concat(r.site(node), r.name(node), srcs, [r.shape(t) for t in tensors], _arg(node, 1, "dim", 0))
-    if op is None:
-        return r.out.alias(node.name, tensors[0].name)
-    r.out.emit(node.name, op)
+    r.out.emit_concat(node.name, op, tensors[0].name)
 
 
 def _transpose(r: _Reader, node: Node) -> None:

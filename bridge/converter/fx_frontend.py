@@ -331,9 +331,8 @@ class _Converter:
         raise rules.unsupported(site)
 
     def _flatten(self, node: torch.fx.Node, x: Any) -> None:
-        if isinstance(x, torch.fx.Node) and self.out.has(x.name) and (
-                (x.name in self.out.layouts and not self.out.layout_is_channel_map(x.name))
-                or not rules.is_flatten(self._shape(x), self._shape(node))):
+        if isinstance(x, torch.fx.Node) and self.out.has(x.name) and \
+                self.out.reshape_is_layout(x.name, self._shape(x), self._shape(node)):
             # a view that is not a flatten (a channel shuffle's 5-d view): a layout step
             return self._layout(node, x, rules.reshape_step(self._site(node), self._shape(x), self._shape(node)))
         src = self._ref(node, x)
@@ -351,9 +350,7 @@ class _Converter:
             raise rules.unsupported(self._site(node))
         srcs = [self._ref(node, t) for t in tensors]
         op = rules.concat(self._site(node), self._name(node), srcs, [self._shape(t) for t in tensors], dim)
-        if op is None:
-            return self.out.alias(node.name, tensors[0].name)
-        self.out.emit(node.name, op)
+        self.out.emit_concat(node.name, op, tensors[0].name)
 
     def _split(self, node: torch.fx.Node, x: Any, kind: str, arg: Any, dim: Any) -> None:
         """``chunk`` / ``split``: a tuple, read part by part through ``getitem``."""

@@ -593,6 +593,20 @@ class LayerGraphWriter:
             raise refuse(site, f"a layout step that does not apply ({exc})", "check the model") from None
         self.layouts[node] = (new, site, nodes + (node,))
 
+    def reshape_is_layout(self, x: str, in_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
+        """Whether a reshape of value ``x`` is a layout step (a channel shuffle's 5-d view) rather
+        than a flatten or no-op: ``x`` is a pending layout that is not a channel map yet, or the
+        shapes are not a flatten's (:func:`is_flatten`)."""
+        return (x in self.layouts and not self.layout_is_channel_map(x)) or not is_flatten(in_shape, out_shape)
+
+    def emit_concat(self, node: str, op: ConcatOp | None, first: str) -> None:
+        """``node`` = the concatenation :func:`concat` returned: ``op``, or (None, one tensor)
+        the value of ``first`` itself."""
+        if op is None:
+            self.alias(node, first)
+        else:
+            self.emit(node, op)
+
     def emit(self, node: str, ops: LayerOp | list[LayerOp]) -> None:
         """Add ``ops``; the last one computes ``node``'s value."""
         ops = ops if isinstance(ops, list) else [ops]
