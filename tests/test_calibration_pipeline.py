@@ -210,3 +210,25 @@ def test_exports_stay_exact_after_calibration(data, tmp_path):
     assert report.ok, [(b.name, b.status, b.message) for b in report.backends]
     for b in report.backends:
         assert b.comparison is not None and b.comparison.unexplained == 0
+
+
+def test_weight_calibration_keeps_a_grouped_conv_in_its_dense_encoding(tmp_path):
+    """The weight-calibration stage trains a depthwise conv (here an unfolded BatchNorm, written
+    as a diagonal 1x1 conv with the bridge ``groups`` key) as the grouped weight the reference
+    runs; the written graph must hold it back in the file's dense block-diagonal encoding."""
+    from bridge.format.extension import conv_weight
+    from tests import zoo
+
+    model, shape = zoo.vgg_bn()
+    graph = convert(model, shape)
+    grouped = [k for k, n in graph.nodes.items() if isinstance(n, nir.Conv2d) and conv_weight(n, k)[1] > 1]
+    assert grouped  # the test needs one
+    x = zoo.sample_input(shape, 64).float()
+    fitted = joint_fit(graph, x, 4, iterations=3, weights=True)
+    for name in grouped:
+        before, after = graph.nodes[name], fitted.nodes[name]
+        assert np.shape(after.weight) == np.shape(before.weight)
+        assert conv_weight(after, name)[1] == conv_weight(before, name)[1]  # off-diagonal blocks still zero
+    write_graph(fitted, tmp_path / "w.nir")
+    torch.testing.assert_close(simulate(read_graph(tmp_path / "w.nir"), x[:8].double(), 4).readout,
+                               simulate(fitted, x[:8].double(), 4).readout)

@@ -70,7 +70,7 @@ import numpy as np
 import torch
 
 from bridge.format.errors import BridgeError
-from bridge.format.extension import NAMESPACE, conv_metadata, graph_metadata, make_if, qcfs_metadata
+from bridge.format.extension import NAMESPACE, conv_metadata, dense_conv_weight, graph_metadata, make_if, qcfs_metadata
 from bridge.format.graph import per_channel, scale_input_channels
 from bridge.converter.adaptive_pool import adaptive_pool_as_avgpool, adaptive_pool_matrix
 from bridge.converter.ir_eval import shapes as op_shapes
@@ -154,13 +154,7 @@ def _dense(weight: torch.Tensor, groups: int) -> np.ndarray:
     up-cast block by block where it is written, :meth:`_Builder._rounded`)."""
     if groups == 1:
         return _as_numpy(weight)
-    w = weight.detach().to(torch.float64).numpy()
-    cout, cin_g = w.shape[:2]
-    co = cout // groups
-    dense = np.zeros((cout, cin_g * groups, *w.shape[2:]), dtype=np.float64)
-    for g in range(groups):
-        dense[g * co:(g + 1) * co, g * cin_g:(g + 1) * cin_g] = w[g * co:(g + 1) * co]
-    return dense
+    return dense_conv_weight(weight.detach().to(torch.float64).numpy(), groups)
 
 
 class _Builder:

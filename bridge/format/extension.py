@@ -218,6 +218,19 @@ def conv_metadata(groups: int) -> dict[str, Any]:
     return {NAMESPACE: {GROUPS: int(groups)}} if groups > 1 else {}
 
 
+def dense_conv_weight(weight: np.ndarray, groups: int) -> np.ndarray:
+    """The dense block-diagonal encoding ``(C_out, C_in, *k)`` of a grouped conv weight
+    ``(C_out, C_in/groups, *k)`` (float64): group ``g``'s output rows read only its input
+    channels; every other entry is zero. The inverse of :func:`conv_weight`."""
+    weight = np.asarray(weight, dtype=np.float64)
+    c_out, ci = weight.shape[:2]
+    co = c_out // groups
+    dense = np.zeros((c_out, ci * groups, *weight.shape[2:]), dtype=np.float64)
+    for g in range(groups):
+        dense[g * co:(g + 1) * co, g * ci:(g + 1) * ci] = weight[g * co:(g + 1) * co]
+    return dense
+
+
 def _conv_groups(node: nir.Conv1d | nir.Conv2d, name: str) -> int:
     meta = (node.metadata or {}).get(NAMESPACE)
     if meta is None or not isinstance(meta, dict) or GROUPS not in meta:

@@ -54,7 +54,7 @@ from torch import nn
 
 from bridge.format.errors import BridgeError
 from bridge.reference.result import running_readout
-from bridge.format.extension import if_semantics
+from bridge.format.extension import dense_conv_weight, if_semantics
 from bridge.passes.calibration_edits import (
     bias_node, can_rescale, current_fractions, if_names, output_bias_node, set_if, shift_bias, with_timesteps,
 )
@@ -203,7 +203,11 @@ class UnrolledSNN(nn.Module):
                     key = self._key(name)
                     if key + "__w" in self.weights:
                         node = copy.deepcopy(nodes[name])
-                        node.weight = self.weights[key + "__w"].double().numpy().reshape(np.shape(node.weight))
+                        learnt = self.weights[key + "__w"].double().numpy()
+                        groups = getattr(self.ops[name], "groups", 1)  # the op runs the grouped weight
+                        if groups > 1 and int(getattr(node, "groups", 1)) == 1:  # the file's dense encoding
+                            learnt = dense_conv_weight(learnt, groups)
+                        node.weight = learnt.reshape(np.shape(node.weight))
                         if key + "__b" in self.weights:
                             node.bias = self.weights[key + "__b"].double().numpy().reshape(np.shape(node.bias))
                         nodes[name] = node
