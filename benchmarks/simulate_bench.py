@@ -38,16 +38,7 @@ from bridge.model.activations import ClippedReLU  # noqa: E402
 from bridge.format.extension import graph_metadata, make_if  # noqa: E402
 from bridge.format.neurons import if_step  # noqa: E402
 from bridge.reference import ReferenceSimulator  # noqa: E402
-from recipes.models import vgg16_features  # noqa: E402
-
-
-
-def vgg16(num_classes: int = 10) -> nn.Sequential:
-    """VGG-16 for 32x32 inputs as converted by Bu et al.: ClippedReLU, average pooling."""
-    layers, _ = vgg16_features(bias=True)
-    layers += [nn.Flatten(), nn.Linear(512, 4096), ClippedReLU(), nn.Linear(4096, 4096),
-               ClippedReLU(), nn.Linear(4096, num_classes)]
-    return nn.Sequential(*layers)
+from recipes.models import vgg16_4096  # noqa: E402
 
 
 def fold_and_calibrate(model: nn.Sequential, x: torch.Tensor) -> nn.Sequential:
@@ -188,7 +179,7 @@ def _status(key: str) -> int:
 def build(batch: int) -> tuple[nn.Sequential, nir.NIRGraph, str, torch.Tensor]:
     """The calibrated ANN, its NIR graph, the converter used, and a random input batch."""
     torch.manual_seed(0)
-    ann = fold_and_calibrate(vgg16(), torch.rand(64, 3, 32, 32))
+    ann = fold_and_calibrate(vgg16_4096(), torch.rand(64, 3, 32, 32))
     graph, how = to_nir(ann, (3, 32, 32))
     return ann, graph, how, torch.rand(batch, 3, 32, 32)
 

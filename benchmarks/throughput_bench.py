@@ -37,49 +37,23 @@ sys.path.insert(0, str(ROOT))
 
 from bridge.converter import convert  # noqa: E402
 from bridge.model.activations import ClippedReLU  # noqa: E402
-from recipes.models import BasicBlock, vgg16_features  # noqa: E402
+from recipes.models import ResNet, resnet18, vgg16_4096  # noqa: E402
 from validation.distributed import distributed_session, shard_bounds  # noqa: E402
 from validation.evaluation import BatchRunner  # noqa: E402
 
 STEPS = (4, 8, 32)
 
 
-def vgg16() -> nn.Sequential:
-    """VGG-16 for 32x32 inputs as Bu et al. convert it: ClippedReLU, average pooling."""
-    layers, _ = vgg16_features(bias=True)
-    layers += [nn.Flatten(), nn.Linear(512, 4096), ClippedReLU(), nn.Linear(4096, 4096), ClippedReLU(),
-               nn.Linear(4096, 10)]
-    return nn.Sequential(*layers)
-
-
-class ResNet(nn.Module):
-    """ResNet-18/34 with ClippedReLU; ``imagenet``: 7x7/2 stem and 2x2/2 average pooling."""
-
-    def __init__(self, blocks: tuple[int, ...], imagenet: bool, classes: int) -> None:
-        super().__init__()
-        if imagenet:
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), ClippedReLU(),
-                                      nn.AvgPool2d(2))  # 112 -> 56 as 3x3/2 max pooling; no padding
-        else:
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), ClippedReLU())
-        layers, cin = [], 64
-        for i, n in enumerate(blocks):
-            cout = 64 * 2 ** i
-            for j in range(n):
-                layers.append(BasicBlock(cin, cout, 2 if j == 0 and i > 0 else 1, bound=4.0))
-                cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+def imagenet_stem() -> nn.Sequential:
+    """The ImageNet 7x7/2 stem with 2x2/2 average pooling (112 -> 56 as the 3x3/2 max pool; no padding)."""
+    return nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), ClippedReLU(), nn.AvgPool2d(2))
 
 
 NETWORKS = {
-    "VGG-16 (3x32x32)": (vgg16, (3, 32, 32), "cifar"),
-    "ResNet-18 (3x32x32)": (lambda: ResNet((2, 2, 2, 2), False, 10), (3, 32, 32), "cifar"),
-    "ResNet-34 (3x224x224)": (lambda: ResNet((3, 4, 6, 3), True, 1000), (3, 224, 224), "imagenet"),
+    "VGG-16 (3x32x32)": (vgg16_4096, (3, 32, 32), "cifar"),
+    "ResNet-18 (3x32x32)": (lambda: resnet18()[0], (3, 32, 32), "cifar"),
+    "ResNet-34 (3x224x224)": (lambda: ResNet((3, 4, 6, 3), (64, 128, 256, 512), 1000, stem=imagenet_stem()),
+                              (3, 224, 224), "imagenet"),
 }
 
 

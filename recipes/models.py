@@ -70,13 +70,14 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNet: stem conv, stages of basic blocks, global average pool, linear readout."""
+    """CIFAR ResNet: stem conv, stages of basic blocks, global average pool, linear readout.
+    ``stem`` replaces the 3x3 stem (e.g. an ImageNet 7x7/2 one ending in ``widths[0]`` channels)."""
 
     def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], classes: int = 10,
-                 bound: float = 4.0) -> None:
+                 bound: float = 4.0, stem: nn.Module | None = None) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), ClippedReLU(bound))
+        self.stem = stem if stem is not None else nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), ClippedReLU(bound))
         layers: list[nn.Module] = []
         cin = widths[0]
         for i, (n, w) in enumerate(zip(blocks, widths)):
@@ -89,6 +90,15 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
+
+
+def vgg16_4096(num_classes: int = 10) -> nn.Sequential:
+    """VGG-16 for 32x32 inputs with the 4096-wide classifier, as converted by Bu et al.:
+    ClippedReLU, average pooling (the benchmarks' model)."""
+    layers, _ = vgg16_features(bias=True)
+    layers += [nn.Flatten(), nn.Linear(512, 4096), ClippedReLU(), nn.Linear(4096, 4096),
+               ClippedReLU(), nn.Linear(4096, num_classes)]
+    return nn.Sequential(*layers)
 
 
 def vgg16(classes: int = 10, width: float = 1.0) -> tuple[nn.Module, tuple[int, ...]]:
