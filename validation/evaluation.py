@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from bridge.data.datasets import check_finite_data, check_labels
 from bridge.format.errors import BridgeError
 from bridge.format.graph import if_nodes_in_order, input_shape
 from bridge.reference.ops.base import NeuronOp
@@ -287,19 +288,11 @@ def _save_progress(path: Path, fingerprint: dict, ranks: list[dict], complete: b
 
 # -- the run --------------------------------------------------------------------------------
 def _check_batch(x: torch.Tensor, y: torch.Tensor, classes: int, first: int) -> None:
-    """Streamed data is checked batch by batch as it arrives (it is never held whole): finite
-    inputs, integer labels in ``[0, classes)``."""
-    if not bool(torch.isfinite(x).all()):
-        raise BridgeError(f"the data hold NaN/inf values (in samples {first}..{first + len(x) - 1}); "
-                          "clean or re-save the data")
-    if y.is_floating_point() or y.dim() != 1:
-        raise BridgeError(f"the labels are {y.dtype} of shape {list(y.shape)}; save one integer class "
-                          "index per sample")
-    if bool((y < 0).any()):
-        raise BridgeError(f"the labels include {int(y.min())}; class indices start at 0")
-    if bool((y >= classes).any()):
-        raise BridgeError(f"the labels go up to {int(y.max())} but the graph has {classes} outputs "
-                          f"(classes 0..{classes - 1}); give matching data")
+    """Streamed data is checked batch by batch as it arrives (it is never held whole), by the
+    same rules as data loaded whole: finite inputs, integer labels in ``[0, classes)``."""
+    source = f"the data (samples {first}..{first + len(x) - 1})"
+    check_finite_data(x, source)
+    check_labels(x, y, source, classes)
 
 
 def evaluate_dataset(
