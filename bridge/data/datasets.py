@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,13 +90,21 @@ def check_finite_data(x: torch.Tensor, source: str | Path) -> torch.Tensor:
     return x
 
 
-def load_tensor_file(path: str | Path, key: str | None = None) -> torch.Tensor:
+def load_tensor_file(path: str | Path) -> torch.Tensor:
     """Load an input tensor from ``.npy``, ``.npz`` (key ``x`` or the only array) or ``.pt``.
 
     The file is read once into memory. ``.npy``/``.npz`` are read with
     ``allow_pickle=False`` and ``.pt`` with ``torch.load(weights_only=True)``: numbers and
     plain tensors only, no pickled code is executed. NaN/inf values are refused.
     """
+    (x,) = read_tensor_arrays(path, (None,))
+    return check_finite_data(x.float(), Path(path))
+
+
+def read_tensor_arrays(path: str | Path, keys: Sequence[str | None]) -> list[torch.Tensor]:
+    """The arrays ``keys`` of one tensor file, as stored (no dtype change, no checks but
+    "numbers"), from one read of the file. A key None means ``x``, or the only array of a
+    ``.npz``; a ``.npy`` is the one array, a ``.pt`` a tensor or a dict of them."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz", ".pt"):
@@ -104,25 +113,24 @@ def load_tensor_file(path: str | Path, key: str | None = None) -> torch.Tensor:
     data = read_input_bytes(path, "data file")
     try:
         if suffix == ".npy":
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
+            arrays = [np.load(io.BytesIO(data), allow_pickle=False)] * len(keys)
         elif suffix == ".npz":
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 names = list(z.keys())
-                chosen = key or ("x" if "x" in names else names[0] if len(names) == 1 else None)
-                if chosen is None or chosen not in names:
-                    raise BridgeError(
-                        f"{path} holds arrays {names}; name the input array 'x' or keep one array"
-                    )
-                arr = z[chosen]
+                arrays = []
+                for key in keys:
+                    chosen = key or ("x" if "x" in names else names[0] if len(names) == 1 else None)
+                    if chosen is None or chosen not in names:
+                        raise BridgeError(
+                            f"{path} holds arrays {names}; name the input array 'x' or keep one array"
+                        )
+                    arrays.append(z[chosen])
         else:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            if isinstance(obj, dict):
-                obj = obj.get(key or "x")
-            if not isinstance(obj, torch.Tensor):
+            tensors = [obj.get(key or "x") if isinstance(obj, dict) else obj for key in keys]
+            if not all(isinstance(t, torch.Tensor) for t in tensors):
                 raise BridgeError(f"{path} holds no tensor (or dict with 'x'); save a tensor")
-            if key == "y":
-                return obj
-            return check_finite_data(obj.float(), path)
+            return tensors
     except BridgeError:
         raise
     except Exception as exc:  # numpy/torch raise many types on corrupt files
@@ -130,11 +138,10 @@ def load_tensor_file(path: str | Path, key: str | None = None) -> torch.Tensor:
         if refused is not None:
             raise refused from None
         raise BridgeError(f"cannot read {path} (truncated or corrupt?): {first_line(exc)}") from None
-    if arr.dtype.kind not in "fiub":
-        raise BridgeError(f"{path} holds {arr.dtype} data; save numbers")
-    if key == "y":
-        return torch.from_numpy(np.ascontiguousarray(arr))
-    return check_finite_data(torch.from_numpy(np.ascontiguousarray(arr)).float(), path)
+    for arr in arrays:
+        if arr.dtype.kind not in "fiub":
+            raise BridgeError(f"{path} holds {arr.dtype} data; save numbers")
+    return [torch.from_numpy(np.ascontiguousarray(arr)) for arr in arrays]
 
 
 # --- labelled data sets for validation and evaluation -------------------------------------
@@ -351,8 +358,8 @@ def read_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Ten
         return fit_images(x, shape), y
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".npz":
-        x = load_tensor_file(path, "x")
-        y = load_tensor_file(path, "y")
+        x, y = read_tensor_arrays(path, ("x", "y"))  # one read; load_labelled checks both
+        x = x.float()
         if tuple(x.shape[1:]) != shape and len(x):
             x = fit_images(x, shape) if x.dim() == 4 else x
         return x, y
