@@ -163,7 +163,7 @@ def evaluate(model: Path, data: str, timesteps_list: str, steps_alias: str | Non
         from bridge.reference.probe import output_classes
 
         # one batch holds its outputs and running readouts [max T, batch, classes]
-        itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+        itemsize = getattr(torch, dtype).itemsize
         classes = output_classes(graph)
         require_memory(4.0 * max(ts) * batch_size * classes * itemsize,
                        f"evaluating up to T = {max(ts)} with batches of {batch_size}",

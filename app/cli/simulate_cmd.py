@@ -95,7 +95,7 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
 
     # results [T, N, ...] (and traces) are kept whole, plus one more copy when they are
     # concatenated and saved: refuse now rather than fail after minutes of simulation
-    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    itemsize = getattr(torch, dtype).itemsize
     require_memory(
         2.0 * steps * n * probe.step_footprint(itemsize, trace_path is not None),
         f"simulating {n} samples for T = {steps}" + (" with --trace" if trace_path else ""),

@@ -95,7 +95,7 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     from bridge.format.output_files import require_memory
 
     # per batch, the reference and each backend keep spikes and potentials [T, batch, ...]
-    itemsize = torch.empty((), dtype=torch_dtype).element_size()
+    itemsize = torch_dtype.itemsize
     require_memory(2.0 * (1 + len(names)) * steps * min(batch_size, len(x))
                    * probe.step_footprint(itemsize, trace=True),
                    f"validating {len(names)} backend(s) for T = {steps} with batches of {batch_size}",

@@ -205,7 +205,7 @@ def _as_dict(node: nir.NIRNode) -> dict:
     return out
 
 
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"  # the first 8 bytes of every HDF5 file
 
 
 def nir_file_kind(path: str | Path) -> str:
@@ -213,7 +213,7 @@ def nir_file_kind(path: str | Path) -> str:
     file) or ``"other"``; never raises for a readable regular file."""
     try:
         with open(path, "rb") as f:
-            if f.read(8) != _HDF5_MAGIC:
+            if f.read(8) != HDF5_MAGIC:
                 return "other"
         import h5py
 

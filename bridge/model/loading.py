@@ -40,6 +40,7 @@ from torch import nn
 
 from bridge.format.errors import BridgeError
 from bridge.format.input_files import first_line, read_input_bytes
+from bridge.format.nirio import HDF5_MAGIC
 from bridge.model.safety import (
     check_export_archive,
     check_torchscript_archive,
@@ -50,7 +51,6 @@ ModelFormat = Literal["export", "torchscript", "state_dict", "pickle"]
 
 _PICKLE_PROTOCOL_MAGIC = b"\x80"  # pickle protocol >= 2 opcode
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # keys under which training scripts commonly nest a state_dict in a checkpoint dict
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 _RESAVE_HINT = (
@@ -352,7 +352,7 @@ def load_model(path: str | Path, *, arch: str | None = None, trust_pickle: bool 
                 f"{path} is a truncated or corrupt {damaged} (its zip directory cannot be read); "
                 "copy or save it again"
             )
-        is_nir = data.startswith(_HDF5_MAGIC)
+        is_nir = data.startswith(HDF5_MAGIC)
         kind = "an HDF5 file (a NIR graph?)" if is_nir else "not a model file"
         raise BridgeError(
             f"{path} is {kind}: bridge reads torch.export programs (.pt2), state_dicts "
@@ -414,7 +414,7 @@ def is_nir_file(path: str | Path) -> bool:
     """True when ``path`` is an HDF5 file (the container of NIR files)."""
     path = Path(path)
     try:
-        return path.is_file() and read_bytes_head(path) == _HDF5_MAGIC
+        return path.is_file() and read_bytes_head(path) == HDF5_MAGIC
     except OSError:
         return False
 
