@@ -21,6 +21,7 @@ import nir
 import torch
 
 from bridge.format.errors import BridgeError
+from bridge.reference.ann import AnnView
 from bridge.reference.result import SimulationResult
 
 
@@ -216,13 +217,21 @@ def accuracy_vs_timesteps(running_readout: torch.Tensor, labels: torch.Tensor | 
     return curve
 
 
-def ann_predictions(graph: nir.NIRGraph, x: torch.Tensor) -> tuple[torch.Tensor | None, str | None]:
-    """The ANN's predictions for ``x`` via ``bridge.reference.ann_view`` (or None and why not)."""
-    from bridge.reference import ann_view
-
+def ann_predictions(graph: nir.NIRGraph | AnnView, x: torch.Tensor) -> tuple[torch.Tensor | None, str | None]:
+    """The ANN's predictions for ``x`` via the graph's ANN view (``bridge.reference.AnnView``;
+    pass one built once when calling per batch), or None and why not."""
     try:
         with torch.no_grad():
-            out = ann_view(graph, x)
+            out = (graph if isinstance(graph, AnnView) else AnnView(graph))(x)
     except BridgeError as exc:
         return None, f"no ANN view of this graph: {exc}"
     return torch.as_tensor(out).flatten(1).argmax(dim=1), None
+
+
+def compiled_ann_view(graph: nir.NIRGraph) -> AnnView | nir.NIRGraph:
+    """An :class:`AnnView` of ``graph`` built once for :func:`ann_predictions` on many batches;
+    the graph itself when it has none (``ann_predictions`` then says why)."""
+    try:
+        return AnnView(graph)
+    except BridgeError:
+        return graph

@@ -181,6 +181,7 @@ class AnnPredictor:
     def __init__(self, graph: nir.NIRGraph, model: torch.nn.Module | None, device: torch.device,
                  use_ann_view: bool = True) -> None:
         self.graph, self.model, self.device = graph, model, device
+        self.view: object = graph  # what ann_predictions evaluates (an AnnView once compiled)
         self.source: str | None = None
         self.note: str | None = None
         self.per_sample = False
@@ -192,7 +193,10 @@ class AnnPredictor:
                 pass
             self.source = "pytorch model"
         elif use_ann_view:
+            from validation.accuracy import compiled_ann_view
+
             self.source = "ann view of the graph"
+            self.view = compiled_ann_view(graph)  # compiled once, not per batch
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.source is None:
@@ -202,7 +206,7 @@ class AnnPredictor:
                 return self._model_outputs(x).flatten(1).argmax(1)
             from validation.accuracy import ann_predictions
 
-            pred, why = ann_predictions(self.graph, x.cpu().double())
+            pred, why = ann_predictions(self.view, x.cpu().double())
             if pred is None:  # a graph without an ANN view: say so once, go on without it
                 self.source, self.note = None, why
             return pred

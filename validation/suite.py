@@ -19,7 +19,7 @@ import torch
 from bridge.format.errors import BridgeError
 from bridge.format.extension import graph_semantics
 from bridge.format.graph import if_nodes_in_order, input_shape
-from validation.accuracy import AccuracyCurve, ann_predictions, parse_timesteps
+from validation.accuracy import AccuracyCurve, ann_predictions, compiled_ann_view, parse_timesteps
 from validation.backends import get_backend
 from validation.backends.base import Backend, BackendRefused
 from validation.compare import Comparison, compare_results, relative_epsilon
@@ -181,13 +181,14 @@ def validate(
     ref_backend = ref_cls(graph, dtype=dtype)
     notes: list[str] = []
     ann_note_done = False
+    view = compiled_ann_view(graph)  # compiled once, not per batch
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         yb = None if y is None else y[start : start + batch_size]
         t0 = time.perf_counter()
         ref = ref_backend.run(xb, steps, trace=True)
         reference.seconds += time.perf_counter() - t0
-        ann, why = ann_predictions(graph, xb)
+        ann, why = ann_predictions(view, xb)
         if why and not ann_note_done:
             notes.append(why)
             ann_note_done = True

@@ -6,8 +6,8 @@ One operator per NIR node type lives in :mod:`bridge.reference.ops`; the semanti
 documented in ``docs/reference-simulator.md``.
 """
 
-from bridge.reference.ann import ann_view
+from bridge.reference.ann import AnnView, ann_view
 from bridge.reference.result import NodeTrace, SimulationResult
 from bridge.reference.simulator import ReferenceSimulator, simulate
 
-__all__ = ["NodeTrace", "ReferenceSimulator", "SimulationResult", "ann_view", "simulate"]
+__all__ = ["AnnView", "NodeTrace", "ReferenceSimulator", "SimulationResult", "ann_view", "simulate"]

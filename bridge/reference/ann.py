@@ -17,30 +17,44 @@ from bridge.format.errors import BridgeError
 from bridge.reference.simulator import ReferenceSimulator
 
 
+class AnnView:
+    """The ANN view of ``graph`` compiled once (float64 rate neurons), to call on many batches.
+
+    BridgeError when the graph has none (feedback edges; neurons other than IF say so when
+    called)."""
+
+    def __init__(self, graph: nir.NIRGraph) -> None:
+        # dt only matters to LI/LIF nodes, which have no rate: any value lets them say so
+        self.sim = ReferenceSimulator(graph, dtype=torch.float64, dt=1.0)
+        if self.sim.plan.has_cycles:
+            raise BridgeError("the graph has feedback edges: it has no ANN view")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The value reaching the Output node for ``x`` ``[B, *input_shape]``, ``[B, *output_shape]``."""
+        sim, plan = self.sim, self.sim.plan
+        shape = sim.input_shape
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != shape or x.dim() != len(shape) + 1:
+            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise BridgeError(f"the input has shape {got}, the ANN view expects "
+                              f"[B, {', '.join(map(str, shape))}]; reshape the input")
+        values: dict[str, torch.Tensor] = {}
+        for name in plan.order:
+            if name == plan.input_name:
+                value = x.to(torch.float64)
+            else:
+                srcs = plan.inputs[name]
+                value = values[srcs[0]]
+                for src in srcs[1:]:
+                    value = value + values[src]
+            values[name] = sim.ops[name].rate(value)  # type: ignore[attr-defined]
+        return values[plan.output_name]
+
+
 def ann_view(graph: nir.NIRGraph, x: torch.Tensor) -> torch.Tensor:
     """Evaluate ``graph`` once on ``x`` ``[B, *input_shape]`` in float64 with rate neurons.
 
     Returns the value reaching the Output node, ``[B, *output_shape]``. Graphs with
-    feedback edges or neurons other than IF have no ANN view (BridgeError).
+    feedback edges or neurons other than IF have no ANN view (BridgeError). For many batches
+    build an :class:`AnnView` once.
     """
-    # dt only matters to LI/LIF nodes, which have no rate: any value lets them say so
-    sim = ReferenceSimulator(graph, dtype=torch.float64, dt=1.0)
-    plan = sim.plan
-    if plan.has_cycles:
-        raise BridgeError("the graph has feedback edges: it has no ANN view")
-    shape = sim.input_shape
-    if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != shape or x.dim() != len(shape) + 1:
-        got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise BridgeError(f"the input has shape {got}, the ANN view expects "
-                          f"[B, {', '.join(map(str, shape))}]; reshape the input")
-    values: dict[str, torch.Tensor] = {}
-    for name in plan.order:
-        if name == plan.input_name:
-            value = x.to(torch.float64)
-        else:
-            srcs = plan.inputs[name]
-            value = values[srcs[0]]
-            for src in srcs[1:]:
-                value = value + values[src]
-        values[name] = sim.ops[name].rate(value)  # type: ignore[attr-defined]
-    return values[plan.output_name]
+    return AnnView(graph)(x)
