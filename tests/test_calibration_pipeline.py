@@ -20,9 +20,9 @@ from bridge.format.extension import graph_semantics, if_semantics
 from bridge.format.nirio import read_graph, write_graph
 from bridge.model.train import SignalCNN, SignalResNet
 from bridge.passes.bias_correction import BiasFit, channel_shift, correct_biases, layer_rates
-from bridge.passes.calibration_edits import bias_node, can_rescale, if_names, output_bias_node, shift_bias
+from bridge.passes.calibration_edits import bias_node, if_names, output_bias_node, shift_bias
 from bridge.passes.joint_fit import JointFitReport, UnrolledSNN, joint_fit
-from bridge.passes.optimize import current_subgraph
+from bridge.passes.optimize import can_rescale, current_subgraph
 from bridge.passes.pipeline import CalibrationReport, calibrate, default_stages, improves
 from bridge.reference import ann_view, simulate
 

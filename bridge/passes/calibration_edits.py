@@ -1,5 +1,6 @@
-"""Graph edits the calibration passes share: where a layer's bias lives, shifting it, and
-writing a fitted (threshold scale, initial potential, bias shift) back into a bridge graph.
+"""Graph edits the calibration passes share: where a layer's bias lives, shifting it, the IF
+layers in order, and the T a graph was calibrated for (a fitted threshold scale and initial
+potential is written by :func:`bridge.passes.optimize.apply_fit`).
 
 Every edit returns a new ``nir.NIRGraph`` with standard nodes only (IF in the bridge
 encoding, Conv/Affine with new biases or weights), so every exporter stays exact on it.
@@ -15,7 +16,6 @@ import numpy as np
 from bridge.format.errors import BridgeError
 from bridge.format.extension import NAMESPACE, TIMESTEPS, graph_metadata, if_semantics
 from bridge.format.graph import topological_order
-from bridge.passes.optimize import apply_fit
 
 _BIASED = (nir.Conv1d, nir.Conv2d, nir.Affine)
 
@@ -52,16 +52,6 @@ def output_bias_node(graph: nir.NIRGraph) -> str | None:
     return bias_node(graph, outs[0])
 
 
-def channel_count(graph: nir.NIRGraph, name: str) -> int:
-    """Channels of the value node ``name`` emits (the first dimension of its output)."""
-    node = graph.nodes[name]
-    if isinstance(node, nir.IF):
-        return int(np.asarray(node.v_threshold).shape[0])
-    if isinstance(node, nir.Output):
-        return int(np.asarray(node.output_type["output"]).ravel()[0])
-    return int(np.asarray(node.bias).shape[0])
-
-
 def shift_bias(graph: nir.NIRGraph, name: str, shift: np.ndarray) -> nir.NIRGraph:
     r"""A copy of ``graph`` whose Conv/Affine ``name`` has ``shift`` (per output channel) added to its bias.
 
@@ -79,27 +69,8 @@ def shift_bias(graph: nir.NIRGraph, name: str, shift: np.ndarray) -> nir.NIRGrap
     return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=copy.deepcopy(graph.metadata))
 
 
-def can_rescale(graph: nir.NIRGraph, name: str) -> bool:
-    """True when IF ``name``'s consumers can absorb a per-channel threshold scale."""
-    channels = channel_count(graph, name)
-    try:
-        apply_fit(graph, name, np.full(channels, 2.0), np.full(channels, 0.5))
-    except BridgeError:
-        return False
-    return True
-
-
-def set_if(graph: nir.NIRGraph, name: str, scale: np.ndarray, v_init_fraction: np.ndarray) -> nir.NIRGraph:
-    r"""IF ``name`` at threshold :math:`a_c\theta` and :math:`v_{init} = f_c\,a_c\theta` (per channel).
-
-    The consumers' weights absorb :math:`a_c` (see :func:`bridge.passes.optimize.apply_fit`);
-    ``scale`` must be ones where :func:`can_rescale` is False.
-    """
-    return apply_fit(graph, name, np.asarray(scale, dtype=np.float64), np.asarray(v_init_fraction, dtype=np.float64))
-
-
 def current_fractions(graph: nir.NIRGraph, name: str) -> np.ndarray:
-    """Per channel mean of v_init / theta of IF ``name`` (what :func:`set_if` keeps with a = 1)."""
+    """Per channel mean of v_init / theta of IF ``name`` (what :func:`bridge.passes.optimize.apply_fit` keeps with a = 1)."""
     sem = if_semantics(graph.nodes[name], name)
     frac = sem.v_init / sem.threshold
     return frac.reshape(frac.shape[0], -1).mean(axis=1)

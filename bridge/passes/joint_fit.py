@@ -34,7 +34,7 @@ no surrogate) picks the best checkpoint, the starting point included, so the fit
 graph worse on held-out calibration data than the one it was given.
 
 What is learnt is written back as standard bridge NIR: :math:`\theta'` into ``v_threshold`` with
-the consumers' weights multiplied by :math:`a` (:func:`bridge.passes.calibration_edits.set_if`),
+the consumers' weights multiplied by :math:`a` (:func:`bridge.passes.optimize.apply_fit`),
 :math:`v_{init} = f\theta'` into the IF metadata, :math:`\delta` into the bias of the Conv/Affine
 feeding the layer (:func:`bridge.passes.calibration_edits.shift_bias`), :math:`\delta_{out}` into
 the output bias. A layer whose consumers cannot absorb :math:`a` keeps :math:`a = 1`; one without a
@@ -53,11 +53,12 @@ import torch
 from torch import nn
 
 from bridge.format.errors import BridgeError
-from bridge.reference.result import running_readout
 from bridge.format.extension import dense_conv_weight, if_semantics
 from bridge.passes.calibration_edits import (
-    bias_node, can_rescale, current_fractions, if_names, output_bias_node, set_if, shift_bias, with_timesteps,
+    bias_node, current_fractions, if_names, output_bias_node, shift_bias, with_timesteps,
 )
+from bridge.passes.optimize import apply_fit, can_rescale
+from bridge.reference.result import running_readout
 
 #: the T whose readouts the any-T objective averages (plus the rate limit, T -> infinity)
 ANY_T_STEPS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -218,7 +219,7 @@ class UnrolledSNN(nn.Module):
                 f = self.f[key].clamp(*F_RANGE).double().numpy()
                 if not self.scalable[name]:
                     a = np.ones_like(a)
-                graph = set_if(graph, name, a, f)
+                graph = apply_fit(graph, name, a, f)
                 target = self.biased[name]
                 if target is not None:
                     delta = (self.d[key] * self.theta_channel[name]).double().numpy()

@@ -52,6 +52,7 @@ import torch
 from bridge.format.errors import BridgeError
 from bridge.format.extension import if_semantics
 from bridge.format.graph import channel_consumers, neighbours, rescale_threshold, topological_order
+from bridge.passes.calibration_edits import with_timesteps
 
 OUTPUT = "__bridge_optimize_output__"
 
@@ -218,9 +219,11 @@ def layer_target(reference: nir.NIRGraph, name: str, x: torch.Tensor) -> torch.T
     return torch.minimum(torch.relu(z), torch.as_tensor(if_semantics(reference.nodes[name], name).threshold))
 
 
-def _can_absorb(graph: nir.NIRGraph, name: str) -> bool:
-    """Whether the consumers of IF ``name`` can absorb a change of its threshold."""
+def can_rescale(graph: nir.NIRGraph, name: str) -> bool:
+    """Whether ``name`` is an IF layer whose consumers can absorb a per-channel change of its
+    threshold (:func:`bridge.format.graph.channel_consumers`; asked without building the graph)."""
     try:
+        if_semantics(graph.nodes[name], name)
         channel_consumers(graph, name)
     except BridgeError:
         return False
@@ -263,7 +266,7 @@ def optimize_initial_potentials(
         xs = x[:n]
         target = layer_target(original, name, xs)  # [n, *shape], float64
         current = simulate(current_subgraph(graph, name), xs, timesteps, dtype=torch.float64).outputs
-        can_scale = thresholds and _can_absorb(graph, name)
+        can_scale = thresholds and can_rescale(graph, name)
         a, f, e_half, e_best = _fit_layer(current.float(), target.float(), theta.float(),
                                           channel_wise=channel_wise, thresholds=can_scale)
         graph = apply_fit(graph, name, a, f)
@@ -274,6 +277,4 @@ def optimize_initial_potentials(
         elif progress:
             print(f"{name}: mse {e_half:.4g} (theta/2) -> {e_best:.4g}; a in [{a.min():.2f}, {a.max():.2f}], "
                   f"f in [{f.min():.2f}, {f.max():.2f}]", file=sys.stderr)  # progress: keep stdout for results
-    from bridge.passes.calibration_edits import with_timesteps  # it imports apply_fit from here
-
     return with_timesteps(graph, timesteps)
