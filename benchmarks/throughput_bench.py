@@ -95,7 +95,7 @@ def measure(name: str, images: int, batch: int, group) -> dict:
                             model(xb)
             sync()
             seconds = time.perf_counter() - t0
-            out[f"{kind}{steps}"] = max(int(v[0]) for v in group.all_gather(torch.tensor([int(seconds * 1e6)]))) / 1e6
+            out[f"{kind}{steps}"] = group.slowest(seconds)
     return out
 
 

@@ -63,6 +63,11 @@ class ProcessGroup:
         dist.all_gather(out, t)
         return [o.cpu() for o in out]
 
+    def slowest(self, seconds: float) -> float:
+        """The largest of every rank's ``seconds`` (to the microsecond): a collective run lasts as
+        long as its slowest rank."""
+        return max(int(v[0]) for v in self.all_gather(torch.tensor([int(seconds * 1e6)]))) / 1e6
+
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (small picklable objects: our own processes only)."""
         if not self.distributed:

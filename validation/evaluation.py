@@ -396,8 +396,7 @@ def evaluate_dataset(
     summed.add_counts(group.all_reduce_sum(mine), layers)
     if path is not None:
         _checkpoint(path, fingerprint, group, done, curve, layers, complete=True)
-    # the run lasts as long as its slowest rank
-    seconds = max(int(v[0]) for v in group.all_gather(torch.tensor([int(seconds * 1e6)]))) / 1e6
+    seconds = group.slowest(seconds)
     notes = [predictor.note] if predictor.note else []
     return Evaluation(summed, backend, str(group.device), str(dtype).removeprefix("torch."), group.world_size,
                       predictor.source if summed.with_ann else None, seconds, resumed, notes)

@@ -149,20 +149,15 @@ def _write_artifact(graph: Any, target: str, out: Path, force: bool) -> Path:
 def _check_output(out: Path, target: str, force: bool) -> None:
     """Refuse before any work: an existing output without --force, or a missing folder."""
     from bridge.format.nirio import check_output_path
+    from bridge.format.output_files import check_output_location
 
+    check_output_location(out)
     if target == "nir":
-        from bridge.format.output_files import check_output_location
-
-        check_output_location(out)
         if out.is_dir():
             raise BridgeError(f"{out} is a folder; --to nir writes one file, e.g. -o model.nir")
         check_output_path(out, force=force)
-    else:
-        from bridge.format.output_files import check_output_location
-
-        check_output_location(out)
-        if out.exists() and not force:
-            raise BridgeError(f"{out} already exists; choose another output folder or pass --force")
+    elif out.exists() and not force:
+        raise BridgeError(f"{out} already exists; choose another output folder or pass --force")
 
 
 def _optimize(graph: Any, calibration: Any, timesteps: int) -> Any:
