@@ -233,37 +233,54 @@ def load_cifar(folder: str | Path, *, classes: int = 10, split: str = "test") ->
     return x, torch.from_numpy(np.concatenate(ys))
 
 
+#: files whose presence marks a folder as the official CIFAR python format: (classes, file)
+CIFAR_MARKERS = ((10, "test_batch"), (100, "meta"), (10, "cifar-10-batches-py"), (100, "cifar-100-python"))
+
+
+def cifar_classes(folder: Path) -> int | None:
+    """10 or 100 when ``folder`` holds the official CIFAR-10/100 python files, else None."""
+    return next((classes for classes, marker in CIFAR_MARKERS if (folder / marker).exists()), None)
+
+
+def image_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """An ImageFolder tree ``root/<class>/<image>``: the class names (the sorted sub-folders) and
+    every image file with its class index, sorted by name within each class."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not class_dirs:
+        raise BridgeError(f"{root} has no class sub-folders; lay images out as {root}/<class>/<image>.png")
+    files = [(f, label) for label, d in enumerate(class_dirs) for f in sorted(d.iterdir())
+             if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise BridgeError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}); add some")
+    return [d.name for d in class_dirs], files
+
+
+def read_image(path: Path, grey: bool) -> np.ndarray:
+    """One image file as ``(C, H, W)`` float32 in [0, 1], grey (C = 1) or RGB (C = 3)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0
+    except Exception as exc:
+        raise BridgeError(f"cannot read image {path}: {exc}") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
 def load_image_folder(folder: str | Path, *, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """An ImageFolder tree ``folder/<class>/<image>``: classes are the sorted sub-folder names.
 
     Images are read with PIL as grey (``channels == 1``) or RGB, scaled to [0, 1]; they must
     all have one size (resize with :func:`fit_images`). Returns ``(x, y, class_names)``.
     """
-    from PIL import Image
-
-    root = Path(folder)
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    if not class_dirs:
-        raise BridgeError(f"{root} has no class sub-folders; lay images out as {root}/<class>/<image>.png")
-    xs, ys = [], []
-    for label, d in enumerate(class_dirs):
-        for f in sorted(d.iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(f) as im:
-                    arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
-            except Exception as exc:
-                raise BridgeError(f"cannot read image {f}: {exc}") from None
-            xs.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-            ys.append(label)
-    if not xs:
-        raise BridgeError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}); add some")
+    names, files = image_files(Path(folder))
+    xs = [read_image(f, channels == 1) for f, _ in files]
+    ys = [label for _, label in files]
     sizes = {a.shape for a in xs}
     if len(sizes) > 1:
         target = max(sizes)
         xs = [fit_images(torch.from_numpy(a)[None], target)[0].numpy() for a in xs]
-    return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64), [d.name for d in class_dirs]
+    return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64), names
 
 
 def fit_images(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -364,10 +381,9 @@ def read_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Ten
             x = fit_images(x, shape) if x.dim() == 4 else x
         return x, y
     if path.is_dir():
-        for classes, marker in ((10, "test_batch"), (100, "meta"), (10, "cifar-10-batches-py"), (100, "cifar-100-python")):
-            if (path / marker).exists():
-                x, y = load_cifar(path, classes=classes)
-                return fit_images(x, shape), y
+        if (classes := cifar_classes(path)) is not None:
+            x, y = load_cifar(path, classes=classes)
+            return fit_images(x, shape), y
         channels = shape[0] if len(shape) == 3 else 1
         x, y, _ = load_image_folder(path, channels=channels)
         return fit_images(x, shape), y

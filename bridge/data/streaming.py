@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bridge.data.datasets import IMAGE_SUFFIXES, digits_split, fit_images, load_cifar
+from bridge.data.datasets import cifar_classes, digits_split, fit_images, image_files, load_cifar, read_image
 from bridge.format.errors import BridgeError
 from bridge.format.input_files import check_input_file
 
@@ -268,16 +268,7 @@ class ImageFolderImages(Dataset):
         self.transform = transform
         if not root.is_dir():
             raise BridgeError(f"{root} is not a folder; give a folder of class sub-folders of images")
-        class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
-        if not class_dirs:
-            raise BridgeError(f"{root} has no class sub-folders; lay images out as {root}/<class>/<image>.jpg")
-        self.classes = [d.name for d in class_dirs]
-        self.files: list[tuple[str, int]] = []
-        for label, d in enumerate(class_dirs):
-            self.files += [(str(f), label) for f in sorted(d.iterdir())
-                           if f.suffix.lower() in IMAGE_SUFFIXES]
-        if not self.files:
-            raise BridgeError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}); add some")
+        self.classes, self.files = image_files(root)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -287,18 +278,16 @@ class ImageFolderImages(Dataset):
 
         path, label = self.files[i]
         grey = len(self.shape) == 3 and self.shape[0] == 1
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L" if grey else "RGB")
-                if self.transform is not None:
-                    x = self.transform(im)
-                else:
-                    arr = np.asarray(im, dtype=np.float32) / 255.0
-                    x = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
-        except BridgeError:
-            raise
-        except Exception as exc:
-            raise BridgeError(f"cannot read image {path}: {exc}") from None
+        if self.transform is None:
+            x = torch.from_numpy(read_image(path, grey).copy())
+        else:
+            try:
+                with Image.open(path) as im:
+                    x = self.transform(im.convert("L" if grey else "RGB"))
+            except BridgeError:
+                raise
+            except Exception as exc:
+                raise BridgeError(f"cannot read image {path}: {exc}") from None
         if tuple(x.shape) != self.shape:
             if self.transform is not None and (self.transform.crop or self.transform.resize):
                 raise BridgeError(f"the transform gives images of shape {list(x.shape)}, the model "
@@ -326,11 +315,9 @@ def open_dataset(spec: str, *, input_shape: Sequence[int],
         check_input_file(path, "data file")  # a FIFO or a folder is named as such
         return NpzArrays(path, shape, transform)
     if path.is_dir():
-        for classes, marker in ((10, "test_batch"), (100, "meta"), (10, "cifar-10-batches-py"),
-                                (100, "cifar-100-python")):
-            if (path / marker).exists():
-                x, y = load_cifar(path, classes=classes)
-                return TensorImages(x, y, shape, transform)
+        if (classes := cifar_classes(path)) is not None:
+            x, y = load_cifar(path, classes=classes)
+            return TensorImages(x, y, shape, transform)
         return ImageFolderImages(path, shape, transform)
     raise BridgeError(f"unknown data {spec!r}: use digits, a .npz with x and y, cifar10:DIR, "
                       "cifar100:DIR or imagefolder:DIR")
