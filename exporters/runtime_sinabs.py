@@ -54,6 +54,7 @@ from sinabs.activation import MembraneSubtract, SingleSpike
 from sinabs.layers import IAFSqueeze
 
 SPEC_FORMAT = "bridge-export-spec/1"
+WINDOW_SAMPLES = 64  # simulate() runs windows of ceil(64 / B) steps, as the reference does
 
 
 class SingleSpikeInDtype(SingleSpike):
@@ -65,7 +66,7 @@ class SingleSpikeInDtype(SingleSpike):
     @staticmethod
     def forward(ctx: Any, v_mem: torch.Tensor, spike_threshold: torch.Tensor,
                 surrogate_grad_fn: Any) -> torch.Tensor:
-        ctx.save_for_backward(v_mem.clone())
+        ctx.save_for_backward(v_mem)  # v_mem is replaced, never changed in place: no copy
         ctx.spike_threshold = spike_threshold
         ctx.surrogate_grad_fn = surrogate_grad_fn
         return (v_mem - spike_threshold >= 0).to(v_mem.dtype)
@@ -165,7 +166,7 @@ class SinabsNetwork(nn.Module):
 
     ``forward(x)`` maps ``[B*T, ...]`` (batch-major) to the Output node's values
     ``[B*T, ...]``; set ``batch_size`` or ``num_timesteps`` (attributes, as on
-    ``IAFSqueeze``; :meth:`simulate` sets both for its run). State lives in the
+    ``IAFSqueeze``). State lives in the
     :class:`IFSqueeze` neurons: :meth:`reset_states` (or ``sinabs.reset_states(net)``) puts
     every neuron back at its ``v_init``. A node with several inputs receives their sum.
     ``exact_batching`` (None: True for float64 input) runs the weighted layers on each
@@ -218,27 +219,48 @@ class SinabsNetwork(nn.Module):
         batch, steps = self._layout(x.shape[0])
         if batch * steps != x.shape[0]:
             raise ValueError(f"{x.shape[0]} rows are not batch_size x num_timesteps = {batch} x {steps}")
+        return self._run(x, batch, steps, varying=True)
+
+    def _run(self, x: torch.Tensor, batch: int, steps: int, varying: bool,
+             const: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The graph on ``x``: ``[B*T, ...]`` when ``varying``, else ``[B, ...]``, the same at
+        every step (then the layers before the first neuron run once, on ``[B, ...]``, and
+        are kept in ``const`` for the next call)."""
+        const = {} if const is None else const
         exact = x.dtype == torch.float64 if self.exact_batching is None else self.exact_batching
-        values: dict[str, torch.Tensor] = {}
+
+        def squeezed(value: torch.Tensor, is_varying: bool) -> torch.Tensor:
+            if is_varying:
+                return value
+            return value.unsqueeze(1).expand(batch, steps, *value.shape[1:]).reshape(-1, *value.shape[1:])
+
+        values: dict[str, tuple[torch.Tensor, bool]] = {}  # name -> (value, varies over T)
         for node in self.nodes:
-            if node["op"] == "input":
-                current = x
-            else:
-                ins = node["inputs"]
-                current = values[ins[0]]
-                for other in ins[1:]:  # several edges into a node: their sum
-                    current = current + values[other]
-            mod = self.layers[module_name(node["name"])]
-            if node["op"] == "if":
+            name, op = node["name"], node["op"]
+            if name in const:
+                values[name] = (const[name], False)
+                continue
+            if op == "input":
+                values[name] = (x, varying)
+                continue
+            ins = [values[i] for i in node["inputs"]]
+            is_varying = any(v for _, v in ins)
+            current = squeezed(*ins[0]) if is_varying else ins[0][0]
+            for value, v in ins[1:]:  # several edges into a node: their sum
+                current = current + (squeezed(value, v) if is_varying else value)
+            mod = self.layers[module_name(name)]
+            if op == "if":
                 mod.batch_size, mod.num_timesteps = batch, steps
-                values[node["name"]] = mod(current)
-            elif node["op"] in _WEIGHTED and exact:
+                values[name] = (mod(squeezed(current, is_varying)), True)
+            elif is_varying and op in _WEIGHTED and exact:
                 seq = current.reshape(batch, steps, *current.shape[1:])
                 out = torch.stack([mod(seq[:, t].contiguous()) for t in range(steps)], dim=1)
-                values[node["name"]] = out.flatten(0, 1)
+                values[name] = (out.flatten(0, 1), True)
             else:
-                values[node["name"]] = mod(current)
-        return values[self.output_name]
+                values[name] = (mod(current), is_varying)
+                if not is_varying:
+                    const[name] = values[name][0]
+        return squeezed(*values[self.output_name])
 
     def _like(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the network's dtype and on its device (float32 input to a float64 net)."""
@@ -246,24 +268,28 @@ class SinabsNetwork(nn.Module):
         return x if ref is None else x.to(dtype=ref.dtype, device=ref.device)
 
     def simulate(self, x: torch.Tensor, steps: int) -> torch.Tensor:
-        """Run ``steps`` steps from the initial state; the Output node's values ``[T, B, ...]``."""
+        """Run ``steps`` steps from the initial state; the Output node's values ``[T, B, ...]``.
+
+        In windows of ``ceil(64 / B)`` steps (the reference's window), one squeezed call
+        each, the neurons' state carried from window to window as sinabs keeps it; under
+        constant input the layers before the first neuron run once, on ``[B, ...]``.
+        """
         x = self._like(x)
-        if self.input_encoding == "constant":
-            seq = x.unsqueeze(1).expand(x.shape[0], steps, *x.shape[1:])
-        elif x.shape[0] != steps:
+        constant = self.input_encoding == "constant"
+        if not constant and x.shape[0] != steps:
             raise ValueError(f"per-step input needs x of shape [T={steps}, B, ...], got {tuple(x.shape)}")
-        else:
-            seq = x.transpose(0, 1)
-        batch = seq.shape[0]
-        layout = self.batch_size, self.num_timesteps
-        self.batch_size, self.num_timesteps = batch, steps
-        try:
-            self.reset_states()
-            out = self(seq.reshape(batch * steps, *seq.shape[2:]))
-            self.reset_states()
-        finally:
-            self.batch_size, self.num_timesteps = layout
-        return out.reshape(batch, steps, *out.shape[1:]).transpose(0, 1)
+        batch = x.shape[0] if constant else x.shape[1]
+        window = max(1, min(steps, -(-WINDOW_SAMPLES // max(batch, 1))))
+        const: dict[str, torch.Tensor] = {}
+        outs = []
+        self.reset_states()
+        for t0 in range(0, steps, window):
+            k = min(window, steps - t0)
+            xw = x if constant else x[t0:t0 + k].transpose(0, 1).reshape(batch * k, *x.shape[2:])
+            out = self._run(xw, batch, k, varying=not constant, const=const)
+            outs.append(out.reshape(batch, k, *out.shape[1:]).transpose(0, 1))
+        self.reset_states()
+        return torch.cat(outs)
 
     def readout(self, outputs: torch.Tensor) -> torch.Tensor:
         """The graph's readout of ``[T, B, ...]`` outputs (mean over T for bridge graphs)."""

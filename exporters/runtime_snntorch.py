@@ -54,6 +54,7 @@ import torch.nn as nn
 from snntorch import surrogate
 
 SPEC_FORMAT = "bridge-export-spec/1"
+WINDOW_SAMPLES = 64  # simulate() runs windows of ceil(64 / B) steps, as the reference does
 
 
 class FireAtThreshold(surrogate.ATan):
@@ -90,6 +91,10 @@ class IFLeaky(snntorch.Leaky):
                          init_hidden=init_hidden, reset_mechanism="none", output=output)
         self.register_buffer("v_init", v_init.detach().clone())
 
+    def mem_reset(self, mem: torch.Tensor) -> torch.Tensor:
+        """Leaky's delayed reset signal, unused with ``reset_mechanism="none"``: not computed."""
+        return mem.new_zeros(())
+
     def reset_mem(self) -> torch.Tensor:
         """Start afresh: the next step begins at ``v_init`` (Leaky's own reset gives zeros)."""
         self.mem = torch.zeros(0, dtype=self.v_init.dtype, device=self.v_init.device)
@@ -104,7 +109,8 @@ class IFLeaky(snntorch.Leaky):
             self.mem = self.v_init.to(dtype=input_.dtype, device=input_.device).expand(input_.shape).clone()
         out = super().forward(input_)  # m = 1 * mem + I; s = [m >= theta]; no reset
         spk = out[0] if isinstance(out, tuple) else out
-        self.mem = self.mem - spk * self.threshold  # the reference's subtraction: v = m - theta s
+        # the reference's subtraction v = m - theta s (as m + (-1) (s theta): s theta is exact)
+        self.mem = torch.addcmul(self.mem, spk, self.threshold, value=-1)
         if self.output or not self.init_hidden:
             return spk, self.mem
         return spk
@@ -234,22 +240,68 @@ class SnnTorchNetwork(nn.Module):
         return x if ref is None else x.to(dtype=ref.dtype, device=ref.device)
 
     def simulate(self, x: torch.Tensor, steps: int) -> torch.Tensor:
-        """Run ``steps`` steps from the initial state; the Output node's values ``[T, B, ...]``."""
-        if self.input_encoding != "constant" and x.shape[0] != steps:
+        """Run ``steps`` steps from the initial state; the Output node's values ``[T, B, ...]``.
+
+        Layer at a time, in windows of ``ceil(64 / B)`` steps (the reference's window; the
+        numbers are those of ``steps`` calls of :meth:`forward`, the graph being
+        feed-forward): each neuron is called once per step, in order, its state carried from
+        window to window; the other layers see a window's steps at once (in float64 the
+        weighted ones each step's ``[B, ...]`` slice, as the reference does), and under
+        constant input the layers before the first neuron run once.
+        """
+        constant = self.input_encoding == "constant"
+        if not constant and x.shape[0] != steps:
             raise ValueError(f"per-step input needs x of shape [T={steps}, B, ...], got {tuple(x.shape)}")
         x = self._like(x)
+        batch = x.shape[0] if constant else x.shape[1]
+        window = max(1, min(steps, -(-WINDOW_SAMPLES // max(batch, 1))))
+        self.reset()
+        const: dict[str, torch.Tensor] = {}  # time-invariant values, computed once
+        mems: dict[str, torch.Tensor] = {}  # explicit potentials (init_hidden=False)
         outs = []
-        mems: dict[str, torch.Tensor] | None = None
+        for t0 in range(0, steps, window):
+            k = min(window, steps - t0)
+            outs.append(self._run_window(x if constant else x[t0:t0 + k], not constant, k, const, mems))
         self.reset()
-        for t in range(steps):
-            xt = x if self.input_encoding == "constant" else x[t]
-            if self.init_hidden:
-                outs.append(self(xt))
+        return torch.cat(outs)
+
+    def _run_window(self, x: torch.Tensor, varying: bool, steps: int, const: dict[str, torch.Tensor],
+                    mems: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``steps`` steps layer at a time from the neurons' current state; ``[steps, B, ...]``."""
+        exact = x.dtype == torch.float64
+        values: dict[str, tuple[torch.Tensor, bool]] = {}  # name -> (value, varies over T)
+        for node in self.nodes:
+            name, op = node["name"], node["op"]
+            if name in const:
+                values[name] = (const[name], False)
+                continue
+            if op == "input":
+                values[name] = (x, varying)
+                continue
+            current, is_varying = values[node["inputs"][0]]
+            for other in node["inputs"][1:]:  # several edges into a node: their sum
+                value, other_varying = values[other]
+                current, is_varying = current + value, is_varying or other_varying  # [T, B, ...] + [B, ...] broadcasts
+            mod = self.layers[module_name(name)]
+            if op == "if":
+                spikes = []
+                for t in range(steps):
+                    cur = current[t] if is_varying else current
+                    if mod.init_hidden:
+                        spikes.append(mod(cur))
+                    else:
+                        spk, mems[name] = mod(cur, mems[name] if name in mems else mod.reset_mem())
+                        spikes.append(spk)
+                values[name] = (torch.stack(spikes), True)
+            elif not is_varying:
+                const[name] = mod(current)
+                values[name] = (const[name], False)
+            elif op in ("affine", "linear", "conv1d", "conv2d") and exact:
+                values[name] = (torch.stack([mod(c) for c in current]), True)
             else:
-                out, mems = self(xt, mems)
-                outs.append(out)
-        self.reset()
-        return torch.stack(outs)
+                values[name] = (mod(current.flatten(0, 1)).unflatten(0, current.shape[:2]), True)
+        out, is_varying = values[self.output_name]
+        return out if is_varying else out.unsqueeze(0).expand(steps, *out.shape)
 
     def readout(self, outputs: torch.Tensor) -> torch.Tensor:
         """The graph's readout of ``[T, B, ...]`` outputs (mean over T for bridge graphs)."""
