@@ -42,7 +42,7 @@ _TITLES = {"spikingjelly": "SpikingJelly", "norse": "Norse", "snntorch": "snnTor
 _README = """\
 # {title} model exported by bridge
 
-Needs only `torch` and {needs} (plus this folder); bridge is not needed.
+Needs only `torch` and `{package}` (plus this folder); bridge is not needed.{install}
 
 ```python
 import importlib.util, sys
@@ -64,13 +64,10 @@ works too (Python caches the name `model`: a second folder imported that way ret
   loaded with `torch.load(..., weights_only=True)`; `model.nir` the source NIR graph.
 """
 
-_NEEDS = {
-    "spikingjelly": "`spikingjelly`",
-    "norse": "`norse`",
-    "snntorch": "`snntorch`",
-    "sinabs": ("`sinabs` (`pip install nir nirtorch pbr` and `pip install --no-deps sinabs==3.1.3`:\n"
-               "`import sinabs` needs `nir`, `nirtorch` and `pbr`; its declared dependencies pin an old `nir`\n"
-               "and pull `samna`, which this model never imports)"),
+_INSTALL = {  # how to install the framework, where `pip install <target>` is not enough
+    "sinabs": ("\n\nInstall sinabs as `pip install nir nirtorch pbr` and then `pip install --no-deps sinabs==3.1.3`:\n"
+               "`import sinabs` needs `nir`, `nirtorch` and `pbr`; its declared dependencies pin an old `nir` and\n"
+               "pull `samna`, which this model never imports."),
 }
 
 _USAGE = {
@@ -131,7 +128,7 @@ def write_artifact(graph: nir.NIRGraph, target: Target, out_dir: str | Path, *, 
         (tmp / "model.nir").write_bytes(graph_bytes(graph))  # HDF5 built in memory
         shape = ", ".join(str(d) for d in next(n for n in spec["nodes"] if n["op"] == "input")["shape"])
         (tmp / "README.md").write_text(_README.format(
-            title=_TITLES[target], needs=_NEEDS[target], module=module_name(out_dir, target),
+            title=_TITLES[target], package=target, install=_INSTALL.get(target, ""), module=module_name(out_dir, target),
             folder=str(out_dir.resolve()), steps=spec.get("timesteps") or 32, shape=shape,
             usage=_USAGE[target], encoding=spec["input_encoding"], readout=spec["readout"],
             encoding_note=" (x is the input current at every step)" if spec["input_encoding"] == "constant"
