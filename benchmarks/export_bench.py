@@ -6,7 +6,9 @@ ResNet-style net with identity shortcuts), the same T, batch, dtype and device:
 * ``reference``: ``bridge.reference.ReferenceSimulator.run`` (layer at a time), the baseline;
 * ``spikingjelly (m)``: the exported SpikingJelly model in multi-step mode;
 * ``spikingjelly (s)``: the same model in single-step mode (a Python loop over T);
-* ``norse``: the exported Norse model (one ``forward(x, state)`` per step).
+* ``norse``: the exported Norse model (one ``forward(x, state)`` per step);
+* ``snntorch``: the exported snnTorch model (one ``forward(x)`` per step, state in the neurons);
+* ``sinabs``: the exported sinabs model (all T steps in one squeezed ``[B*T, ...]`` call).
 
 The models run round-robin, ``--repeats`` times after one warm-up, so that load from other
 processes hits all of them alike; printed are the best and the median time and the ratio
@@ -35,6 +37,8 @@ from bridge.model.activations import ClippedReLU  # noqa: E402
 from bridge.converter import convert  # noqa: E402
 from bridge.reference import ReferenceSimulator  # noqa: E402
 from exporters import norse as norse_exporter  # noqa: E402
+from exporters import sinabs as sinabs_exporter  # noqa: E402
+from exporters import snntorch as snntorch_exporter  # noqa: E402
 from exporters import spikingjelly as sj_exporter  # noqa: E402
 
 
@@ -77,12 +81,16 @@ def bench_graph(name: str, graph: nir.NIRGraph, x: torch.Tensor, steps: int, rep
     sj_m = sj_exporter.build(graph, step_mode="m").to(dtype=dtype, device=device)
     sj_s = sj_exporter.build(graph, step_mode="s").to(dtype=dtype, device=device)
     nrs = norse_exporter.build(graph).to(dtype=dtype, device=device)
+    snt = snntorch_exporter.build(graph).to(dtype=dtype, device=device)
+    sin = sinabs_exporter.build(graph).to(dtype=dtype, device=device)
     x = x.to(dtype=dtype, device=device)
     runs: dict[str, Callable[[], torch.Tensor]] = {
         "reference": lambda: ref.run(x, steps).readout,
         "spikingjelly (m)": lambda: sj_m.predict(x, steps),
         "spikingjelly (s)": lambda: sj_s.predict(x, steps),
         "norse": lambda: nrs.predict(x, steps),
+        "snntorch": lambda: snt.predict(x, steps),
+        "sinabs": lambda: sin.predict(x, steps),
     }
     outs = {label: fn() for label, fn in runs.items()}  # warm-up (allocations, first calls)
     times: dict[str, list[float]] = {label: [] for label in runs}

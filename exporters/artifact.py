@@ -16,6 +16,8 @@ so a failure leaves nothing behind; an existing ``out_dir`` is refused unless ``
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib
 import io
 import json
 import os
@@ -32,26 +34,41 @@ from bridge.format.nirio import graph_bytes
 from bridge.format.output_files import output_error, sweep_stale_temps, temp_prefix, write_failure
 from exporters.graph_spec import graph_to_spec
 
-Target = Literal["spikingjelly", "norse"]
-_RUNTIMES: dict[str, str] = {"spikingjelly": "runtime_spikingjelly.py", "norse": "runtime_norse.py"}
+Target = Literal["spikingjelly", "norse", "snntorch", "sinabs"]
+_RUNTIMES: dict[str, str] = {target: f"runtime_{target}.py" for target in
+                             ("spikingjelly", "norse", "snntorch", "sinabs")}
+_TITLES = {"spikingjelly": "SpikingJelly", "norse": "Norse", "snntorch": "snnTorch", "sinabs": "sinabs"}
 
 _README = """\
-# {target} model exported by bridge
+# {title} model exported by bridge
 
-Needs only `torch` and `{package}` (plus this folder); bridge is not needed.
+Needs only `torch` and `{package}` (plus this folder); bridge is not needed.{install}
 
 ```python
-import sys; sys.path.insert(0, "{folder}"); import model      # this folder's model.py
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("{module}", "{folder}/model.py")
+model = importlib.util.module_from_spec(spec); sys.modules[spec.name] = model; spec.loader.exec_module(model)
 net = model.load(); y = net.predict(x, steps={steps})          # x: [B, {shape}] -> y: [B, ...]
 ```
+
+The module name `{module}` is this folder's own, so several exported folders load side by
+side in one process. With one folder per process, `sys.path.insert(0, "{folder}"); import model`
+works too (Python caches the name `model`: a second folder imported that way returns the first).
 
 {usage}
 
 - Input encoding: `{encoding}`{encoding_note}, readout: `{readout}` over T.
-- The network is float64; `net.float()` runs it in float32.
+- The network is float64 and takes input of any float dtype (cast to the network's);
+  `net.float()` runs it in float32.
 - `model.py` holds the network classes; `spec.json` the structure; `tensors.pt` the weights,
   loaded with `torch.load(..., weights_only=True)`; `model.nir` the source NIR graph.
 """
+
+_INSTALL = {  # how to install the framework, where `pip install <target>` is not enough
+    "sinabs": ("\n\nInstall sinabs as `pip install nir nirtorch pbr` and then `pip install --no-deps sinabs==3.1.3`:\n"
+               "`import sinabs` needs `nir`, `nirtorch` and `pbr`; its declared dependencies pin an old `nir` and\n"
+               "pull `samna`, which this model never imports."),
+}
 
 _USAGE = {
     "spikingjelly": (
@@ -62,6 +79,18 @@ _USAGE = {
     "norse": (
         "`net` is a Norse-style module: `out, state = net(x, state)` runs one step (`state=None`\n"
         "starts every neuron at its initial potential); states are Norse `IAFFeedForwardState`s."
+    ),
+    "snntorch": (
+        "`net` is an snnTorch module of `snntorch.Leaky` neurons (beta = 1, spike on `mem >= threshold`,\n"
+        "subtract reset): `out = net(x)` runs one step with the state in the neurons (`init_hidden=True`;\n"
+        "`net.reset()` starts every neuron at its initial potential); `model.load(init_hidden=False)`\n"
+        "takes explicit potentials, `out, mems = net(x, mems)` (`mems=None` starts afresh)."
+    ),
+    "sinabs": (
+        "`net` is a sinabs module of `IAFSqueeze` neurons (one spike on `v_mem >= threshold`, subtract\n"
+        "reset) in sinabs's squeezed layout: `net.num_timesteps = T` (or `net.batch_size = B`), then\n"
+        "`net(x_seq)` maps `[B*T, ...]` (batch-major) to the output at every step; the state stays in the\n"
+        "neurons until `sinabs.reset_states(net)` (every neuron back at its initial potential)."
     ),
 }
 
@@ -99,8 +128,7 @@ def write_artifact(graph: nir.NIRGraph, target: Target, out_dir: str | Path, *, 
         (tmp / "model.nir").write_bytes(graph_bytes(graph))  # HDF5 built in memory
         shape = ", ".join(str(d) for d in next(n for n in spec["nodes"] if n["op"] == "input")["shape"])
         (tmp / "README.md").write_text(_README.format(
-            target="SpikingJelly" if target == "spikingjelly" else "Norse",
-            package="spikingjelly" if target == "spikingjelly" else "norse",
+            title=_TITLES[target], package=target, install=_INSTALL.get(target, ""), module=module_name(out_dir, target),
             folder=str(out_dir.resolve()), steps=spec.get("timesteps") or 32, shape=shape,
             usage=_USAGE[target], encoding=spec["input_encoding"], readout=spec["readout"],
             encoding_note=" (x is the input current at every step)" if spec["input_encoding"] == "constant"
@@ -125,14 +153,18 @@ def write_artifact(graph: nir.NIRGraph, target: Target, out_dir: str | Path, *, 
     return out_dir
 
 
+def module_name(out_dir: Path, target: str) -> str:
+    """A module name of the artifact folder's own (its target and a hash of its path), so that
+    the README's loader imports several folders side by side in one process."""
+    digest = hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:10]
+    return f"bridge_{target}_{digest}"
+
+
 def _build_in_process(target: str, spec: dict, tensors: dict[str, torch.Tensor]) -> None:
     try:
-        if target == "spikingjelly":
-            from exporters.runtime_spikingjelly import build_from_spec
-        else:
-            from exporters.runtime_norse import build_from_spec  # type: ignore[assignment]
+        runtime = importlib.import_module(f"exporters.{_RUNTIMES[target][:-3]}")
     except ImportError as exc:
-        raise BridgeError(
-            f"cannot export to {target}: {exc}; install it with `pip install {target}`"
-        ) from None
-    build_from_spec(spec, tensors)
+        install = ("pip install nir nirtorch pbr && pip install --no-deps sinabs==3.1.3" if target == "sinabs"
+                   else f"pip install {target}")
+        raise BridgeError(f"cannot export to {target}: {exc}; install it with `{install}`") from None
+    runtime.build_from_spec(spec, tensors)

@@ -1,7 +1,8 @@
 """NIR graph -> export spec: the one place where exporters read a NIR graph.
 
 An *export spec* is a plain description of the network that the framework runtimes
-(:mod:`exporters.runtime_spikingjelly`, :mod:`exporters.runtime_norse`) build models from,
+(:mod:`exporters.runtime_spikingjelly`, :mod:`exporters.runtime_norse`,
+:mod:`exporters.runtime_snntorch`, :mod:`exporters.runtime_sinabs`) build models from,
 both in-process (``build(graph)``) and inside an exported artifact where bridge is not
 installed. It is two objects:
 

@@ -36,6 +36,7 @@ Usage (the artifact's README)::
 from __future__ import annotations
 
 import json
+from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -212,10 +213,16 @@ class NorseNetwork(nn.Module):
                 values[node["name"]] = mod(current)
         return values[self.output_name], NetworkState(tuple(new))
 
+    def _like(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the network's dtype and on its device (float32 input to a float64 net)."""
+        ref = next((t for t in chain(self.parameters(), self.buffers()) if t.is_floating_point()), None)
+        return x if ref is None else x.to(dtype=ref.dtype, device=ref.device)
+
     def simulate(self, x: torch.Tensor, steps: int) -> torch.Tensor:
         """Run ``steps`` steps from the initial state; the Output node's values ``[T, B, ...]``."""
         if self.input_encoding != "constant" and x.shape[0] != steps:
             raise ValueError(f"per-step input needs x of shape [T={steps}, B, ...], got {tuple(x.shape)}")
+        x = self._like(x)
         state = None
         outs = []
         for t in range(steps):

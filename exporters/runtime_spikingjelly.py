@@ -31,6 +31,7 @@ Usage (the artifact's README)::
 from __future__ import annotations
 
 import json
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -247,9 +248,15 @@ class SpikingJellyNetwork(nn.Module, base.StepModule):
             raise ValueError(f"per-step input needs x of shape [T={steps}, B, ...], got {tuple(x.shape)}")
         return x
 
+    def _like(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the network's dtype and on its device (float32 input to a float64 net)."""
+        ref = next((t for t in chain(self.parameters(), self.buffers()) if t.is_floating_point()), None)
+        return x if ref is None else x.to(dtype=ref.dtype, device=ref.device)
+
     def simulate(self, x: torch.Tensor, steps: int) -> torch.Tensor:
         """Run ``steps`` steps from a fresh state; the Output node's values ``[T, B, ...]``."""
         functional.reset_net(self)
+        x = self._like(x)
         seq = self.encode(x, steps)
         if self.step_mode == "m":
             out = self(seq)

@@ -35,8 +35,7 @@ from bridge.converter.ir_eval import evaluate
 from bridge.format.errors import BridgeError
 from bridge.format.nirio import read_graph, write_graph
 from bridge.reference import ann_view, simulate
-from validation.backends.norse import NorseBackend
-from validation.backends.spikingjelly import SpikingJellyBackend
+from tests.backend_checks import assert_exports_agree_per_step
 
 
 @pytest.mark.parametrize("size", range(1, 16))
@@ -127,11 +126,7 @@ def test_reference_and_exports_agree_per_step(in_hw, out_hw, head) -> None:
     graph = convert_layer_graph(layer_graph, thresholds="max", calibration=x)
     ref = simulate(graph, x, 16, trace=True)
     assert all(tr.spikes.any() for tr in ref.traces.values())
-    for backend in (SpikingJellyBackend, NorseBackend):
-        got = backend(graph).run(x, 16, trace=True)
-        for name, tr in ref.traces.items():
-            assert torch.equal(got.traces[name].spikes, tr.spikes) and torch.equal(got.traces[name].v, tr.v)
-        assert torch.equal(got.outputs, ref.outputs)
+    assert_exports_agree_per_step(graph, x, 16, ref)
 
 
 def test_uneven_windows_not_followed_by_a_flatten_are_refused() -> None:

@@ -194,7 +194,7 @@ def test_any_t_default_needs_every_t_not_to_get_worse():
 
 
 def test_exports_stay_exact_after_calibration(data, tmp_path):
-    """SpikingJelly and Norse equal the reference (float64, every spike) on a calibrated graph."""
+    """SpikingJelly, Norse, snnTorch and sinabs equal the reference (float64, every spike) on a calibrated graph."""
     from validation import validate
 
     g = convert(_net("resnet"), INPUT_SHAPE, calibration=data)
@@ -206,7 +206,7 @@ def test_exports_stay_exact_after_calibration(data, tmp_path):
             p.add_(0.03)
     g = model.write(g)
     back = read_graph(write_graph(g, tmp_path / "cal.nir"))
-    report = validate(back, ["spikingjelly", "norse"], data[:24], steps=6, timesteps=[6])
+    report = validate(back, ["spikingjelly", "norse", "snntorch", "sinabs"], data[:24], steps=6, timesteps=[6])
     assert report.ok, [(b.name, b.status, b.message) for b in report.backends]
     for b in report.backends:
         assert b.comparison is not None and b.comparison.unexplained == 0

@@ -112,3 +112,67 @@ def test_norse_exporter_cell_fires_on_exact_ties(label, theta, v_init, cls, dtyp
     assert spikes[0].dtype == dtype
     np.testing.assert_array_equal(torch.stack(spikes).numpy(), s_want)
     np.testing.assert_array_equal(torch.stack(volts).numpy(), v_want)
+
+
+def _step_snntorch(neuron, explicit: bool):
+    """One snnTorch step per call: (spikes, mem) from init_hidden or from an explicit mem."""
+    mem = neuron.reset_mem()
+
+    def step(xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal mem
+        if explicit:
+            spk, mem = neuron(xt, mem)
+            return spk, mem
+        return neuron(xt), neuron.mem
+
+    return step
+
+
+def _step_sinabs(neuron, explicit: bool):
+    """sinabs's squeezed layout, one step per call ([B*T, ...] with T = 1); state kept in the layer."""
+    import sinabs
+
+    sinabs.reset_states(neuron)
+    neuron.batch_size, neuron.num_timesteps = 1, 1
+
+    def step(xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return neuron(xt), neuron.v_mem.clone()
+
+    return step
+
+
+def _snntorch_neuron(theta, v_init, explicit):
+    from exporters.runtime_snntorch import IFLeaky
+
+    return IFLeaky(theta, v_init, init_hidden=not explicit)
+
+
+def _sinabs_neuron(theta, v_init, explicit):
+    from exporters.runtime_sinabs import IFSqueeze
+
+    return IFSqueeze(theta, v_init, batch_size=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("framework, make, stepper, explicit", [
+    ("snntorch init_hidden", _snntorch_neuron, _step_snntorch, False),
+    ("snntorch explicit mem", _snntorch_neuron, _step_snntorch, True),
+    ("sinabs IAFSqueeze", _sinabs_neuron, _step_sinabs, False),
+], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("label, theta, v_init, cls", KINDS, ids=[k[0] for k in KINDS])
+def test_snntorch_and_sinabs_exporter_neurons_fire_on_exact_ties(label, theta, v_init, cls, framework, make,
+                                                                 stepper, explicit, dtype):
+    """snnTorch alone fires on mem > threshold and resets a step late; sinabs's SingleSpike
+    returns float32 spikes that round a float64 threshold: the exported neurons do neither."""
+    neuron = make(torch.from_numpy(np.tile(theta, 4)), torch.from_numpy(np.tile(v_init, 4)), explicit).to(dtype)
+    step = stepper(neuron, explicit)
+    x = currents(theta, v_init, dtype)
+    spikes, volts = [], []
+    with torch.no_grad():
+        for xt in torch.from_numpy(x):
+            s, v = step(xt)
+            spikes.append(s), volts.append(v)
+    s_want, v_want = expected(x, theta, v_init)
+    assert spikes[0].dtype == dtype and volts[0].dtype == dtype
+    np.testing.assert_array_equal(torch.stack(spikes).numpy(), s_want)
+    np.testing.assert_array_equal(torch.stack(volts).numpy(), v_want)

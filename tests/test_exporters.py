@@ -1,4 +1,4 @@
-"""Exporters: the SpikingJelly and Norse models reproduce the reference simulator exactly.
+"""Exporters: the SpikingJelly, Norse, snnTorch and sinabs models reproduce the reference exactly.
 
 Every spike of every IF node at every step (float64, T = 64, batch 3), compared through
 per-node traces aligned by NIR node name, on hand-built bridge graphs that cover what the
@@ -7,6 +7,9 @@ BatchNorm (depth-wise 1x1 conv), a strided grouped conv and average pooling, and
 ResNet-style block with an identity shortcut through a Scale node (two edges into one IF
 node). Thresholds are layer-uniform, per-channel or per-neuron; initial potentials are 0,
 theta/2 or random per neuron (these select the different SpikingJelly neuron classes).
+Each framework's own idiom is checked too (SpikingJelly's step modes and reset_net, Norse's
+(x, state) cells, snnTorch's init_hidden and explicit mem, sinabs's squeezed [B*T, ...]
+layout and reset_states).
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ from bridge.format.errors import BridgeError
 from bridge.format.extension import graph_metadata, make_if
 from bridge.reference import simulate
 from exporters import norse as norse_exporter
+from exporters import sinabs as sinabs_exporter
+from exporters import snntorch as snntorch_exporter
 from exporters import spikingjelly as sj_exporter
 from exporters.runtime_spikingjelly import InitialPotentialIFNode, PerNeuronThresholdIFNode
 from validation.backends.norse import NorseBackend
+from validation.backends.sinabs import SinabsBackend
+from validation.backends.snntorch import SnnTorchBackend
 from validation.backends.spikingjelly import SpikingJellyBackend, SpikingJellySingleStepBackend
 
 STEPS = 64
@@ -32,6 +39,8 @@ BATCH = 3
 KINDS = ("mlp", "vgg", "resnet")
 THETAS = ("uniform", "channel", "neuron")
 V_INITS = ("zero", "half", "random")
+# every exported model, in its default mode (SpikingJelly: multi-step)
+EXPORTED = (SpikingJellyBackend, NorseBackend, SnnTorchBackend, SinabsBackend)
 
 
 @pytest.fixture(autouse=True)
@@ -199,7 +208,7 @@ def test_float64_spikes_equal_reference(kind: str, theta_kind: str, v_kind: str)
     for name, tr in ref.traces.items():
         rate = tr.spikes.mean().item()
         assert 0.02 < rate < 0.98, f"{kind}/{name}: spike rate {rate} (test graph too dull)"
-    backends = [SpikingJellyBackend, NorseBackend]
+    backends = list(EXPORTED)
     if theta_kind == "neuron":  # single-step mode: one case per graph is enough
         backends.append(SpikingJellySingleStepBackend)
     for backend in backends:
@@ -213,7 +222,7 @@ def test_float32_predictions_equal_reference(kind: str) -> None:
     graph = make_graph(kind, "channel", "half", seed=3)
     x = make_input(graph, batch=16, seed=4, dtype=torch.float32)
     ref = simulate(graph, x, 32, dtype=torch.float32, trace=False)
-    for backend in (SpikingJellyBackend, SpikingJellySingleStepBackend, NorseBackend):
+    for backend in (*EXPORTED, SpikingJellySingleStepBackend):
         got = backend(graph, dtype=torch.float32).run(x, 32)
         assert got.outputs.dtype == torch.float32
         assert torch.equal(got.predictions(), ref.predictions()), backend.name
@@ -255,12 +264,17 @@ def test_spikingjelly_user_loop_reset_net_and_any_batch() -> None:
     assert torch.equal(out, simulate(graph, x, 16).outputs)
 
 
-def test_predict_is_the_mean_readout() -> None:
+def test_predict_is_the_mean_readout_and_takes_float32_input() -> None:
+    """The artifact README's ``net.predict(x, steps)`` with an ordinary float32 ``x`` on the
+    float64 network: the input is cast (exactly) to the network's dtype."""
     graph = vgg_graph("neuron", "half")
-    x = make_input(graph)
-    ref = simulate(graph, x, 24)
-    for net in (sj_exporter.build(graph), norse_exporter.build(graph)):
+    x = make_input(graph, dtype=torch.float32)
+    ref = simulate(graph, x.double(), 24)
+    for net in (sj_exporter.build(graph), norse_exporter.build(graph), snntorch_exporter.build(graph),
+                sinabs_exporter.build(graph)):
+        assert torch.equal(net.simulate(x, 24), ref.outputs)
         y = net.predict(x, 24)  # mean over T (rounding of the sum's order aside)
+        assert y.dtype == torch.float64
         torch.testing.assert_close(y, ref.readout, rtol=0, atol=1e-13)
         assert torch.equal(y.argmax(1), ref.predictions())
 
@@ -289,11 +303,70 @@ def test_norse_ge_and_subtract_reset_at_exact_ties() -> None:
     graph = nir.NIRGraph(nodes, [("input", "lif"), ("lif", "output")], metadata=graph_metadata())
     x = torch.tensor([[0.25, 0.1, 0.5, 0.7]], dtype=torch.float64)  # 0.25 + 0.25 == 0.5 exactly
     ref = simulate(graph, x, 8, trace=True)
-    for backend in (NorseBackend, SpikingJellyBackend):
+    for backend in EXPORTED:
         got = backend(graph).run(x, 8, trace=True)
         assert_same_run(got, ref)
     assert ref.traces["lif"].spikes[:, 0, 0].tolist() == [0, 1] * 4  # the tie fires
     assert ref.traces["lif"].spikes[:, 0, 3].tolist() == [1] * 8
+
+
+# -- snnTorch idiom -----------------------------------------------------------------------
+def test_snntorch_init_hidden_and_explicit_mem_idioms() -> None:
+    """snnTorch's loop: ``out = net(x)`` per step with the state in the Leaky neurons
+    (init_hidden), or ``out, mems = net(x, mems)``; ``mem`` is the reference's potential."""
+    import snntorch
+
+    graph = resnet_graph("neuron", "random")
+    hidden = snntorch_exporter.build(graph)
+    explicit = snntorch_exporter.build(graph, init_hidden=False)
+    assert all(isinstance(hidden.neuron(n), snntorch.Leaky) for n in hidden.neuron_names)
+    for batch, reset in ((3, False), (5, False), (5, True)):  # a new batch shape starts at v(0), as does reset()
+        x = make_input(graph, batch=batch, seed=batch)
+        ref = simulate(graph, x, 12, trace=True)
+        if reset:
+            hidden.reset()
+        mems = None
+        with torch.no_grad():
+            for t in range(12):
+                out = hidden(x)
+                out_explicit, mems = explicit(x, mems)
+                assert torch.equal(out, ref.outputs[t]) and torch.equal(out_explicit, ref.outputs[t])
+                for name in hidden.neuron_names:
+                    assert torch.equal(hidden.neuron(name).mem, ref.traces[name].v[t])
+                    assert torch.equal(mems[name], ref.traces[name].v[t])
+    with pytest.raises(TypeError, match="init_hidden"):
+        hidden(x, mems)
+
+
+# -- sinabs idiom ------------------------------------------------------------------------
+def test_sinabs_squeezed_layout_and_reset_states() -> None:
+    """sinabs's way: ``[B*T, ...]`` batch-major through IAFSqueeze neurons, state kept
+    between calls until ``sinabs.reset_states``; batch_size or num_timesteps sets the layout."""
+    import sinabs
+
+    graph = resnet_graph("neuron", "random")
+    net = sinabs_exporter.build(graph, num_timesteps=12)
+    assert all(isinstance(net.neuron(n), sinabs.layers.IAFSqueeze) for n in net.neuron_names)
+
+    def squeezed(x: torch.Tensor, steps: int) -> torch.Tensor:
+        return x.unsqueeze(1).expand(x.shape[0], steps, *x.shape[1:]).reshape(-1, *x.shape[1:])
+
+    def per_step(out: torch.Tensor, batch: int) -> torch.Tensor:
+        return out.reshape(batch, -1, *out.shape[1:]).transpose(0, 1)
+
+    with torch.no_grad():
+        for batch in (3, 5):  # another batch size starts afresh at v(0)
+            x = make_input(graph, batch=batch, seed=batch)
+            ref = simulate(graph, x, 12)
+            sinabs.reset_states(net)
+            assert torch.equal(per_step(net(squeezed(x, 12)), batch), ref.outputs)
+        sinabs.reset_states(net)  # two calls of 6 steps continue where the first stopped
+        net.num_timesteps, net.batch_size = None, 5
+        halves = [per_step(net(squeezed(x, 6)), 5) for _ in range(2)]
+        assert torch.equal(torch.cat(halves), ref.outputs)
+    net.batch_size = None
+    with pytest.raises(ValueError, match="batch_size or net.num_timesteps"):
+        net(squeezed(x, 6))
 
 
 # -- unsupported content -------------------------------------------------------------------
@@ -304,7 +377,8 @@ def _chain(*nodes_: tuple[str, nir.NIRNode], meta: dict | None = None) -> nir.NI
                         metadata=graph_metadata() if meta is None else meta)
 
 
-@pytest.mark.parametrize("build", [sj_exporter.build, norse_exporter.build])
+@pytest.mark.parametrize("build", [sj_exporter.build, norse_exporter.build, snntorch_exporter.build,
+                                   sinabs_exporter.build])
 def test_unsupported_content_is_refused_with_node_and_reason(build) -> None:
     inp, out = ("input", nir.Input(np.array([3]))), ("output", nir.Output(np.array([3])))
     lif = nir.LIF(tau=np.ones(3), r=np.ones(3), v_leak=np.zeros(3), v_threshold=np.ones(3))
@@ -370,7 +444,7 @@ def test_zoo_float64_spikes_equal_reference(zoo: dict[str, nir.NIRGraph], v_kind
         x = sample_input(input_shape(graph), 3, seed=7)
         ref = simulate(graph, x, STEPS, trace=True)
         assert all(tr.spikes.any() for tr in ref.traces.values()), name
-        for backend in (SpikingJellyBackend, NorseBackend):
+        for backend in EXPORTED:
             assert_same_run(backend(graph).run(x, STEPS, trace=True), ref)
 
 
@@ -380,7 +454,7 @@ def test_zoo_float32_predictions_equal_reference(zoo: dict[str, nir.NIRGraph]) -
     for name, graph in zoo.items():
         x = sample_input(input_shape(graph), 16, seed=8).float()
         ref = simulate(graph, x, 16, dtype=torch.float32)
-        for backend in (SpikingJellyBackend, NorseBackend):
+        for backend in EXPORTED:
             got = backend(graph, dtype=torch.float32).run(x, 16)
             assert torch.equal(got.predictions(), ref.predictions()), (name, backend.name)
 
@@ -391,5 +465,5 @@ def test_per_step_input_encoding() -> None:
     graph.metadata["bridge"]["input_encoding"] = "per_step"
     x = torch.rand((STEPS, BATCH, 16), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     ref = simulate(graph, x, STEPS, trace=True)
-    for backend in (SpikingJellyBackend, SpikingJellySingleStepBackend, NorseBackend):
+    for backend in (*EXPORTED, SpikingJellySingleStepBackend):
         assert_same_run(backend(graph).run(x, STEPS, trace=True), ref)

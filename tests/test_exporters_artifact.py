@@ -17,14 +17,32 @@ from bridge.format.errors import BridgeError
 from bridge.format.extension import graph_metadata
 from bridge.reference import simulate
 from exporters import write_artifact
+from exporters.artifact import module_name
 from tests.test_exporters import make_input, resnet_graph, vgg_graph
 
 EXPORTERS = Path(__file__).resolve().parents[1] / "exporters"
 
+TARGETS = ("spikingjelly", "norse", "snntorch", "sinabs")
+
+
+def readme_code(folder: Path) -> str:
+    """The Python block of an artifact's README (the loader and the predict line)."""
+    text = (folder / "README.md").read_text()
+    return text.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def run_readme(folder: Path, x: torch.Tensor) -> dict:
+    """Execute the README's block as a user would, with ``x`` defined; its namespace."""
+    namespace = {"x": x}
+    exec(readme_code(folder), namespace)  # noqa: S102 - our own README, written by the test
+    return namespace
+
+
 # Run in a fresh interpreter where bridge cannot be imported: -I (no PYTHONPATH, no cwd or
 # script dir on sys.path, no user site) and -S (no site-packages .pth files, so the editable
 # install's finder is never installed); the venv's site-packages are added as a plain path
-# so that torch, nir and the frameworks import.
+# so that torch, nir and the frameworks import. Every folder is loaded with its README's own
+# code, all in this one process (side by side), on a float32 x.
 _CHILD = r"""
 import importlib.util, sys
 sys.path.append({site!r})
@@ -37,23 +55,27 @@ except ImportError:
 else:
     raise SystemExit("import bridge worked")
 import torch
-sys.path.insert(0, {folder!r})
-import model
-net = model.load({load_args})
 x = torch.load({x!r}, weights_only=True)
-with torch.no_grad():
-    out = net.simulate(x, {steps})
-torch.save({{"outputs": out, "readout": net.predict(x, {steps}),
-            "modules": sorted(m for m in sys.modules if m.split(".")[0] in
-                              ("bridge", "exporters", "validation"))}}, {result!r})
+results = {{}}
+for target, folder in {folders!r}:
+    text = open(folder + "/README.md").read()
+    namespace = {{"x": x}}
+    exec(text.split("```python\n", 1)[1].split("\n```", 1)[0], namespace)
+    net = namespace["net"]
+    with torch.no_grad():
+        results[target] = {{"outputs": net.simulate(x, {steps}), "readout": namespace["y"],
+                            "class": type(net).__module__ + "." + type(net).__name__}}
+    if target == "spikingjelly":
+        results["spikingjelly-s"] = {{"outputs": namespace["model"].load(step_mode="s").simulate(x, {steps})}}
+results["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in ("bridge", "exporters", "validation", "samna"))
+torch.save(results, {result!r})
 """
 
 
-def _run_without_bridge(folder: Path, x: torch.Tensor, steps: int, tmp: Path, load_args: str = "") -> dict:
+def _run_without_bridge(folders: dict[str, Path], x: torch.Tensor, steps: int, tmp: Path) -> dict:
     torch.save(x, tmp / "x.pt")
-    code = _CHILD.format(site=sysconfig.get_paths()["purelib"], folder=str(folder),
-                         x=str(tmp / "x.pt"), steps=steps, result=str(tmp / "result.pt"),
-                         load_args=load_args)
+    code = _CHILD.format(site=sysconfig.get_paths()["purelib"], folders=[(t, str(f)) for t, f in folders.items()],
+                         x=str(tmp / "x.pt"), steps=steps, result=str(tmp / "result.pt"))
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=240)
@@ -62,20 +84,38 @@ def _run_without_bridge(folder: Path, x: torch.Tensor, steps: int, tmp: Path, lo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target,load_args", [("spikingjelly", ""), ("spikingjelly", "step_mode='s'"),
-                                              ("norse", "")])
-def test_artifact_runs_without_bridge_like_the_reference(tmp_path: Path, target: str, load_args: str) -> None:
+def test_artifacts_run_without_bridge_side_by_side_like_the_reference(tmp_path: Path) -> None:
+    """All four artifacts in one fresh process without bridge, each loaded by its README's
+    code, fed a float32 x: every output at every step equals the float64 reference."""
     graph = resnet_graph("neuron", "random", seed=5)
-    folder = write_artifact(graph, target, tmp_path / "model_out")
-    x = make_input(graph, batch=4, seed=6)
-    ref = simulate(graph, x, 32)
-    got = _run_without_bridge(folder, x, 32, tmp_path, load_args)
-    assert got["modules"] == []
-    assert torch.equal(got["outputs"], ref.outputs)  # float64: bit for bit
-    assert torch.equal(got["readout"].argmax(1), ref.predictions())
+    folders = {t: write_artifact(graph, t, tmp_path / t) for t in TARGETS}
+    x = make_input(graph, batch=4, seed=6, dtype=torch.float32)
+    ref = simulate(graph, x.double(), 32)  # float32 values are exact in float64
+    got = _run_without_bridge(folders, x, 32, tmp_path)
+    assert got.pop("modules") == []  # no bridge, and samna never imported
+    assert len({got[t]["class"] for t in TARGETS}) == len(TARGETS)  # four models, not the first one again
+    for target, run in got.items():
+        assert torch.equal(run["outputs"], ref.outputs), target  # float64: bit for bit
+        if "readout" in run:
+            assert torch.equal(run["readout"].argmax(1), ref.predictions()), target
 
 
-@pytest.mark.parametrize("target", ["spikingjelly", "norse"])
+def test_readme_loader_loads_folders_side_by_side(tmp_path: Path) -> None:
+    """Two folders through their READMEs in one process give two models (``import model``
+    twice would give the first one twice), and the README's float32 ``x`` runs."""
+    graph = vgg_graph("channel", "random")
+    x = make_input(graph, batch=2, dtype=torch.float32)
+    ref = simulate(graph, x.double(), 32)
+    first = run_readme(write_artifact(graph, "spikingjelly", tmp_path / "a"), x)
+    second = run_readme(write_artifact(graph, "norse", tmp_path / "b"), x)
+    assert first["model"] is not second["model"]
+    assert type(first["net"]).__name__ == "SpikingJellyNetwork" and type(second["net"]).__name__ == "NorseNetwork"
+    for namespace in (first, second):
+        assert torch.equal(namespace["y"].argmax(1), ref.predictions())
+        assert torch.equal(namespace["net"].simulate(x, 32), ref.outputs)
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_artifact_contents(tmp_path: Path, target: str) -> None:
     graph = vgg_graph("channel", "half")
     out = write_artifact(graph, target, tmp_path / "exported")
@@ -91,9 +131,11 @@ def test_artifact_contents(tmp_path: Path, target: str) -> None:
                                   graph.nodes["features_2"].v_threshold)
     spec = json.loads((out / "spec.json").read_text())
     assert [n["name"] for n in spec["nodes"]][0] == "input" and spec["readout"] == "mean"
-    readme = (out / "README.md").read_text()
-    assert f'sys.path.insert(0, "{out.resolve()}"); import model' in readme
-    assert "net = model.load(); y = net.predict(x, steps=" in readme
+    code = readme_code(out)
+    assert f'spec_from_file_location("{module_name(out, target)}", "{out.resolve()}/model.py")' in code
+    assert "net = model.load(); y = net.predict(x, steps=" in code
+    if target == "sinabs":  # installed --no-deps: what `import sinabs` needs beside it
+        assert all(f"`{dep}`" in (out / "README.md").read_text() for dep in ("nir", "nirtorch", "pbr"))
     again = nir.read(out / "model.nir")
     assert set(again.nodes) == set(graph.nodes)
     assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no temp folder left

@@ -100,7 +100,8 @@ def stand_ins(monkeypatch):
 
 # -- registry ------------------------------------------------------------------------------
 def test_registry_resolves_every_installed_backend():
-    for name in ("reference", "spikingjelly", "norse", "norse-nir", "spikingjelly-nir", "snntorch-nir"):
+    for name in ("reference", "spikingjelly", "norse", "snntorch", "sinabs", "norse-nir", "spikingjelly-nir",
+                 "snntorch-nir"):
         cls = registry.get_backend(name)
         assert issubclass(cls, Backend) and cls.name == name
     assert registry.get_backend("norse-nir").faithful is False

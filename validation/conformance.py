@@ -50,6 +50,8 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
     "spikingjelly": _EXPORTER_LIMITS,
     "spikingjelly-s": _EXPORTER_LIMITS,
     "norse": _EXPORTER_LIMITS,
+    "snntorch": _EXPORTER_LIMITS,
+    "sinabs": _EXPORTER_LIMITS,
 }
 
 

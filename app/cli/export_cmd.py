@@ -20,7 +20,7 @@ import click
 from bridge.format.errors import BridgeError
 from bridge.passes.profiles import PROFILES
 
-TARGETS = ("nir", "spikingjelly", "norse")
+TARGETS = ("nir", "spikingjelly", "norse", "snntorch", "sinabs")
 DEFAULT_CALIBRATION_SAMPLES = 512
 
 
@@ -210,7 +210,7 @@ or a NIR file (for --to spikingjelly/norse).""",
 )
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--to", "target", type=click.Choice(TARGETS), required=True,
-              help="Output format: a NIR file, or a SpikingJelly / Norse model folder.")
+              help="Output format: a NIR file, or a SpikingJelly / Norse / snnTorch / sinabs model folder.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
               help="Output file (nir) or folder (spikingjelly, norse).")
 @click.option("--arch", metavar="PKG.MOD:FACTORY",

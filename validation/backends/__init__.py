@@ -26,6 +26,8 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
     "spikingjelly": ("validation.backends.spikingjelly", "spikingjelly"),
     "spikingjelly-s": ("validation.backends.spikingjelly", "spikingjelly"),
     "norse": ("validation.backends.norse", "norse"),
+    "snntorch": ("validation.backends.snntorch", "snntorch"),
+    "sinabs": ("validation.backends.sinabs", "sinabs"),
     "norse-nir": ("validation.backends.importers", "norse"),
     "spikingjelly-nir": ("validation.backends.importers", "spikingjelly"),
     "snntorch-nir": ("validation.backends.importers", "snntorch"),

@@ -1,6 +1,6 @@
 """What the exporters' backends share: build from the graph, trace through forward hooks.
 
-An exported network (SpikingJelly or Norse) carries its IF neurons as submodules named
+An exported network (SpikingJelly, Norse, snnTorch or sinabs) carries its IF neurons as submodules named
 after the NIR nodes and offers ``simulate(x, steps) -> [T, B, ...]``; a forward hook on
 each neuron records its spikes and post-reset potential. Subclasses say how to build the
 network and how to read one hook call.
