@@ -415,3 +415,15 @@ def test_plain_nir_graph_uses_the_nir_text_semantics():
     # SpikingJelly fires on v >= theta: it differs only where v lands exactly on theta (ties)
     sj = by["spikingjelly-nir"].layers["a"]
     assert sj.mismatches > 0 and sj.unexplained == 0 and sj.ties >= 1
+
+
+def test_piped_validate_output_has_no_stray_blank_lines(tmp_path, capsys):
+    from tests import zoo
+
+    path = zoo.write_mlp_nir(tmp_path / "mlp.nir")
+    # 64 samples x 32 steps: the progress bar is on; off a terminal it draws nothing
+    assert main(["validate", str(path), "--backends", "reference", "--steps", "32", "--data", "digits",
+                 "--limit", "64"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.splitlines()[0].strip().startswith("bridge validate: 64 samples")
