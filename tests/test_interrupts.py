@@ -280,3 +280,18 @@ def test_random_signals_during_large_writes_leave_no_temp_file_and_a_true_messag
                  for s in CODES}
     print("interrupted runs by signal:", by_signal, "of", len(runs))
     assert len(interrupted) >= 10, (by_signal, runs)  # the signals did land inside the runs
+
+
+def test_outputs_are_noted_only_while_a_command_asks(tmp_path):
+    from bridge.format.nirio import write_with
+    from bridge.format.output_files import disk_state, noting_outputs, written_outputs
+
+    write_with(tmp_path / "a.txt", lambda p: p.write_text("a"))  # the Python API: nothing kept
+    assert written_outputs() == [] and disk_state() == "nothing was written"
+    with noting_outputs():
+        write_with(tmp_path / "b.txt", lambda p: p.write_text("b"))
+        write_with(tmp_path / "c.txt", lambda p: p.write_text("c"))
+        assert written_outputs() == [tmp_path / "b.txt", tmp_path / "c.txt"]
+        assert disk_state() == (f"{tmp_path / 'b.txt'}, {tmp_path / 'c.txt'} were written completely "
+                                "before that; nothing else was written")
+    assert written_outputs() == []

@@ -86,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     that were completely written before it stopped (:func:`bridge.format.output_files.disk_state`);
     no temporary file is left behind.
     """
-    from bridge.format.output_files import forget_written, remove_own_temps, termination_handlers
+    from bridge.format.output_files import noting_outputs, remove_own_temps, termination_handlers
 
     _quiet_framework_logs()
-    forget_written()
     try:
-        with termination_handlers():  # SIGTERM unwinds like Ctrl-C: temp files are removed
+        # SIGTERM unwinds like Ctrl-C: temp files are removed; the outputs written are noted
+        with noting_outputs(), termination_handlers():
             return _run(argv)
     finally:
         remove_own_temps()  # a signal that interrupted a cleanup: the temp files go now

@@ -117,9 +117,10 @@ def signals_deferred() -> Iterator[None]:
                 signal.raise_signal(pending[0])  # the default action, now that the step is done
 
 
-# temp files/folders of this process that still exist, and outputs renamed into place
+# temp files/folders of this process that still exist; the outputs renamed into place while a
+# command notes them (None: nobody asked, nothing is kept)
 _own_temps: set[Path] = set()
-_written: list[Path] = []
+_written: list[Path] | None = None
 
 
 def track_temp(path: Path) -> None:
@@ -157,27 +158,35 @@ def publish(tmp: Path, path: Path) -> None:
     with signals_deferred():
         os.replace(tmp, path)
         _own_temps.discard(tmp)
-        if path not in _written:
+        if _written is not None and path not in _written:
             _written.append(path)
 
 
+@contextlib.contextmanager
+def noting_outputs() -> Iterator[None]:
+    """While active (one command of the CLI), every output renamed into place is noted for
+    :func:`written_outputs` and :func:`disk_state`; outside, nothing is kept."""
+    global _written
+    previous, _written = _written, []
+    try:
+        yield
+    finally:
+        _written = previous
+
+
 def written_outputs() -> list[Path]:
-    """The outputs this process renamed into place (since :func:`forget_written`)."""
-    return list(_written)
-
-
-def forget_written() -> None:
-    """Start a new command: no output is written yet."""
-    _written.clear()
+    """The outputs renamed into place since :func:`noting_outputs` began."""
+    return list(_written or [])
 
 
 def disk_state() -> str:
     """What a command that stopped early leaves on disk, for its last line: ``nothing was
     written`` or the outputs that were completely written before it stopped."""
-    if not _written:
+    written = written_outputs()
+    if not written:
         return "nothing was written"
-    names = ", ".join(str(p) for p in _written)
-    verb = "was" if len(_written) == 1 else "were"
+    names = ", ".join(str(p) for p in written)
+    verb = "was" if len(written) == 1 else "were"
     return f"{names} {verb} written completely before that; nothing else was written"
 
 
