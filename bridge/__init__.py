@@ -20,7 +20,20 @@ from bridge.model.activations import QCFS, ClippedReLU
 from bridge.format.errors import BridgeError, ValidationFailed
 from bridge.format.nirio import read_graph, write_graph
 
-__version__ = "0.1.0"
+
+
+def _package_version() -> str:
+    """The installed distribution's version (pyproject.toml's, via its metadata): the one
+    version of bridge, shown by ``bridge --version`` and everywhere else."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bridge-snn")
+    except PackageNotFoundError:  # a source tree put on sys.path without installing it
+        return "0+unknown"
+
+
+__version__ = _package_version()
 
 _LAZY = {
     "convert": ("bridge.converter", "convert"),

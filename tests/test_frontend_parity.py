@@ -203,8 +203,19 @@ CASES: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], dict, str | Non
     ("GELU module", fn(lambda m, x: m.act(x), extra={"act": nn.GELU()}), S6, {}, r"gelu.*not a clipped ReLU.*GELU"),
     ("SE gating", fn(lambda m, x: x.relu() * torch.sigmoid(m.fc1(x.relu().mean((2, 3)))).unsqueeze(-1).unsqueeze(-1),
                      extra={"fc1": nn.Linear(3, 3)}), S6, {"thresholds": "max"}, r"sigmoid.*not a clipped ReLU"),
+    # normalisation layers get a normalisation layer's fix (BatchNorm or remove it), not an activation's
     ("LayerNorm", fn(lambda m, x: m.ln(x).relu(), extra={"ln": nn.LayerNorm([3, 6, 6])}), S6, {"thresholds": "max"},
-     r"not a clipped ReLU.*LayerNorm"),
+     r"^(?!.*(replace it by ReLU|clipped ReLU)).*a LayerNorm subtracts each sample's own mean and divides by its "
+     r"own standard deviation.*; use BatchNorm instead of the LayerNorm .*folds it.* or remove the normalisation"),
+    ("GroupNorm", fn(lambda m, x: m.gn(x).relu(), extra={"gn": nn.GroupNorm(1, 3)}), S6, {"thresholds": "max"},
+     r"^(?!.*replace it by ReLU).*a GroupNorm subtracts.*; use BatchNorm instead of the GroupNorm"),
+    ("InstanceNorm", fn(lambda m, x: m.inorm(x).relu(), extra={"inorm": nn.InstanceNorm2d(3)}), S6,
+     {"thresholds": "max"}, r"^(?!.*replace it by ReLU).*an InstanceNorm subtracts.*; use BatchNorm instead of the"),
+    ("RMSNorm", fn(lambda m, x: m.rms(x.flatten(1)).relu(), extra={"rms": nn.RMSNorm(108)}), S6,
+     {"thresholds": "max"}, r"^(?!.*replace it by ReLU).*an RMSNorm divides each sample.*; use BatchNorm instead"),
+    ("softmax at the end", fn(lambda m, x: torch.softmax(x.relu().flatten(1), 1)), S6, {"thresholds": "max"},
+     r"^(?!.*replace it by ReLU).*softmax divides by a sum.*; remove the softmax from the model: the predicted "
+     r"class \(argmax\) is the same"),
     ("leaky relu 0.1", fn(lambda m, x: F.leaky_relu(x, 0.1)), S6, {}, r"leaky_relu.*not a clipped ReLU"),
     ("leaky relu, slope 0", fn(lambda m, x: m.act(x), extra={"act": nn.LeakyReLU(0.0)}), S6, {"thresholds": "max"},
      ACCEPT),

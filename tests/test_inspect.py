@@ -54,6 +54,28 @@ def test_inspect_graph_matches_the_file(resnet_file):
     json.dumps(info)  # JSON-ready: plain Python types only
 
 
+def test_each_node_lists_its_inputs_so_a_residual_scale_is_readable(resnet_file, capsys):
+    path, graph = resnet_file
+    info = inspect_graph(graph)
+    by_name = {n["name"]: n for n in info["nodes"]}
+    for name in graph.nodes:
+        assert sorted(by_name[name]["inputs"]) == sorted(src for src, dst in graph.edges if dst == name)
+    assert by_name["input"]["inputs"] == []
+    scales = [n for n in info["nodes"] if n["type"] == "Scale"]
+    assert scales, "the residual graph has a Scale on its skip connection"
+    for scale in scales:  # the skip connection: from an IF layer into the sum before another IF
+        (src,) = scale["inputs"]
+        assert by_name[src]["type"] == "IF"
+        consumers = [n for n in info["nodes"] if scale["name"] in n["inputs"]]
+        assert len(consumers) == 1 and len(consumers[0]["inputs"]) == 2
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "inputs" in out.splitlines()[2]  # the header row of the node table
+    for n in info["nodes"]:
+        if len(n["inputs"]) == 2:  # a sum of two branches is shown as one
+            assert " + ".join(n["inputs"]) in out, n
+
+
 def test_plain_nir_graph_uses_nir_text_semantics(tmp_path):
     graph = nir.NIRGraph(
         nodes={"input": nir.Input(np.array([3])), "fc": nir.Affine(np.ones((2, 3)), np.zeros(2)),

@@ -68,6 +68,38 @@ def test_digits_input_reports_accuracy(model, capsys) -> None:
     assert f"accuracy: {acc:.2%}" in capsys.readouterr().out
 
 
+def test_a_labelled_npz_reports_accuracy_like_digits(model, tmp_path, capsys) -> None:
+    x, y = load_labelled("digits", input_shape=(1, 8, 8))
+    np.savez(tmp_path / "labelled.npz", x=x[:40].numpy(), y=y[:40].numpy())
+    out = tmp_path / "preds.npz"
+    assert main(["simulate", str(model), "--input", str(tmp_path / "labelled.npz"), "--steps", "4",
+                 "--output", str(out)]) == 0
+    preds = simulate(nir.read(model), x[:40].double(), 4).predictions()
+    correct = int((preds == y[:40]).sum())
+    printed = capsys.readouterr().out
+    assert f"accuracy: {correct / 40:.2%} ({correct}/40) at T = 4" in printed
+    with np.load(out) as z:  # --output holds the labels and the per-step accuracy, as for digits
+        assert np.array_equal(z["labels"], y[:40].numpy()) and z["accuracy_per_step"].shape == (4,)
+    # without labels: predictions only
+    np.savez(tmp_path / "unlabelled.npz", x=x[:40].numpy())
+    assert main(["simulate", str(model), "--input", str(tmp_path / "unlabelled.npz"), "--steps", "4"]) == 0
+    assert "accuracy" not in capsys.readouterr().out
+    # labels that do not fit the graph are refused like evaluate's
+    np.savez(tmp_path / "bad.npz", x=x[:40].numpy(), y=y[:40].numpy() + 10)
+    assert main(["simulate", str(model), "--input", str(tmp_path / "bad.npz"), "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "the graph has 10 outputs" in err and err.count("\n") == 1
+
+
+def test_piped_output_starts_with_the_results_not_a_blank_line(model, capsys) -> None:
+    # several batches: the progress bar is on; off a terminal it draws nothing, on stderr
+    assert main(["simulate", str(model), "--input", "digits", "--steps", "2", "--limit", "30",
+                 "--batch-size", "4"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{model}: 30 samples"), repr(captured.out[:40])
+    assert captured.err == ""
+
+
 def test_bad_inputs_exit_2_with_one_line_and_no_output(model, tmp_path, capsys) -> None:
     np.save(tmp_path / "bad.npy", np.zeros((3, 1, 7, 7), np.float32))
     out = tmp_path / "o.npz"

@@ -254,6 +254,97 @@ def test_json_markdown_and_report_folder(tmp_path, stand_ins):
     write_report(report, tmp_path / "rep", force=True)
 
 
+def _labelled_report():
+    g = two_layer_graph(theta2=0.9)
+    return validate(g, ["reference", "test-ge", "test-gt"], X, torch.tensor([0, 1]), steps=8,
+                    timesteps=[1, 4, 8])
+
+
+def test_tables_explain_their_rows_and_show_the_ann(stand_ins):
+    from rich.console import Console
+
+    from validation.report import ANN_MEANING, render
+
+    report = _labelled_report()
+    assert report.semantics == "bridge NIR extension 1.0"  # the extension's version, named as such
+    ann = report.reference.accuracy.ann_accuracy()
+    assert ann is not None
+    console = Console(record=True, width=220)
+    render(report, console)
+    lines = console.export_text().splitlines()
+    ann_pct = f"{100 * ann:.2f}%"
+    summary_ann = [l for l in lines if l.startswith("│ ANN") and "accuracy" not in l]
+    assert len(summary_ann) == 1 and summary_ann[0].rstrip(" │").endswith(ann_pct)
+    (ann_row,) = [l for l in lines if l.startswith("│ ANN") and "accuracy" in l]
+    assert ann_row.count(ann_pct) == len(report.timesteps)
+    header = next(l for l in lines if "measure" in l)
+    assert "backend" in header and all(f"T={t}" in header for t in report.timesteps)
+    for name in ("reference", "test-ge", "test-gt"):  # two labelled rows per backend
+        i = next(i for i, l in enumerate(lines) if l.startswith(f"│ {name} ") and "accuracy" in l)
+        assert "same class as the ANN" in lines[i + 1] and lines[i + 1].startswith("│  ")
+        acc = report.backends[[b.name for b in report.backends].index(name)].accuracy.accuracy()
+        assert all(f"{100 * acc[t]:.2f}%" in lines[i] for t in report.timesteps)
+    text = " ".join(" ".join(lines).split())
+    assert f"ANN: {ANN_MEANING} (no T)" in text  # the caption says what the ANN is
+    md = markdown(report, {})
+    assert f"- ANN accuracy: {ann_pct}" in md and f"| ANN | accuracy | {ann_pct} |" in md
+    assert "| reference | accuracy |" in md and "|  | same class as the ANN |" in md
+
+
+def test_accuracy_plot_has_an_ann_line_and_every_curve_visible(stand_ins):
+    import matplotlib.pyplot as plt
+
+    from validation.report import figure
+
+    report = _labelled_report()
+    fig = figure(report, "accuracy")
+    try:
+        ax = fig.axes[0]
+        lines = ax.get_lines()
+        (ann_line,) = [l for l in lines if l.get_label().startswith("ANN")]
+        ann = report.reference.accuracy.ann_accuracy()
+        assert list(ann_line.get_ydata()) == [100 * ann] * 2  # axhline: a horizontal line at the ANN
+        assert ann_line.get_label() == f"ANN ({100 * ann:.2f}%, no T)"
+        curves = [l for l in lines if l is not ann_line]
+        assert [l.get_label().split(" (= ")[0] for l in curves] == ["reference", "test-ge", "test-gt"]
+        # a different marker and line style each, each line thinner than the one below it
+        assert len({(l.get_marker(), str(l.get_linestyle())) for l in curves}) == len(curves)
+        widths = [l.get_linewidth() for l in curves]
+        assert widths == sorted(widths, reverse=True) and len(set(widths)) == len(widths)
+        # a curve identical to an earlier one says so in the legend (test-ge is the reference's rule)
+        for i, later in enumerate(curves):
+            same = [c.get_label() for c in curves[:i] if list(c.get_ydata()) == list(later.get_ydata())]
+            if same:
+                assert later.get_label().endswith(f" (= {same[0].split(' (= ')[0]})"), later.get_label()
+        assert curves[1].get_label() == "test-ge (= reference)"
+        legend = ax.get_legend()
+        assert [t.get_text() for t in legend.get_texts()] == [l.get_label() for l in curves + [ann_line]]
+        fig.canvas.draw()
+        assert legend.get_window_extent().x0 >= ax.get_window_extent().x1  # beside the axes, over no curve
+    finally:
+        plt.close(fig)
+
+
+def test_firing_rate_plot_names_each_backend_once_and_its_legend_covers_no_bar(stand_ins):
+    import matplotlib.pyplot as plt
+
+    from validation.report import figure
+
+    report = _labelled_report()  # the reference is also listed as a backend
+    fig = figure(report, "rates")
+    try:
+        ax = fig.axes[0]
+        legend = ax.get_legend()
+        assert [t.get_text() for t in legend.get_texts()] == ["reference", "test-ge", "test-gt"]
+        assert len(ax.containers) == 3 and all(len(c) == len(report.layers) for c in ax.containers)
+        fig.canvas.draw()
+        box = legend.get_window_extent()
+        for bar in ax.patches:
+            assert not box.overlaps(bar.get_window_extent()), "the legend covers a bar"
+    finally:
+        plt.close(fig)
+
+
 # -- CLI -----------------------------------------------------------------------------------
 @pytest.fixture
 def model_file(tmp_path):
@@ -325,3 +416,15 @@ def test_plain_nir_graph_uses_the_nir_text_semantics():
     # SpikingJelly fires on v >= theta: it differs only where v lands exactly on theta (ties)
     sj = by["spikingjelly-nir"].layers["a"]
     assert sj.mismatches > 0 and sj.unexplained == 0 and sj.ties >= 1
+
+
+def test_piped_validate_output_has_no_stray_blank_lines(tmp_path, capsys):
+    from tests import zoo
+
+    path = zoo.write_mlp_nir(tmp_path / "mlp.nir")
+    # 64 samples x 32 steps: the progress bar is on; off a terminal it draws nothing
+    assert main(["validate", str(path), "--backends", "reference", "--steps", "32", "--data", "digits",
+                 "--limit", "64"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.splitlines()[0].strip().startswith("bridge validate: 64 samples")

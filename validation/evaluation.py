@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from bridge.data.datasets import check_finite_data, check_labels
+from bridge.data.streaming import worker_batches
 from bridge.format.errors import BridgeError
 from bridge.format.graph import if_nodes_in_order, input_shape
 from bridge.reference.ops.base import NeuronOp
@@ -374,7 +375,7 @@ def evaluate_dataset(
     this_run = 0
     if progress is not None:
         progress(done, stop - start)
-    for xb, yb in loader:
+    for xb, yb in worker_batches(loader):  # a worker's error as its own one line
         _check_batch(xb, yb, classes, done)
         running, spikes = runner.run(xb, tmax)
         curve.add_readout(running, yb, predictor(xb))

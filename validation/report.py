@@ -36,13 +36,45 @@ def _curve(b: BackendReport, what: str) -> dict[int, float] | None:
     return b.accuracy.accuracy() if what == "accuracy" else b.accuracy.ann_agreement()
 
 
+def _ann_accuracy(report: ValidationReport) -> float | None:
+    """The ANN's accuracy on the same samples (None without labels or without an ANN view)."""
+    curve = report.reference.accuracy
+    return None if curve is None else curve.ann_accuracy()
+
+
+#: what "ANN" means in validate: the graph itself with every IF neuron as its rate function
+ANN_MEANING = "the graph with every IF neuron replaced by clip(I / theta, 0, 1)"
+
+
+def _with_curves(report: ValidationReport) -> list[BackendReport]:
+    """The backends with an accuracy curve, the reference first (once)."""
+    listed = any(b.name == "reference" for b in report.backends)
+    return [b for b in ([] if listed else [report.reference]) + report.backends
+            if _curve(b, "accuracy") is not None or _curve(b, "agreement") is not None]
+
+
+def _curve_rows(b: BackendReport) -> list[tuple[str, dict[int, float]]]:
+    """(measure, curve) rows of one backend: accuracy on the labels, agreement with the ANN."""
+    rows = []
+    for what, label in (("accuracy", "accuracy"), ("agreement", "same class as the ANN")):
+        curve = _curve(b, what)
+        if curve is not None:
+            rows.append((label, curve))
+    return rows
+
+
 # -- terminal ------------------------------------------------------------------------------
 def render(report: ValidationReport, console: Console) -> None:
     """Tables: one summary row per backend, then one table per compared backend and layer."""
     from rich.table import Table
 
     summary = Table(title=f"bridge validate: {report.samples} samples, T = {report.steps}, "
-                          f"{report.dtype}, {report.semantics}")
+                          f"{report.dtype}, {report.semantics}",
+                    caption="against the reference, every neuron and step: agree = same spike; first "
+                            "divergence = layer and step of the first other spike; unexpl. = differences "
+                            "no rounding tie explains; max|dv| = largest potential difference before a "
+                            "divergence; same pred = same predicted class; acc = accuracy on the labels",
+                    caption_justify="left")
     for col in ("backend", "status", "agree", "first divergence", "unexpl.",
                 "max|dv|", "same pred", f"acc T={report.steps}"):
         summary.add_column(col)
@@ -62,6 +94,9 @@ def render(report: ValidationReport, console: Console) -> None:
             _pct(c.outputs.prediction_agreement) if c else "-",
             _pct(acc[report.steps]) if acc and report.steps in acc else "-",
         )
+    ann = _ann_accuracy(report)
+    if ann is not None:
+        summary.add_row("ANN", "-", "-", "-", "-", "-", "-", _pct(ann))
     console.print(summary)
     for b in report.backends:
         if b.message:
@@ -78,16 +113,22 @@ def render(report: ValidationReport, console: Console) -> None:
                       str(l.first_divergence) if l.first_divergence else "none", _num(l.max_v_diff),
                       f"{l.firing_rate:.3f}", f"{l.ref_firing_rate:.3f}")
         console.print(t)
-    acc_table = Table(title="accuracy (top) and agreement with the ANN (bottom) vs T")
+    with_ann = ann is not None or any(_curve(b, "agreement") for b in _with_curves(report))
+    acc_table = Table(title="accuracy and agreement with the ANN vs T",
+                      caption="accuracy: on the labels; same class as the ANN: the share of samples given "
+                              f"the ANN's class; ANN: {ANN_MEANING} (no T)" if with_ann else None,
+                      caption_justify="left")
     acc_table.add_column("backend")
+    acc_table.add_column("measure")
     for ts in report.timesteps:
-        acc_table.add_column(f"T={ts}")
-    for b in ([] if listed else [report.reference]) + report.backends:
-        acc, agr = _curve(b, "accuracy"), _curve(b, "agreement")
-        if acc is None and agr is None:
-            continue
-        cells = [f"{_pct(acc.get(ts) if acc else None)}\n{_pct(agr.get(ts) if agr else None)}" for ts in report.timesteps]
-        acc_table.add_row(b.name, *cells)
+        acc_table.add_column(f"T={ts}", justify="right")
+    if ann is not None:
+        acc_table.add_row("ANN", "accuracy", *[_pct(ann)] * len(report.timesteps), end_section=True)
+    for b in _with_curves(report):
+        rows = _curve_rows(b)
+        for i, (measure, curve) in enumerate(rows):
+            acc_table.add_row(b.name if i == 0 else "", measure,
+                              *[_pct(curve.get(ts)) for ts in report.timesteps], end_section=i == len(rows) - 1)
     console.print(acc_table)
     for note in report.notes:
         console.print(f"note: {note}")
@@ -99,7 +140,9 @@ def markdown(report: ValidationReport, images: dict[str, str]) -> str:
     lines = [
         "# bridge validation report", "",
         f"- samples: {report.samples}, T = {report.steps}, dtype {report.dtype}, semantics: {report.semantics}",
-        f"- result: **{'PASS' if report.ok else 'FAIL'}**", "",
+        f"- result: **{'PASS' if report.ok else 'FAIL'}**",
+        *([f"- ANN accuracy: {_pct(_ann_accuracy(report))} ({ANN_MEANING})"]
+          if _ann_accuracy(report) is not None else []), "",
         "A mismatch is a neuron-step whose spike differs from the reference's. *tie*: the reference's "
         "pre-reset potential was within epsilon of the threshold (a rounding tie); *propagated*: the sample "
         "had already diverged upstream or earlier in that neuron; *unexplained*: anything else (a semantic "
@@ -135,17 +178,18 @@ def markdown(report: ValidationReport, images: dict[str, str]) -> str:
                          f"{l.firing_rate:.4f} | {l.ref_firing_rate:.4f} |")
         if b.comparison.unobserved:
             lines.append(f"\nNot observed by this backend: {', '.join(b.comparison.unobserved)}.")
-    lines += ["", "## Accuracy / agreement with the ANN vs T", "",
-              "| backend | " + " | ".join(f"T={t}" for t in report.timesteps) + " |",
-              "|---|" + "---|" * len(report.timesteps)]
-    listed = any(b.name == "reference" for b in report.backends)
-    for b in ([] if listed else [report.reference]) + report.backends:
-        acc, agr = _curve(b, "accuracy"), _curve(b, "agreement")
-        if acc is None and agr is None:
-            continue
-        cells = [f"{_pct(acc.get(t) if acc else None)} / {_pct(agr.get(t) if agr else None)}" for t in report.timesteps]
-        lines.append(f"| {b.name} | " + " | ".join(cells) + " |")
-    lines.append("\nEach cell: accuracy on the labels / agreement with the ANN's prediction.")
+    lines += ["", "## Accuracy and agreement with the ANN vs T", "",
+              "*accuracy*: on the labels; *same class as the ANN*: the share of samples whose predicted class "
+              f"is the ANN's ({ANN_MEANING}; the ANN has no T).", "",
+              "| backend | measure | " + " | ".join(f"T={t}" for t in report.timesteps) + " |",
+              "|---|---|" + "---|" * len(report.timesteps)]
+    ann = _ann_accuracy(report)
+    if ann is not None:
+        lines.append("| ANN | accuracy | " + " | ".join(_pct(ann) for _ in report.timesteps) + " |")
+    for b in _with_curves(report):
+        for i, (measure, curve) in enumerate(_curve_rows(b)):
+            lines.append(f"| {b.name if i == 0 else ''} | {measure} | "
+                         + " | ".join(_pct(curve.get(t)) for t in report.timesteps) + " |")
     for kind, title in (("accuracy", "Accuracy vs T"), ("agreement", "Per-layer spike agreement"),
                         ("rates", "Per-layer firing rates")):
         if kind in images:
@@ -156,68 +200,124 @@ def markdown(report: ValidationReport, images: dict[str, str]) -> str:
 
 
 # -- plots ---------------------------------------------------------------------------------
-def plot(report: ValidationReport, kind: str, path: Path) -> bool:
-    """Draw one plot into ``path`` (PNG); False when there is nothing to draw."""
+#: one look per curve (marker, line style, line width, marker size): drawn in order, each
+#: thinner than the last, so curves that coincide all stay visible
+_LOOKS = [("o", "-", 3.2, 10), ("s", "--", 2.4, 8), ("^", ":", 2.0, 7), ("D", "-.", 1.6, 6),
+          ("v", (0, (5, 1)), 1.3, 5), ("x", (0, (1, 1)), 1.1, 5), ("P", (0, (3, 1, 1, 1)), 1.0, 4)]
+
+
+def figure(report: ValidationReport, kind: str):
+    """One plot as a matplotlib Figure (Agg), None when there is nothing to draw. The caller
+    closes it (:func:`plot` saves and closes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    compared = [b for b in report.backends if b.comparison is not None and b.comparison.layers]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     try:
-        if kind == "accuracy":
-            drawn = False
-            listed = any(b.name == "reference" for b in report.backends)
-            for b in ([] if listed else [report.reference]) + report.backends:
-                curve = _curve(b, "accuracy") or _curve(b, "agreement")
-                if curve:
-                    ax.plot(list(curve), [100 * v for v in curve.values()], marker="o", label=b.name)
-                    drawn = True
-            if not drawn:
-                return False
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("time-steps T")
-            ax.set_ylabel("accuracy (%)" if report.reference.accuracy and report.reference.accuracy.labelled
-                          else "agreement with the ANN (%)")
-            ax.legend()
-            ax.grid(alpha=0.3)
-        elif kind == "agreement":
-            if not compared:
-                return False
-            data = np.array([[100 * b.comparison.layers[l].agreement if l in b.comparison.layers else np.nan
-                              for l in report.layers] for b in compared])
-            im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=min(90.0, float(np.nanmin(data))), vmax=100)
-            ax.set_yticks(range(len(compared)), [b.name for b in compared])
-            ax.set_xticks(range(len(report.layers)), report.layers, rotation=45, ha="right")
-            fig.colorbar(im, ax=ax, label="spike agreement (%)")
-            for (i, j), v in np.ndenumerate(data):
-                if not np.isnan(v):
-                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white" if v < 97 else "black")
-        elif kind == "rates":
-            if not compared:
-                return False
-            base = compared[0].comparison
-            xs = np.arange(len(report.layers))
-            width = 0.8 / (len(compared) + 1)
-            ax.bar(xs, [base.layers[l].ref_firing_rate if l in base.layers else np.nan for l in report.layers],
-                   width, label="reference")
-            for i, b in enumerate(compared, 1):
-                ax.bar(xs + i * width, [b.comparison.layers[l].firing_rate if l in b.comparison.layers else np.nan
-                                        for l in report.layers], width, label=b.name)
-            ax.set_xticks(xs + width * len(compared) / 2, report.layers, rotation=45, ha="right")
-            ax.set_ylabel("spikes per neuron per step")
-            ax.legend()
-        else:
-            raise ValueError(kind)
-        ax.set_title({"accuracy": "accuracy vs T", "agreement": "per-layer spike agreement",
-                      "rates": "per-layer firing rates"}[kind])
-        fig.tight_layout()
+        drawn = {"accuracy": _accuracy_plot, "agreement": _agreement_plot, "rates": _rates_plot}[kind](
+            report, fig, ax)
+    except BaseException:
+        plt.close(fig)
+        raise
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_title({"accuracy": "accuracy vs T", "agreement": "per-layer spike agreement",
+                  "rates": "per-layer firing rates"}[kind])
+    fig.tight_layout()
+    return fig
+
+
+def plot(report: ValidationReport, kind: str, path: Path) -> bool:
+    """Draw one plot into ``path`` (PNG); False when there is nothing to draw."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(report, kind)
+    if fig is None:
+        return False
+    try:
         fig.savefig(path, dpi=110)
-        return True
     finally:
         plt.close(fig)
+    return True
+
+
+def _accuracy_plot(report: ValidationReport, fig, ax) -> bool:
+    """Accuracy vs T per backend (agreement with the ANN when there are no labels), the ANN's
+    accuracy as a horizontal line; a curve equal to an earlier one says so in the legend."""
+    labelled = bool(report.reference.accuracy and report.reference.accuracy.labelled)
+    what = "accuracy" if labelled else "agreement"
+    drawn: list[tuple[str, dict[int, float]]] = []
+    for b in _with_curves(report):
+        curve = _curve(b, what)
+        if not curve:
+            continue
+        marker, style, width, size = _LOOKS[len(drawn) % len(_LOOKS)]
+        same = next((name for name, other in drawn if other == curve), None)
+        ax.plot(list(curve), [100 * v for v in curve.values()], marker=marker, linestyle=style,
+                linewidth=width, markersize=size, markerfacecolor="none", markeredgewidth=1.5,
+                label=b.name + (f" (= {same})" if same else ""), zorder=2 + len(drawn))
+        drawn.append((b.name, curve))
+    if not drawn:
+        return False
+    ann = _ann_accuracy(report)
+    if labelled and ann is not None:
+        ax.axhline(100 * ann, color="black", linestyle=(0, (6, 3)), linewidth=1.2,
+                   label=f"ANN ({_pct(ann)}, no T)", zorder=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(report.timesteps, [str(t) for t in report.timesteps])
+    ax.set_xlabel("time-steps T")
+    ax.set_ylabel("accuracy (%)" if labelled else "same class as the ANN (%)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.grid(alpha=0.3)
+    return True
+
+
+def _compared(report: ValidationReport) -> list[BackendReport]:
+    return [b for b in report.backends if b.comparison is not None and b.comparison.layers]
+
+
+def _agreement_plot(report: ValidationReport, fig, ax) -> bool:
+    import numpy as np
+
+    compared = _compared(report)
+    if not compared:
+        return False
+    data = np.array([[100 * b.comparison.layers[l].agreement if l in b.comparison.layers else np.nan
+                      for l in report.layers] for b in compared])
+    im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=min(90.0, float(np.nanmin(data))), vmax=100)
+    ax.set_yticks(range(len(compared)), [b.name for b in compared])
+    ax.set_xticks(range(len(report.layers)), report.layers, rotation=45, ha="right")
+    fig.colorbar(im, ax=ax, label="spike agreement (%)")
+    for (i, j), v in np.ndenumerate(data):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white" if v < 97 else "black")
+    return True
+
+
+def _rates_plot(report: ValidationReport, fig, ax) -> bool:
+    """Per layer, the reference's firing rate and each other backend's, side by side; the
+    legend sits outside the axes, where it covers no bar."""
+    import numpy as np
+
+    compared = _compared(report)
+    if not compared:
+        return False
+    base = compared[0].comparison  # every comparison holds the same reference rates
+    others = [b for b in compared if b.name != "reference"]  # the reference is the first bar
+    xs = np.arange(len(report.layers))
+    width = 0.8 / (len(others) + 1)
+    ax.bar(xs, [base.layers[l].ref_firing_rate if l in base.layers else np.nan for l in report.layers],
+           width, label="reference")
+    for i, b in enumerate(others, 1):
+        ax.bar(xs + i * width, [b.comparison.layers[l].firing_rate if l in b.comparison.layers else np.nan
+                                for l in report.layers], width, label=b.name)
+    ax.set_xticks(xs + width * len(others) / 2, report.layers, rotation=45, ha="right")
+    ax.set_ylabel("spikes per neuron per step")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    return True
 
 
 def write_report(report: ValidationReport, folder: str | Path, *, force: bool = False) -> Path:

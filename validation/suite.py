@@ -71,7 +71,7 @@ class ValidationReport:
     samples: int
     timesteps: list[int]
     dtype: str
-    semantics: str  # "bridge 1.0" or "NIR text"
+    semantics: str  # "bridge NIR extension 1.0" or "NIR text ..."
     layers: list[str]
     reference: BackendReport
     backends: list[BackendReport] = field(default_factory=list)
@@ -221,7 +221,7 @@ def validate(
             rep.status = "failed"
     return ValidationReport(
         steps=steps, samples=len(x), timesteps=ts, dtype=str(dtype).removeprefix("torch."),
-        semantics=f"bridge {sem.version}" if sem.is_bridge else "NIR text (no bridge metadata)",
+        semantics=f"bridge NIR extension {sem.version}" if sem.is_bridge else "NIR text (no bridge metadata)",
         layers=if_nodes_in_order(graph), reference=reference, backends=reports, notes=notes,
     )
 

@@ -80,33 +80,63 @@ def _quiet_framework_logs() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI; user errors print one line and exit 2 (1 for failed checks)."""
-    from bridge.format.output_files import Terminated, termination_handlers
+    """Entry point: run the CLI; user errors print one line and exit 2 (1 for failed checks).
+
+    A run stopped by an error or a signal says what it left on disk: nothing, or the outputs
+    that were completely written before it stopped (:func:`bridge.format.output_files.disk_state`);
+    no temporary file is left behind.
+    """
+    from bridge.format.output_files import noting_outputs, remove_own_temps, termination_handlers
 
     _quiet_framework_logs()
     try:
-        with termination_handlers():  # SIGTERM unwinds like Ctrl-C: temp files are removed
-            cli.main(args=argv, prog_name="bridge", standalone_mode=False)
-    except BridgeError as exc:
+        # SIGTERM unwinds like Ctrl-C: temp files are removed; the outputs written are noted
+        with noting_outputs(), termination_handlers():
+            return _run(argv)
+    finally:
+        remove_own_temps()  # a signal that interrupted a cleanup: the temp files go now
+
+
+def _unwrap(exc: BaseException) -> BaseException | None:
+    """A DataLoader worker's error as its own one-line error (None for any other error)."""
+    if "DataLoader worker process" not in str(exc):
+        return None  # bridge.data.streaming imports torch: only on this path
+    from bridge.data.streaming import unwrap_worker_error
+
+    unwrapped = unwrap_worker_error(exc)
+    return None if unwrapped is exc else unwrapped
+
+
+def _run(argv: list[str] | None) -> int:
+    from bridge.format.output_files import Terminated, disk_state, written_outputs
+
+    def error(message: str) -> None:
         # one line, always: a library's message may carry newlines
-        click.echo(f"bridge: error: {' '.join(str(exc).split())}", err=True)
-        return exc.exit_code
+        line = " ".join(message.split())
+        if written_outputs():
+            line += f" ({disk_state()})"
+        click.echo(f"bridge: error: {line}", err=True)
+
+    try:
+        cli.main(args=argv, prog_name="bridge", standalone_mode=False)
+    except BridgeError as exc:
+        shown = _unwrap(exc) or exc  # a DataLoader worker's error: its own message
+        error(str(shown))
+        return getattr(shown, "exit_code", exc.exit_code)
     except Terminated as exc:
-        click.echo(f"bridge: terminated by signal {exc.signum}; nothing was written", err=True)
+        click.echo(f"bridge: terminated by signal {exc.signum}; {disk_state()}", err=True)
         return 128 + exc.signum
     except OSError as exc:  # the environment (disk, permissions) after every check passed
         from bridge.format.input_files import describe_os_error
 
         where = f" {exc.filename}" if exc.filename else ""
-        click.echo(f"bridge: error: cannot complete the command:{where}: {describe_os_error(exc)}",
-                   err=True)
+        error(f"cannot complete the command:{where}: {describe_os_error(exc)}")
         return 2
     except MemoryError:
-        click.echo("bridge: error: out of memory; use fewer samples (--limit, --batch-size) "
-                   "or fewer --steps", err=True)
+        error("out of memory; use fewer samples (--limit, --batch-size) or fewer --steps")
         return 2
-    except click.exceptions.Abort:
-        click.echo("bridge: interrupted; nothing was written", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo(f"bridge: interrupted; {disk_state()}", err=True)
         return 130
     except click.ClickException as exc:
         # click's usage block is several lines; bridge's contract is one line per error
@@ -114,13 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         hint = ""
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             hint = f" (see `{exc.ctx.command_path} --help`)"
-        click.echo(f"bridge: error: {message}{hint}", err=True)
+        error(f"{message}{hint}")
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("bridge: interrupted; nothing was written", err=True)
-        return 130
+    except Exception as exc:
+        shown = _unwrap(exc)  # a DataLoader worker failed reading the data
+        if shown is None:
+            raise  # a bug: its traceback is what a report needs
+        error(str(shown))
+        return 2
     return 0
 
 

@@ -20,12 +20,33 @@ Examples:
 
 \b
 Input: .npy, .npz (array 'x' or the only array) or .pt, shaped [N, *input_shape] (the same
-input at every step) or, for graphs fed per step, [T, N, *input_shape]; `digits` uses the
-360 held-out digits (the split `bridge demo` tests on) at the size of the graph's
-Input node, and prints accuracy.
+input at every step) or, for graphs fed per step, [T, N, *input_shape]. With labels (an
+.npz holding 'x' and 'y', or `digits`: the 360 held-out digits, the split `bridge demo`
+tests on, at the size of the graph's Input node) the accuracy is printed too.
 --output writes readout [N, ...], predictions [N], outputs [T, N, ...] (and labels,
-accuracy_per_step for digits); --trace writes '<node>.spikes' (uint8) and '<node>.v'
+accuracy_per_step with labels); --trace writes '<node>.spikes' (uint8) and '<node>.v'
 [T, N, ...] for every IF/LIF node. Existing files are kept unless --force."""
+
+
+def _read_input(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The input tensor of a file, and its labels where it has them: an ``.npz`` with arrays
+    ``x`` and ``y`` (the labelled format ``evaluate`` and ``validate`` read)."""
+    from bridge.data.datasets import check_finite_data, load_tensor_file, read_tensor_arrays
+
+    if Path(path).suffix.lower() == ".npz" and "y" in _npz_names(Path(path)):
+        x, y = read_tensor_arrays(path, ("x", "y"))
+        return check_finite_data(x.float(), Path(path)), y
+    return load_tensor_file(path), None
+
+
+def _npz_names(path: Path) -> list[str]:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return [n.removesuffix(".npy") for n in z.namelist()]
+    except (OSError, zipfile.BadZipFile):
+        return []  # not a zip: load_tensor_file says what is wrong
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -54,7 +75,7 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
              output_path: Path | None, dtype: str, batch_size: int, device: str,
              dt: float | None, limit: int | None, force: bool) -> None:
     """Run MODEL (a NIR file) for T steps with the reference simulator and print the
-    predicted classes (and the accuracy on the digits)."""
+    predicted classes (and the accuracy where the input has labels)."""
     from bridge.reference.probe import read_probed_graph
     from bridge.format.nirio import check_output_path, write_with
     from bridge.reference import ReferenceSimulator
@@ -80,10 +101,14 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
 
         x, labels = load_labelled("digits", input_shape=shape)
     else:
-        from bridge.data.datasets import load_tensor_file
-
-        x = load_tensor_file(input_)
+        x, labels = _read_input(input_)
     batch_dim = 1 if x.dim() == len(shape) + 2 else 0  # [T, N, ...] inputs batch on dim 1
+    if labels is not None and input_ != "digits":
+        from bridge.data.datasets import check_labels
+        from bridge.reference.probe import output_classes
+
+        samples = x if batch_dim == 0 else x[0]
+        labels = check_labels(samples, labels, input_, output_classes(graph))
     if limit is not None:
         x = x.narrow(batch_dim, 0, min(limit, x.shape[batch_dim]))
         labels = labels[: x.shape[batch_dim]] if labels is not None else None
@@ -106,7 +131,10 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
     slices = _batches(n, batch_size)
     from rich.progress import Progress
 
-    with Progress(transient=True, disable=len(slices) < 2) as bar:
+    from app.cli.console import console
+
+    err = console(stderr=True)  # stdout holds the results only (a pipe gets no blank line)
+    with Progress(console=err, transient=True, disable=len(slices) < 2 or not err.is_terminal) as bar:
         task = bar.add_task(f"simulating {n} samples, T={steps}", total=len(slices))
         for sl in slices:
             xb = x[sl] if batch_dim == 0 else x[:, sl]

@@ -108,7 +108,7 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
         err = console(stderr=True)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, transient=True,
-                      disable=len(x) * steps < 2000 or not group.is_main) as bar:
+                      disable=len(x) * steps < 2000 or not group.is_main or not err.is_terminal) as bar:
             # the reference runs once as the baseline (and once more if it is also listed)
             tasks = {n: bar.add_task(n, total=len(x) * (1 + (n == "reference"))) for n in dict.fromkeys(["reference", *names])}
             report = run_validation(

@@ -128,10 +128,28 @@ _WHY_NOT_IF = (
     (("elu", "selu", "celu"), "ELU is negative (exponential) for x < 0"),
     (("softplus",), "softplus is smooth and positive for x < 0"),
     (("leaky_relu", "leakyrelu", "prelu", "rrelu"), "a leaky ReLU with a negative slope is negative for x < 0"),
-    (("layer_norm", "layernorm", "group_norm", "groupnorm", "instance_norm", "instancenorm"),
-     "a LayerNorm / GroupNorm divides by a statistic of each sample, not a fixed affine map"),
-    (("softmax", "log_softmax"), "softmax normalises by a sum over the sample"),
 )
+
+#: normalisation layers that divide by statistics of each sample (the name as the front-ends
+#: spell it -> the layer): not an activation, so they get a normalisation layer's fix
+_SAMPLE_NORMS = {
+    "layer_norm": "LayerNorm", "layernorm": "LayerNorm", "group_norm": "GroupNorm",
+    "groupnorm": "GroupNorm", "instance_norm": "InstanceNorm", "instancenorm": "InstanceNorm",
+    "instancenorm1d": "InstanceNorm", "instancenorm2d": "InstanceNorm", "rms_norm": "RMSNorm",
+    "rmsnorm": "RMSNorm", "local_response_norm": "LocalResponseNorm",
+    "localresponsenorm": "LocalResponseNorm",
+}
+_NORM_DOES = {
+    "LayerNorm": "a LayerNorm subtracts each sample's own mean and divides by its own standard deviation",
+    "GroupNorm": "a GroupNorm subtracts each sample's own mean and divides by its own standard deviation "
+                 "(per group of channels)",
+    "InstanceNorm": "an InstanceNorm subtracts each sample's own mean and divides by its own standard "
+                    "deviation (per channel)",
+    "RMSNorm": "an RMSNorm divides each sample by its own root mean square",
+    "LocalResponseNorm": "a LocalResponseNorm divides each value by a power of the sum of squares of its "
+                         "neighbouring channels",
+}
+_SOFTMAX = ("softmax", "log_softmax", "_softmax", "_log_softmax", "logsoftmax")
 
 
 def pointwise_step(out: Any, name: str, x: Any, site: Site, kind: str, operands: tuple[Any, Any, Any], *,
@@ -163,7 +181,19 @@ def pointwise_step(out: Any, name: str, x: Any, site: Site, kind: str, operands:
 def unsupported(site: Site) -> BridgeError:
     """No rule for this op. A known activation that is not a clipped ReLU (sigmoid, SiLU, GELU,
     SE gating, LayerNorm ...) says why an IF neuron cannot represent it."""
-    what = re.findall(r"[a-z_]+", site.label.lower().replace("aten.", " "))
+    what = re.findall(r"[a-z_0-9]+", site.label.lower().replace("aten.", " "))
+    norm = next((_SAMPLE_NORMS[w] for w in what if w in _SAMPLE_NORMS), None)
+    if norm is not None:  # a normalisation layer, not an activation: a normalisation's fix
+        return refuse(site, f"{_NORM_DOES[norm]}: a division by a value computed from the input, "
+                      "which no weight, bias or threshold of an IF layer can hold",
+                      f"use BatchNorm instead of the {norm} (its running statistics are fixed at "
+                      "inference, so bridge folds it into the preceding conv/linear) or remove the "
+                      "normalisation, and retrain")
+    if any(w in _SOFTMAX for w in what):
+        return refuse(site, "softmax divides by a sum over each sample's outputs, which no IF layer "
+                      "computes", "remove the softmax from the model: the predicted class (argmax) is "
+                      "the same without it; apply softmax to the readout yourself if you need "
+                      "probabilities")
     for names, why in _WHY_NOT_IF:
         if any(w in names for w in what):
             return refuse(site, f"not a clipped ReLU: an IF neuron's rate is clip(z / theta, 0, 1) "

@@ -18,8 +18,9 @@ fitted to the input shape as :func:`bridge.data.datasets.fit_images` does.
 from __future__ import annotations
 
 import os
+import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -94,9 +95,26 @@ class ImageTransform:
         mean = torch.tensor(self.mean or (0.0,) * c, dtype=x.dtype).view(-1, 1, 1)
         std = torch.tensor(self.std or (1.0,) * c, dtype=x.dtype).view(-1, 1, 1)
         if mean.shape[0] not in (1, c) or std.shape[0] not in (1, c):
-            raise BridgeError(f"--transform mean/std have {mean.shape[0]}/{std.shape[0]} values for "
-                              f"{c} channels; give one value per channel")
+            raise BridgeError(self._channel_message(c))
         return (x - mean) / std
+
+    def check_channels(self, channels: int) -> None:
+        """Refuse, before any image is read, a mean/std with neither 1 nor ``channels`` values."""
+        if any(v is not None and len(v) not in (1, channels) for v in (self.mean, self.std)):
+            raise BridgeError(self._channel_message(channels))
+
+    def _channel_message(self, channels: int) -> str:
+        counts = "/".join(str(len(v)) if v is not None else "0" for v in (self.mean, self.std))
+        what = ("the ImageNet mean/std (--transform imagenet) are for 3 channels (RGB)"
+                if (self.mean, self.std) == (IMAGENET_MEAN, IMAGENET_STD)
+                else f"--transform mean/std have {counts} values")
+        if channels == 1:
+            example = ("; for a 1-channel (grey) model give one value each, e.g. --transform "
+                       "imagenet,mean=0.449,std=0.226 (the ImageNet values averaged over RGB)")
+        else:
+            example = (f"; give one value per channel ({channels}, separated by /) or one value "
+                       "for all, e.g. mean=0.5,std=0.25")
+        return f"{what}, the model takes {channels}-channel input{example}"
 
 
 def parse_transform(spec: str | None) -> ImageTransform | None:
@@ -301,6 +319,8 @@ def open_dataset(spec: str, *, input_shape: Sequence[int],
     """The labelled data set ``spec`` (as :func:`bridge.data.datasets.load_labelled` reads it),
     one sample at a time, each shaped like ``input_shape``."""
     shape = tuple(int(s) for s in input_shape)
+    if transform is not None and len(shape) == 3:
+        transform.check_channels(shape[0])  # here, not in a DataLoader worker for every image
     kind, _, rest = spec.partition(":")
     if spec == "digits":
         split = digits_split(size=8)
@@ -326,3 +346,60 @@ def open_dataset(spec: str, *, input_shape: Sequence[int],
 def first_samples(dataset: Dataset, n: int) -> torch.Tensor:
     """The first ``n`` samples stacked (calibration data for a conversion)."""
     return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])  # type: ignore[arg-type]
+
+
+# -- errors inside DataLoader workers -----------------------------------------------------------
+#: torch's ExceptionWrapper.reraise: "Caught <Type> in DataLoader worker process <n>.\nOriginal
+#: Traceback (most recent call last): ...", the worker's whole traceback in one message
+_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process (\d+)\.\s*Original Traceback")
+
+
+def worker_error_message(exc: BaseException) -> tuple[str, str] | None:
+    """``(type name, original message)`` of an error re-raised from a DataLoader worker (the
+    last line of the worker's traceback, ``module.Type: message``), None for any other error."""
+    text = str(exc)
+    found = _WORKER_ERROR.match(text)
+    if found is None:
+        return None
+    name = found.group(1)
+    # the traceback ends with traceback.format_exception_only: "[module.]Type: message"; the
+    # last such line is the error itself (earlier ones belong to chained exceptions)
+    last = None
+    for last in re.finditer(rf"^(?:[\w.]+\.)?{re.escape(name)}(?:: |$)", text, re.M):
+        pass
+    message = text[last.end():] if last is not None else ""
+    return name, " ".join(message.split()) or name
+
+
+def unwrap_worker_error(exc: BaseException) -> BaseException:
+    """The error to show for ``exc``: a DataLoader worker's error as its original one-line
+    message (a :class:`BridgeError` keeps its class, so its exit code; any other error becomes a
+    BridgeError naming its type), every other error unchanged."""
+    found = worker_error_message(exc)
+    if found is None:
+        return exc
+    name, message = found
+    if isinstance(exc, BridgeError):
+        try:
+            return type(exc)(message)
+        except Exception:  # noqa: BLE001  a subclass with another constructor
+            return BridgeError(message)
+    return BridgeError(f"reading the data failed ({name}: {message}); check the data, or run with "
+                       "--workers 0 to see where")
+
+
+def worker_batches(loader: Iterable) -> Iterator:
+    """The batches of a DataLoader; an error raised in one of its worker processes comes out as
+    the worker's own error (:func:`unwrap_worker_error`), not as torch's wrapped traceback."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            unwrapped = unwrap_worker_error(exc)
+            if unwrapped is exc:
+                raise
+            raise unwrapped from None
+        yield batch

@@ -54,7 +54,8 @@ def inspect_graph(graph: nir.NIRGraph) -> dict[str, Any]:
     """Describe ``graph`` as JSON-ready data.
 
     Returns ``{"semantics": {...}, "nodes": [...], "totals": {...}}``. Each node entry has
-    ``name``, ``type``, ``input_shape``, ``output_shape``, ``params`` and, for IF nodes,
+    ``name``, ``type``, ``inputs`` (the nodes with an edge into it: two or more where branches
+    are summed, e.g. a residual addition), ``input_shape``, ``output_shape``, ``params`` and, for IF nodes,
     ``neurons``, ``threshold_min/max``, ``v_init_min/max`` (fractions of theta), ``reset``
     and ``spike_condition``; a dense-encoded grouped conv (bridge conv metadata) has ``groups``
     and ``grouped_params`` (the parameters of the grouped form bridge runs),
@@ -66,11 +67,16 @@ def inspect_graph(graph: nir.NIRGraph) -> dict[str, Any]:
     thresholds: list[np.ndarray] = []
     resets: set[str] = set()
     conditions: set[str] = set()
+    inputs: dict[str, list[str]] = {name: [] for name in graph.nodes}
+    for src, dst in graph.edges:  # in the file's edge order
+        if dst in inputs:
+            inputs[dst].append(src)
     for name in _topological(graph):
         node = graph.nodes[name]
         entry: dict[str, Any] = {
             "name": name,
             "type": type(node).__name__,
+            "inputs": inputs[name],
             "input_shape": _shape(getattr(node, "input_type", None), "input"),
             "output_shape": _shape(getattr(node, "output_type", None), "output"),
             "params": _params(node),
@@ -133,20 +139,25 @@ def _fmt_range(lo: float | None, hi: float | None) -> str:
     return f"{lo:.4g}" if np.isclose(lo, hi, rtol=1e-9, atol=0) else f"{lo:.4g} .. {hi:.4g}"
 
 
+def _fmt_inputs(names: list[str]) -> str:
+    """The node's inputs: ``-`` for none, ``a + b`` where several are summed."""
+    return " + ".join(names) if names else "-"
+
+
 def render(info: dict[str, Any], title: str = "") -> Any:
     """The summary as a rich renderable: the node table, then semantics and totals."""
     from rich.console import Group
     from rich.table import Table
 
     table = Table(title=title or None, title_justify="left")
-    for col, justify in (("node", "left"), ("type", "left"), ("input -> output", "left"),
+    for col, justify in (("node", "left"), ("inputs", "left"), ("type", "left"), ("input -> output", "left"),
                          ("threshold", "right"), ("v_init / theta", "right"), ("params", "right")):
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for n in info["nodes"]:
         shapes = f"{_fmt_shape(n['input_shape'])} -> {_fmt_shape(n['output_shape'])}"
         kind = f"{n['type']} (groups={n['groups']})" if "groups" in n else n["type"]
         kind += f" (QCFS L={n['qcfs_levels']}, shift {n['qcfs_shift']:g})" if "qcfs_levels" in n else ""
-        table.add_row(n["name"], kind, shapes,
+        table.add_row(n["name"], _fmt_inputs(n["inputs"]), kind, shapes,
                       _fmt_range(n.get("threshold_min"), n.get("threshold_max")),
                       _fmt_range(n.get("v_init_min"), n.get("v_init_max")),
                       f"{n['params']:,}" if n["params"] else "")

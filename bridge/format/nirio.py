@@ -21,8 +21,12 @@ from bridge.format.input_files import check_input_file, first_line
 from bridge.format.output_files import (
     check_output_location,
     output_error,
+    publish,
+    remove_temp,
+    signals_deferred,
     sweep_stale_temps,
     temp_prefix,
+    track_temp,
 )
 
 
@@ -51,22 +55,24 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     sweep_stale_temps(path)
     tmp: Path | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix or ".tmp",
-                                        dir=path.parent or ".")
-        tmp = Path(tmp_name)
-        os.close(fd)
+        with signals_deferred():  # the temp file exists only once it is noted for cleanup
+            fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix or ".tmp",
+                                            dir=path.parent or ".")
+            tmp = Path(tmp_name)
+            track_temp(tmp)
+            os.close(fd)
         # mkstemp creates 0600; give the output the permissions a plain open() would
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         yield tmp
-        os.replace(tmp, path)
+        publish(tmp, path)  # renamed and noted as written, a signal before or after, not between
+        tmp = None
     except OSError as exc:
         raise output_error(path, exc) from None
     finally:
         if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            remove_temp(tmp)
 
 
 def write_graph(graph: nir.NIRGraph, path: str | Path, *, force: bool = False) -> Path:

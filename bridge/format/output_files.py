@@ -10,7 +10,13 @@ what can go wrong around that:
   (:func:`sweep_stale_temps`), never one of a run still going.
 * **Signals**: SIGTERM and SIGHUP are turned into :class:`Terminated` (like Ctrl-C's
   KeyboardInterrupt), so the ``finally`` blocks that delete temporary files run and the
-  previous output stays as it was (:func:`termination_handlers`).
+  previous output stays as it was (:func:`termination_handlers`). The steps that must not be
+  cut in two (create a temp file and note it for cleanup; rename it into place and note the
+  output as written; delete it) run with the signals held (:func:`signals_deferred`); every
+  temp file still known at exit is removed (:func:`remove_own_temps`, also at interpreter exit).
+* **What is on disk**: every output renamed into place is noted (:func:`publish`), so a
+  command stopped by a signal or an error can say which outputs are complete
+  (:func:`disk_state`) instead of guessing "nothing was written".
 * **OS errors** (read-only folder, a parent that is a file, a name too long, a full disk, a
   file-size limit) become one line naming the cause (:func:`output_error`).
 * **Memory**: :func:`require_memory` refuses a run whose results cannot fit before it
@@ -19,12 +25,14 @@ what can go wrong around that:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import os
 import re
 import shutil
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -69,6 +77,117 @@ def termination_handlers() -> Iterator[None]:
         for sig, handler in previous.items():
             with contextlib.suppress(ValueError, OSError, TypeError):
                 signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+#: the signals a user sends to stop a run (Ctrl-C, kill, a closed terminal)
+_STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))
+                      if s is not None)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP until the block ends, then act on the first one that came
+    (its handler runs then: KeyboardInterrupt, :class:`Terminated`, or the default action).
+
+    For the few steps that must not be cut in two: a signal lands before or after them, never
+    between. Python runs signal handlers in the main thread only; elsewhere this is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    previous: dict[int, object] = {}
+    try:
+        for sig in _STOP_SIGNALS:
+            with contextlib.suppress(ValueError, OSError):
+                previous[sig] = signal.signal(sig, hold)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # type: ignore[arg-type]
+        if pending:
+            handler = previous.get(pending[0])
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler != signal.SIG_IGN:
+                signal.raise_signal(pending[0])  # the default action, now that the step is done
+
+
+# temp files/folders of this process that still exist; the outputs renamed into place while a
+# command notes them (None: nobody asked, nothing is kept)
+_own_temps: set[Path] = set()
+_written: list[Path] | None = None
+
+
+def track_temp(path: Path) -> None:
+    """Note a temp file/folder of this process; :func:`remove_own_temps` removes it if it is
+    still there (call inside :func:`signals_deferred`, with the call that creates it)."""
+    _own_temps.add(Path(path))
+
+
+def remove_temp(path: Path) -> None:
+    """Delete a temp file/folder of this process (if it exists) and forget it."""
+    path = Path(path)
+    with signals_deferred():
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        _own_temps.discard(path)
+
+
+def remove_own_temps() -> None:
+    """Delete every temp file/folder this process created and still holds: the last resort for
+    a signal that interrupted a cleanup (the CLI calls it before it exits, and at exit)."""
+    for path in sorted(_own_temps):
+        remove_temp(path)
+
+
+atexit.register(remove_own_temps)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Rename the finished ``tmp`` onto ``path`` (atomic) and note ``path`` as written, with
+    the signals held, so that a signal never falls between the two."""
+    tmp, path = Path(tmp), Path(path)
+    with signals_deferred():
+        os.replace(tmp, path)
+        _own_temps.discard(tmp)
+        if _written is not None and path not in _written:
+            _written.append(path)
+
+
+@contextlib.contextmanager
+def noting_outputs() -> Iterator[None]:
+    """While active (one command of the CLI), every output renamed into place is noted for
+    :func:`written_outputs` and :func:`disk_state`; outside, nothing is kept."""
+    global _written
+    previous, _written = _written, []
+    try:
+        yield
+    finally:
+        _written = previous
+
+
+def written_outputs() -> list[Path]:
+    """The outputs renamed into place since :func:`noting_outputs` began."""
+    return list(_written or [])
+
+
+def disk_state() -> str:
+    """What a command that stopped early leaves on disk, for its last line: ``nothing was
+    written`` or the outputs that were completely written before it stopped."""
+    written = written_outputs()
+    if not written:
+        return "nothing was written"
+    names = ", ".join(str(p) for p in written)
+    verb = "was" if len(written) == 1 else "were"
+    return f"{names} {verb} written completely before that; nothing else was written"
 
 
 def temp_prefix(path: Path) -> str:
@@ -125,7 +244,7 @@ def output_error(path: Path, exc: OSError) -> BridgeError:
         errno.ENOTDIR: "fix the path",
     }
     fix = fixes.get(exc.errno or -1, "check the path and the disk")
-    return BridgeError(f"cannot write {path}: {cause}; {fix}; nothing was written")
+    return BridgeError(f"cannot write {path}: {cause}; {fix}; nothing was written there")
 
 
 def write_failure(path: Path, exc: BaseException) -> BridgeError:
@@ -134,7 +253,7 @@ def write_failure(path: Path, exc: BaseException) -> BridgeError:
     if isinstance(exc, OSError) and exc.errno is not None:
         return output_error(path, exc)
     return BridgeError(f"cannot write {path}: {first_line(exc)}; the disk may be full or a "
-                       "file-size limit set (ulimit -f); nothing was written")
+                       "file-size limit set (ulimit -f); nothing was written there")
 
 
 def check_output_location(path: Path) -> None:
