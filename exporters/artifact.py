@@ -15,7 +15,6 @@ so a failure leaves nothing behind; an existing ``out_dir`` is refused unless ``
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import io
@@ -31,7 +30,10 @@ import torch
 
 from bridge.format.errors import BridgeError
 from bridge.format.nirio import graph_bytes
-from bridge.format.output_files import output_error, sweep_stale_temps, temp_prefix, write_failure
+from bridge.format.output_files import (
+    output_error, publish, remove_temp, signals_deferred, sweep_stale_temps, temp_prefix, track_temp,
+    write_failure,
+)
 from exporters.graph_spec import graph_to_spec
 
 Target = Literal["spikingjelly", "norse", "snntorch", "sinabs"]
@@ -118,7 +120,9 @@ def write_artifact(graph: nir.NIRGraph, target: Target, out_dir: str | Path, *, 
     sweep_stale_temps(out_dir)  # folders stranded by killed runs
     tmp: Path | None = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), suffix=".tmp", dir=parent))
+        with signals_deferred():  # the temp folder exists only once it is noted for cleanup
+            tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), suffix=".tmp", dir=parent))
+            track_temp(tmp)
         shutil.copyfile(Path(__file__).with_name(_RUNTIMES[target]), tmp / "model.py")
         (tmp / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
         # serialised in memory, written by Python: a full disk is an OSError, not a C++ error
@@ -136,20 +140,21 @@ def write_artifact(graph: nir.NIRGraph, target: Target, out_dir: str | Path, *, 
         ))
         os.chmod(tmp, 0o755)
         if out_dir.exists():  # force: replace the old folder only now that the new one is whole
-            old = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), suffix=".old", dir=parent))
-            os.replace(out_dir, old / "x")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
+            with signals_deferred():
+                old = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), suffix=".old", dir=parent))
+                track_temp(old)
+                os.replace(out_dir, old / "x")
+            publish(tmp, out_dir)  # renamed and noted as written, a signal before or after, not between
+            remove_temp(old)
         else:
-            os.replace(tmp, out_dir)
+            publish(tmp, out_dir)
     except OSError as exc:  # read-only folder, full disk, file-size limit
         raise output_error(out_dir, exc) from None
     except RuntimeError as exc:  # torch.save / h5py report a short write in their own words
         raise write_failure(out_dir, exc) from None
     finally:
         if tmp is not None:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(tmp)
+            remove_temp(tmp)  # a no-op once published
     return out_dir
 
 

@@ -295,3 +295,29 @@ def test_outputs_are_noted_only_while_a_command_asks(tmp_path):
         assert disk_state() == (f"{tmp_path / 'b.txt'}, {tmp_path / 'c.txt'} were written completely "
                                 "before that; nothing else was written")
     assert written_outputs() == []
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_signal_right_after_an_artifact_folder_is_renamed_says_the_folder_is_there(
+        mlp_pt2, tmp_path, capsys, monkeypatch, force):
+    """``--to spikingjelly`` renames a whole folder into place (exporters.artifact): a Ctrl-C
+    landing right after the rename names the folder, and no temp folder stays behind."""
+    out = tmp_path / "sj"
+    if force:
+        out.mkdir()
+        (out / "old.txt").write_bytes(OLD)
+    real_replace = os.replace
+
+    def replace_then_signal(src, dst):
+        real_replace(src, dst)
+        if Path(dst) == out:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", replace_then_signal)
+    args = ["export", str(mlp_pt2), "--to", "spikingjelly", "-o", str(out)] + (["--force"] if force else [])
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert (out / "model.py").is_file() and not (out / "old.txt").exists()
+    assert last_line(err) == f"bridge: interrupted; {out} was written completely before that; nothing else was written", err
+    assert temps(tmp_path) == []
