@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import nir
 
+from exporters.capabilities import check_unbounded
 from exporters.graph_spec import graph_to_spec
 from exporters.runtime_norse import NorseNetwork, build_from_spec
 
@@ -22,5 +23,6 @@ def build(graph: nir.NIRGraph) -> NorseNetwork:
     ``forward(x, state=None) -> (out, state)`` is one time step. Raises
     :class:`bridge.format.errors.BridgeError` for graph content Norse cannot reproduce.
     """
+    check_unbounded(graph, "Norse")
     spec, tensors = graph_to_spec(graph)
     return build_from_spec(spec, tensors)

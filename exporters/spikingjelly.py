@@ -10,6 +10,7 @@ from __future__ import annotations
 import nir
 
 from bridge.format.errors import BridgeError
+from exporters.capabilities import check_unbounded
 from exporters.graph_spec import graph_to_spec
 from exporters.runtime_spikingjelly import SpikingJellyNetwork, build_from_spec
 
@@ -25,5 +26,6 @@ def build(graph: nir.NIRGraph, *, step_mode: str = "m") -> SpikingJellyNetwork:
     """
     if step_mode not in ("s", "m"):
         raise BridgeError(f"step_mode must be 's' or 'm', got {step_mode!r}")
+    check_unbounded(graph, "SpikingJelly")
     spec, tensors = graph_to_spec(graph)
     return build_from_spec(spec, tensors, step_mode=step_mode)
