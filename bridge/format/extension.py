@@ -32,7 +32,8 @@ informative, written by the fixed-point pass)::
 Graph metadata of a fixed-point graph (optional, informative)::
 
     {"fixed_point": {"weight_bits": 8, "state_bits": 16, "per_channel": True,
-                     "output_scale": 0.0123}}   # real readout = output_scale * stored readout
+                     "output_scale": 0.0123},   # real readout = output_scale * stored readout
+     "speck": {"input_levels": 4}}              # legalised for Speck: input = round(4 x) events per step
 
 One step t of such an IF node with input current I(t) (r = 1, one step integrates one
 input)::
@@ -98,6 +99,9 @@ STATE_BITS = "state_bits"       # IF nodes (and the graph's fixed_point dict)
 SCALE = "scale"                 # weighted and IF nodes: real value = scale * stored integer
 PER_CHANNEL = "per_channel"
 OUTPUT_SCALE = "output_scale"   # real readout = output_scale * stored readout
+# graph-level key of a graph legalised for SynSense Speck (informative)
+SPECK = "speck"                 # {"input_levels": L}: the input is the per-step event count round(L x)
+INPUT_LEVELS = "input_levels"
 # Conv-node key
 GROUPS = "groups"
 QCFS_LEVELS = "qcfs_levels"
