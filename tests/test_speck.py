@@ -175,3 +175,36 @@ def test_legalisation_refusals():
     assert not any(l.bias for l in speck_layers(dropped))
     with pytest.raises(BridgeError, match="not a Speck layer"):
         speck_layers(convert(speck_mnist_ann(), (1, 28, 28), calibration=x))
+
+
+@pytest.mark.slow
+def test_trained_speck_model_fits_is_mapped_and_reports_its_accuracy(tmp_path):
+    """sinabs's MNIST ANN trained briefly on digits at 28x28: the export fits, sinabs maps it, and
+    its accuracy at T = 4..64 stands next to the float graph's and sinabs's route."""
+    from bridge.data.datasets import digits_split
+    from bridge.model.train import train_model
+    from validation.evaluation import evaluate_graph
+    from validation.sinabs_route import sinabs_accuracy, sinabs_snn
+
+    torch.set_num_threads(1)
+    split = digits_split(0, size=28)
+    trained = train_model(speck_mnist_ann(), split, epochs=4, seed=0, lr=3e-3)
+    cal = split.train_x[:256]
+    graph = convert(trained.model, (1, 28, 28), calibration=cal)
+    chip = legalise_for_speck(graph, cal, input_levels=4)
+    out = write_speck(chip, tmp_path / "speck")
+    d = import_dynapcnn()
+    from sinabs.backend.dynapcnn.chip_factory import ChipFactory
+
+    net = d.DynapcnnNetwork(load_sinabs(out), input_shape=(1, 28, 28), discretize=True)
+    assert len(ChipFactory("speck2fmodule").get_config_builder().map_layers_to_cores(net.dynapcnn_layers)) == 5
+    x, y = split.test_x[:200], split.test_y[:200]
+    steps = [4, 8, 16, 32, 64]
+    speck = evaluate_graph(chip, event_counts(x, 4), y, steps, dtype=torch.float32, ann=False,
+                           count_spikes=False).accuracy
+    ref = evaluate_graph(graph, x, y, steps, dtype=torch.float32, ann=False, count_spikes=False).accuracy
+    route = sinabs_accuracy(sinabs_snn(trained.model, batch_size=32, discretize=True, spiking_output=True), x, y, steps)
+    print({t: (round(ref[t], 3), round(speck[t], 3), round(route[t], 3)) for t in steps})
+    assert trained.ann_accuracy > 0.6
+    assert speck[64] > trained.ann_accuracy - 0.05  # integers, events and a spiking readout cost little at T = 64
+    assert min(speck.values()) > 0.5
