@@ -14,7 +14,8 @@ at T >= 4; int8 ahead of sinabs's discretised route at every T.
 
 Part 2 (Speck): the ANN of sinabs's MNIST example (bias-free) trained on digits at 28x28; per T
 in 4..64 the calibrated graph legalised for Speck (event counts round(4 x) per step, spiking
-readout, one threshold per layer, integers, 16-bit range), checked against the chip limits, its
+readout with its threshold chosen for T on the training images, one threshold per layer, integers,
+16-bit range), checked against the chip limits, its
 accuracy in bridge's reference, in sinabs's multi-spike emulation of the same network (and the
 two's prediction agreement), next to the float graph and sinabs's route (float; discretised with a
 spiking output layer, what the chip would run). Plus the cost of biases: the same ANN trained with
@@ -115,7 +116,7 @@ def speck_table(seeds: list[int], steps: tuple[int, ...], epochs: int, samples: 
         for t in steps:
             g_t = _calibrated(graph, split, t, samples)
             rows["float"][t].append(_acc(g_t, x, y, (t,))[t])
-            chip = legalise_for_speck(g_t, cal, input_levels=levels)
+            chip = legalise_for_speck(g_t, cal, input_levels=levels, timesteps=t)
             layers, cores = check_fits(chip)
             table = table or resource_table(layers, cores)
             pred = evaluate_graph(chip, counts, y, [t], batch_size=256, dtype=torch.float32, ann=False,
@@ -126,7 +127,7 @@ def speck_table(seeds: list[int], steps: tuple[int, ...], epochs: int, samples: 
             rows["speck_multi"][t].append(float((multi.argmax(1) == y).float().mean()))
             rows["agree_multi"][t].append(float((multi.argmax(1) == single.argmax(1)).float().mean()))
             chip_b = legalise_for_speck(_calibrated(graph_b, split, t, samples), cal, input_levels=levels,
-                                        biases="drop")
+                                        biases="drop", timesteps=t)
             rows["biased_dropped"][t].append(_acc(chip_b, counts, y, (t,))[t])
         acc = sinabs_accuracy(sinabs_snn(trained.model, batch_size=32, discretize=False), x, y, list(steps))
         acc_int = sinabs_accuracy(sinabs_snn(trained.model, batch_size=32, discretize=True, spiking_output=True),

@@ -208,3 +208,24 @@ def test_trained_speck_model_fits_is_mapped_and_reports_its_accuracy(tmp_path):
     assert trained.ann_accuracy > 0.6
     assert speck[64] > trained.ann_accuracy - 0.05  # integers, events and a spiking readout cost little at T = 64
     assert min(speck.values()) > 0.5
+
+
+def test_readout_threshold_for_t_is_the_best_agreement_with_the_ann_view():
+    from bridge.passes.speck import READOUT_PERCENTILES
+    from bridge.reference import ann_view
+
+    torch.manual_seed(1)
+    x = torch.rand(40, 1, 28, 28)
+    graph = convert(speck_mnist_ann(), (1, 28, 28), calibration=x)
+    target = ann_view(graph, x.double()).flatten(1).argmax(1)
+    counts = event_counts(x, 4)
+
+    def agreement(chip):
+        spikes = ReferenceSimulator(chip, dtype=torch.float32).run(counts, 3).outputs.sum(0)
+        return float((spikes.argmax(1) == target).float().mean())
+
+    chosen = legalise_for_speck(graph, x, timesteps=3)
+    scores = [agreement(legalise_for_speck(graph, x, readout_percentile=p)) for p in READOUT_PERCENTILES]
+    assert agreement(chosen) == max(scores)
+    theta = lambda g: float(if_semantics(g.nodes["readout_spikes"], "readout_spikes").threshold.flat[0])  # noqa: E731
+    assert theta(chosen) in {theta(legalise_for_speck(graph, x, readout_percentile=p)) for p in READOUT_PERCENTILES}

@@ -9,7 +9,12 @@ standard bridge NIR (extension 1.1: the IF nodes state the 16-bit register's ran
    ``(F, 1, 1)``.
 2. **Spiking readout.** The readout layer feeds an IF node (``theta_out`` = the ``readout_percentile``
    of the largest logit per calibration sample, in the float graph's ANN view; ``v_init =
-   theta_out / 2``); the class is the largest spike count (graph readout ``"sum"``).
+   theta_out / 2``); the class is the largest spike count (graph readout ``"sum"``). With
+   ``timesteps`` T and no percentile given, the percentile is chosen among
+   :data:`READOUT_PERCENTILES` as the one whose legalised graph, run for T steps on the
+   calibration images' events, agrees most often with the float graph's ANN-view class (no
+   labels are used): a low threshold saturates the winner and ties it with the runner-up, a high
+   one leaves too few spikes at small T to tell the classes apart. Without T: the 99th percentile.
 3. **Biases.** Speck applies a bias as a leak on its slow clock, not once per step, so the step
    rule cannot state it: ``biases="refuse"`` (default) refuses a layer with a non-zero bias, naming
    it; ``biases="drop"`` sets them to 0 (what that costs is measured in
@@ -52,6 +57,8 @@ from bridge.format.speck import STATE_BITS, WEIGHT_BITS
 from bridge.passes.fixed_point import state_range, to_fixed_point
 
 _WEIGHTED = (nir.Affine, nir.Linear, nir.Conv2d)
+#: the readout thresholds tried for a given T (percentiles of the largest logit per calibration image)
+READOUT_PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0)
 
 
 def _chain(graph: nir.NIRGraph) -> list[str]:
@@ -122,15 +129,21 @@ def legalise_for_speck(
     *,
     input_levels: int = 4,
     biases: Literal["refuse", "drop"] = "refuse",
-    readout_percentile: float = 99.0,
+    readout_percentile: float | None = None,
+    timesteps: int | None = None,
     weight_bits: int = WEIGHT_BITS,
     state_bits: int = STATE_BITS,
 ) -> nir.NIRGraph:
     """``graph`` (a bridge graph of a 2-D CNN chain) as Speck layers on event counts; see the module doc.
 
     ``calibration``: training images ``(N, C, H, W)`` in [0, 1] (for the readout threshold only).
+    ``timesteps``: the T the readout threshold is chosen for (see the module doc).
     Raises BridgeError naming the node for anything the chip cannot take.
     """
+    if readout_percentile is None and timesteps is not None:
+        return _best_readout(graph, calibration, timesteps, input_levels=input_levels, biases=biases,
+                             weight_bits=weight_bits, state_bits=state_bits)
+    readout_percentile = 99.0 if readout_percentile is None else float(readout_percentile)
     if input_levels < 1:
         raise BridgeError(f"input_levels must be >= 1, got {input_levels}")
     if biases not in ("refuse", "drop"):
@@ -202,6 +215,27 @@ def legalise_for_speck(
     chain = nir.NIRGraph(nodes=nodes, edges=list(zip(names, names[1:])), metadata=meta)
     return to_fixed_point(chain, weight_bits=weight_bits, state_bits=state_bits, per_channel=False,
                           bounds=state_range(state_bits))
+
+
+def _best_readout(graph: nir.NIRGraph, calibration: torch.Tensor, timesteps: int, **options) -> nir.NIRGraph:
+    """The legalised graph whose readout percentile agrees best with the float graph's ANN view
+    on the calibration images at T = ``timesteps`` (ties: the first of READOUT_PERCENTILES)."""
+    from bridge.format.speck import event_counts
+    from bridge.reference import ReferenceSimulator, ann_view
+
+    if timesteps < 1:
+        raise BridgeError(f"timesteps must be >= 1, got {timesteps}")
+    target = ann_view(graph, calibration.to(torch.float64)).flatten(1).argmax(1)
+    counts = event_counts(calibration.to(torch.float32), options["input_levels"])
+    best, best_agree = None, -1.0
+    for p in READOUT_PERCENTILES:
+        chip = legalise_for_speck(graph, calibration, readout_percentile=p, **options)
+        spikes = ReferenceSimulator(chip, dtype=torch.float32).run(counts, timesteps).outputs.sum(0)
+        agree = float((spikes.argmax(1) == target).float().mean())
+        if agree > best_agree:
+            best, best_agree = chip, agree
+    assert best is not None
+    return best
 
 
 def _one_threshold_per_layer(nodes: dict[str, nir.NIRNode], names: list[str]) -> dict[str, nir.NIRNode]:
