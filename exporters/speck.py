@@ -39,7 +39,6 @@ from torch import nn
 
 from bridge.format.errors import BridgeError
 from bridge.format.extension import (
-    FIXED_POINT,
     INPUT_LEVELS,
     NAMESPACE,
     SPECK,
@@ -450,8 +449,3 @@ def write_speck(graph: nir.NIRGraph, out_dir: str | Path, *, force: bool = False
 
 def _input_shape(graph: nir.NIRGraph) -> list[int]:
     return [int(s) for s in np.asarray(graph.nodes[input_node(graph)].input_type["input"]).reshape(-1)]
-
-
-def fixed_point_info(graph: nir.NIRGraph) -> dict[str, Any]:
-    """The graph's fixed-point metadata (widths, output scale), empty when it has none."""
-    return dict(((graph.metadata or {}).get(NAMESPACE) or {}).get(FIXED_POINT) or {})

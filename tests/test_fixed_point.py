@@ -196,3 +196,21 @@ def test_plain_nir_and_unknown_nodes_are_refused():
                          edges=[("input", "fc"), ("fc", "n"), ("n", "output")])
     with pytest.raises(BridgeError, match="bridge graph"):
         to_fixed_point(plain)
+
+
+def test_fixed_point_graph_round_trips_through_a_nir_file(zoo, tmp_path):
+    from bridge.format.nirio import read_graph, write_graph
+
+    for bounds in (None, state_range(16)):
+        gi = to_fixed_point(zoo["resnet_small"], bounds=bounds)
+        path = write_graph(gi, tmp_path / f"int8_{bounds is None}.nir")
+        back = read_graph(path)
+        assert graph_semantics(back).version == graph_semantics(gi).version
+        fp = back.metadata[NAMESPACE][FIXED_POINT]
+        assert int(fp[WEIGHT_BITS]) == 8 and float(fp[OUTPUT_SCALE]) == gi.metadata[NAMESPACE][FIXED_POINT][OUTPUT_SCALE]
+        x = _counts(tuple(int(s) for s in np.asarray(gi.nodes["input"].input_type["input"])), n=3)
+        a = ReferenceSimulator(gi, dtype=torch.float32).run(x.float(), 6).outputs
+        b = ReferenceSimulator(back, dtype=torch.float32).run(x.float(), 6).outputs
+        assert torch.equal(a, b)
+        if bounds is not None:
+            assert all(if_semantics(n, k).bounded for k, n in back.nodes.items() if isinstance(n, nir.IF))

@@ -12,8 +12,10 @@ Shared by the legalisation pass (:mod:`bridge.passes.speck`) and the writer
 words of kernel and neuron memory per layer (``H x W`` the layer's neuron map, before pooling),
 ``C_out`` words of bias memory when the layer has a bias; core ``i`` holds at most
 ``KERNEL_MEMORY[i]`` / ``NEURON_MEMORY[i]`` / ``BIAS_MEMORY`` of them. Weights are 8-bit,
-thresholds and potentials 16-bit; kernels are square; a core sends its spikes to at most 2
-other cores (``MAX_DESTINATIONS``), through a square sum pooling of size 1, 2, 4 or 8.
+thresholds and potentials 16-bit (sinabs's ``discretize``); kernels and pooling windows are
+square (sinabs's layer checks); a core sends its spikes to at most 2 other cores
+(``MAX_DESTINATIONS``). The pooling sizes 1, 2, 4, 8 with stride = size (``POOLING_SIZES``) are
+the chip documentation's, not checked by sinabs: an assumption, not verified on a chip.
 
 **Input events.** A static image ``x`` in [0, 1] enters as integer event counts: at every step
 pixel ``p`` sends :math:`n_p = \mathrm{round}(L\, x_p)` events (``L`` = ``input_levels``), the
