@@ -29,6 +29,7 @@ import torch
 from bridge.format.errors import BridgeError
 from bridge.format.extension import conv_weight, graph_semantics, if_semantics
 from bridge.format.graph import neighbours, node_input_shape, topological_order
+from exporters.capabilities import check_unbounded
 
 SPEC_FORMAT = "bridge-export-spec/1"
 
@@ -130,6 +131,7 @@ def graph_to_spec(graph: nir.NIRGraph) -> tuple[dict[str, Any], dict[str, torch.
 
     Raises :class:`BridgeError` for anything the runtimes would not reproduce exactly.
     """
+    check_unbounded(graph, "the framework exporters (SpikingJelly, Norse, snnTorch, sinabs)")
     sem = graph_semantics(graph)
     preds, _ = neighbours(graph.nodes, graph.edges)
     order = topological_order(graph.nodes, graph.edges)

@@ -42,6 +42,8 @@ _EXPORTER_LIMITS = {
     "leaky": "the exporters build IF networks; LI and LIF nodes are refused",
     "integrator": "the exporters build IF networks; NIR I nodes are refused",
     "threshold": "the exporters build IF networks; NIR Threshold nodes are refused",
+    "bounds": "the exporters' neurons have no saturating potential; IF nodes with v_min / v_max "
+              "(extension 1.1) are refused (exporters.capabilities)",
 }
 
 #: backend name -> {case tag: why the backend refuses such cases}; the reference runs all

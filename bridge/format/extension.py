@@ -17,12 +17,33 @@ IF node metadata ``node.metadata["bridge"]``::
      "spike_condition": "ge",       # s = [m >= theta]     ("gt": s = [m > theta])
      "v_init": ndarray,             # initial membrane potential, same shape as v_threshold
      "qcfs_levels": 8,              # optional: the ANN activation was the QCFS staircase
-     "qcfs_shift": 0.5}             #   theta/L * clip(floor(z L / theta + shift), 0, L)
+     "qcfs_shift": 0.5,             #   theta/L * clip(floor(z L / theta + shift), 0, L)
+     "v_min": -32768.0,             # optional (version 1.1): the state's range, m = clip(v + I, v_min, v_max)
+     "v_max": 32767.0,
+     "state_bits": 16,              # optional, informative (fixed point): integer width of theta, v, bias
+     "scale": ndarray}              # optional, informative: real potential = scale * stored value
+
+Weighted node metadata (``Affine``, ``Linear``, ``Conv1d``, ``Conv2d``, ``Scale``; optional,
+informative, written by the fixed-point pass)::
+
+    {"weight_bits": 8,              # the weights are integers in [-(2^(b-1) - 1), 2^(b-1) - 1]
+     "scale": ndarray}              # real weight = scale * stored integer (per output channel or one)
+
+Graph metadata of a fixed-point graph (optional, informative)::
+
+    {"fixed_point": {"weight_bits": 8, "state_bits": 16, "per_channel": True,
+                     "output_scale": 0.0123},   # real readout = output_scale * stored readout
+     "speck": {"input_levels": 4}}              # legalised for Speck: input = round(4 x) events per step
 
 One step t of such an IF node with input current I(t) (r = 1, one step integrates one
 input)::
 
     m(t) = v(t-1) + I(t);   s(t) = [m(t) >= theta];   v(t) = m(t) - theta * s(t);   v(0) = v_init
+
+With ``v_min`` / ``v_max`` (extension version 1.1) the first step saturates:
+``m(t) = clip(v(t-1) + I(t), v_min, v_max)``. A graph whose IF nodes carry them declares
+version ``"1.1"`` (:data:`BOUNDS_VERSION`), so a reader of 1.0 refuses it instead of
+computing without the bounds; graphs without them stay ``"1.0"``.
 
 Conv node metadata ``node.metadata["bridge"]`` (``Conv1d`` / ``Conv2d``; optional)::
 
@@ -55,7 +76,9 @@ from bridge.format.errors import BridgeError
 
 NAMESPACE = "bridge"
 FORMAT_VERSION = "1.0"
-SUPPORTED_VERSIONS = frozenset({"1.0"})
+#: the version of a graph whose IF nodes state the state's range (v_min / v_max)
+BOUNDS_VERSION = "1.1"
+SUPPORTED_VERSIONS = frozenset({"1.0", BOUNDS_VERSION})
 
 # graph-level keys
 VERSION = "version"
@@ -66,6 +89,19 @@ TIMESTEPS = "timesteps"
 RESET = "reset"
 SPIKE_CONDITION = "spike_condition"
 V_INIT = "v_init"
+# IF-node keys of version 1.1: the state's range
+V_MIN = "v_min"
+V_MAX = "v_max"
+# fixed-point keys (informative: the numbers in the graph already are the integers)
+FIXED_POINT = "fixed_point"     # graph level: {"weight_bits", "state_bits", "per_channel", "output_scale"}
+WEIGHT_BITS = "weight_bits"     # weighted nodes (and the graph's fixed_point dict)
+STATE_BITS = "state_bits"       # IF nodes (and the graph's fixed_point dict)
+SCALE = "scale"                 # weighted and IF nodes: real value = scale * stored integer
+PER_CHANNEL = "per_channel"
+OUTPUT_SCALE = "output_scale"   # real readout = output_scale * stored readout
+# graph-level key of a graph legalised for SynSense Speck (informative)
+SPECK = "speck"                 # {"input_levels": L}: the input is the per-step event count round(L x)
+INPUT_LEVELS = "input_levels"
 # Conv-node key
 GROUPS = "groups"
 QCFS_LEVELS = "qcfs_levels"
@@ -102,6 +138,13 @@ class IFSemantics:
     reset: Reset
     v_reset: np.ndarray
     spike_condition: SpikeCondition
+    v_min: np.ndarray | None = None  # the state's range (version 1.1): m = clip(v + I, v_min, v_max)
+    v_max: np.ndarray | None = None
+
+    @property
+    def bounded(self) -> bool:
+        """True when the node states a range for its potential."""
+        return self.v_min is not None or self.v_max is not None
 
 
 def graph_metadata(timesteps: int | None = None) -> dict[str, Any]:
@@ -210,7 +253,44 @@ def if_semantics(node: nir.IF, name: str = "?") -> IFSemantics:
                 f"IF node {name!r}: v_init has shape {v_init.shape}, its threshold "
                 f"{threshold.shape}; re-export the model"
             ) from None
-    return IFSemantics(threshold, v_init, r, reset, v_reset, cond)  # type: ignore[arg-type]
+    v_min, v_max = (_bound(meta, key, threshold.shape, name) for key in (V_MIN, V_MAX))
+    if v_min is not None and v_max is not None and np.any(v_min > v_max):
+        raise BridgeError(f"IF node {name!r}: v_min > v_max in its bridge metadata; re-export the model")
+    return IFSemantics(threshold, v_init, r, reset, v_reset, cond, v_min, v_max)  # type: ignore[arg-type]
+
+
+def _bound(meta: dict, key: str, shape: tuple[int, ...], name: str) -> np.ndarray | None:
+    """A bound of the state's range (``v_min`` / ``v_max``) as an array of ``shape``, or None."""
+    if key not in meta or meta[key] is None:
+        return None
+    value = np.asarray(meta[key], dtype=np.float64)
+    try:
+        value = np.broadcast_to(value, shape).copy()
+    except ValueError:
+        raise BridgeError(f"IF node {name!r}: {key} has shape {value.shape}, its threshold {shape}; "
+                          "re-export the model") from None
+    if np.any(np.isnan(value)):
+        raise BridgeError(f"IF node {name!r}: {key} is NaN; re-export the model")
+    return value
+
+
+def set_state_bounds(node: nir.IF, v_min: float | None, v_max: float | None) -> nir.IF:
+    """A copy of IF ``node`` whose bridge metadata states the range ``[v_min, v_max]`` of its
+    potential (None: unbounded on that side). The graph must then declare :data:`BOUNDS_VERSION`."""
+    meta = dict((node.metadata or {}).get(NAMESPACE) or {})
+    for key, value in ((V_MIN, v_min), (V_MAX, v_max)):
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = float(value)
+    metadata = {**(node.metadata or {}), NAMESPACE: meta}
+    return nir.IF(r=node.r, v_threshold=node.v_threshold, v_reset=node.v_reset, metadata=metadata)
+
+
+def graph_has_bounds(graph: nir.NIRGraph) -> list[str]:
+    """The IF nodes of ``graph`` that state a range for their potential (``v_min`` / ``v_max``)."""
+    return [name for name, node in graph.nodes.items()
+            if isinstance(node, nir.IF) and if_semantics(node, name).bounded]
 
 
 def conv_metadata(groups: int) -> dict[str, Any]:

@@ -9,6 +9,13 @@ from __future__ import annotations
 import torch
 
 
+def _bound(value: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tensor | None:
+    """A bound as a tensor of ``like``'s dtype and device (``torch.clamp`` takes tensors)."""
+    if value is None:
+        return None
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
 def if_step(
     current: torch.Tensor,
     v: torch.Tensor,
@@ -17,6 +24,8 @@ def if_step(
     reset: str = "subtract",
     spike_condition: str = "ge",
     v_reset: torch.Tensor | float = 0.0,
+    v_min: torch.Tensor | float | None = None,
+    v_max: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""One step of an integrate-and-fire neuron.
 
@@ -26,10 +35,23 @@ def if_step(
         v' = \begin{cases} m - \theta s & \text{reset = subtract} \\
                            m (1 - s) + v_{reset} s & \text{reset = zero (hard)} \end{cases}
 
+    With the state's range given (``v_min`` and/or ``v_max``, the bounds of a fixed-width
+    membrane register such as Speck's 16-bit one), the integrated potential saturates before
+    the spike decision:
+
+    .. math:: m = \mathrm{clip}(v + I,\ v_{min},\ v_{max})
+
+    and the rest is unchanged. With ``v_min <= 0 < theta <= v_max`` the reset cannot leave the
+    range (a spike needs ``m >= theta``, so ``m - theta >= 0 >= v_min``), so clipping ``m``
+    equals clipping ``v'`` after the reset (sinabs's ``min_v_mem``, applied after the reset).
+    Without bounds (the default) nothing is clipped.
+
     ``current`` is the input already multiplied by the neuron's gain r. Returns
     ``(s, v')`` with ``s`` in {0, 1} and the dtype of ``current``.
     """
     m = v + current
+    if v_min is not None or v_max is not None:
+        m = torch.clamp(m, min=_bound(v_min, m), max=_bound(v_max, m))
     fired = m >= threshold if spike_condition == "ge" else m > threshold
     s = fired.to(m.dtype)
     if reset == "subtract":
@@ -46,6 +68,8 @@ def if_step_(
     reset: str = "subtract",
     spike_condition: str = "ge",
     v_reset: torch.Tensor | float = 0.0,
+    v_min: torch.Tensor | float | None = None,
+    v_max: torch.Tensor | float | None = None,
 ) -> None:
     """:func:`if_step` in place: ``v`` becomes v', ``spikes_out`` receives s.
 
@@ -55,6 +79,8 @@ def if_step_(
     ``v`` must not alias ``current`` and must be writable (not an expanded view).
     """
     v.add_(current)
+    if v_min is not None or v_max is not None:
+        v.clamp_(min=_bound(v_min, v), max=_bound(v_max, v))
     if spike_condition == "ge":
         torch.ge(v, threshold, out=spikes_out)
     else:

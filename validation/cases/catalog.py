@@ -19,6 +19,8 @@ backend can declare, per tag, what it does not run (:mod:`validation.conformance
 ``leaky``      LI / LIF nodes (forward Euler with the case's ``dt``)
 ``integrator`` NIR ``I`` nodes
 ``threshold``  NIR ``Threshold`` nodes
+``bounds``     IF nodes that state their state's range (``v_min`` / ``v_max``, extension 1.1):
+               ``m = clip(v + I, v_min, v_max)`` (an integer graph for a chip's register)
 =============  ==============================================================================
 """
 
@@ -30,7 +32,15 @@ from dataclasses import dataclass, field
 import nir
 import numpy as np
 
-from bridge.format.extension import conv_metadata, graph_metadata, make_if
+from bridge.format.extension import (
+    BOUNDS_VERSION,
+    NAMESPACE,
+    VERSION,
+    conv_metadata,
+    graph_metadata,
+    make_if,
+    set_state_bounds,
+)
 
 EIGHTH = 1 / 8
 
@@ -336,6 +346,32 @@ def concatenation() -> tuple[nir.NIRGraph, np.ndarray]:
     return _graph(nodes, edges), _grid(rng, (2, 1, 5, 5), 0, 8)
 
 
+def if_bounds() -> tuple[nir.NIRGraph, np.ndarray]:
+    """An integer graph (extension 1.1) whose IF potentials saturate at both ends of their range.
+
+    fc (integer weights, some negative) -> IF (theta 4, v_init 2, v in [-5, 9]) -> fc2 ->
+    IF (theta 3, v_init 1, v in [-3, 7]) -> readout. Row 0 drives neurons far below v_min
+    (they stay at v_min, and climb back from there) and far above v_max (m saturates at
+    v_max, fires once per step, and keeps v_max - theta); the pre-reset potential lands on
+    the threshold and on both bounds exactly.
+    """
+    rng = np.random.default_rng(15)
+    fc = nir.Affine(weight=np.array([[3.0, -2, 0, 1], [-4, 1, 2, 0], [6, 5, 0, 0], [0, 0, -3, 2],
+                                     [1, 1, 1, 1], [-1, 0, 4, -2]]), bias=np.array([0.0, 1, 0, -1, 0, 1]))
+    if1 = set_state_bounds(make_if(np.full(6, 4.0), np.full(6, 2.0)), -5.0, 9.0)
+    fc2 = nir.Affine(weight=rng.integers(-3, 4, size=(5, 6)).astype(np.float64), bias=np.zeros(5))
+    if2 = set_state_bounds(make_if(np.full(5, 3.0), np.full(5, 1.0)), -3.0, 7.0)
+    g = _chain([
+        ("input", nir.Input(input_type=np.array([4]))),
+        ("fc", fc), ("if1", if1), ("fc2", fc2), ("if2", if2),
+        ("readout", nir.Affine(weight=rng.integers(-2, 3, size=(3, 5)).astype(np.float64), bias=np.zeros(3))),
+        ("output", nir.Output(output_type=np.array([3]))),
+    ])
+    g.metadata[NAMESPACE][VERSION] = BOUNDS_VERSION
+    x = np.array([[4.0, 0, 0, 0], [0, 3, 0, 1], [1, 2, 3, 0]])
+    return g, x
+
+
 def integrator_threshold() -> tuple[nir.NIRGraph, np.ndarray]:
     """NIR I (v += r I, output v) -> Threshold ([x > theta]) -> Affine: reference-only primitives.
 
@@ -396,6 +432,8 @@ CASES: list[CaseSpec] = [
     CaseSpec("concatenation", "a channel concatenation as written (consumer conv split by input channel, "
              "two convs into one IF node; a depthwise conv in a branch's channels; a split readout)",
              concatenation),
+    CaseSpec("if_bounds", "integer IF nodes whose potential saturates at v_min and v_max (extension 1.1)",
+             if_bounds, tags=("bounds",)),
     CaseSpec("integrator_threshold", "NIR I and Threshold nodes", integrator_threshold,
              tags=("integrator", "threshold")),
     CaseSpec("leaky", "LIF and LI nodes, forward Euler, dt = 1/4", leaky, tags=("leaky",), dt=0.25),

@@ -23,6 +23,9 @@ class IF(NeuronOp):
         v(t) = m(t) - \theta s(t) \text{ (subtract) or } v_{reset} \text{ where } s(t) = 1
         \text{ (zero/hard reset)}, \qquad v(0) = v_{init}\ (\text{NIR text: } 0).
 
+    A node that states its state's range (bridge extension 1.1, ``v_min`` / ``v_max``)
+    saturates first: :math:`m(t) = \mathrm{clip}(v(t-1) + r I(t), v_{min}, v_{max})`.
+
     The output is the unit spike s(t). Its ANN view (rate) is
     :math:`\mathrm{clip}(r I / \theta, 0, 1)`, the spike rate under a constant current.
     """
@@ -40,6 +43,8 @@ class IF(NeuronOp):
         r = param(sem.r, dtype, device)
         # r = 1 (every bridge file) is skipped: 1 * I == I exactly, and it saves a pass
         self.r = None if bool((r == 1).all()) else r
+        self.v_min = None if sem.v_min is None else param(sem.v_min, dtype, device)
+        self.v_max = None if sem.v_max is None else param(sem.v_max, dtype, device)
 
     def init_state(self, like: torch.Tensor) -> torch.Tensor:
         # empty_like + copy_ keeps the batch's memory layout (channels_last stays so)
@@ -52,14 +57,14 @@ class IF(NeuronOp):
         return if_step(
             self.gain(current), state, self.threshold,
             reset=self.semantics.reset, spike_condition=self.semantics.spike_condition,
-            v_reset=self.v_reset,
+            v_reset=self.v_reset, v_min=self.v_min, v_max=self.v_max,
         )
 
     def step_(self, current: torch.Tensor, state: torch.Tensor, out: torch.Tensor) -> None:
         if_step_(
             self.gain(current), state, self.threshold, out,
             reset=self.semantics.reset, spike_condition=self.semantics.spike_condition,
-            v_reset=self.v_reset,
+            v_reset=self.v_reset, v_min=self.v_min, v_max=self.v_max,
         )
 
     def potential(self, state: torch.Tensor) -> torch.Tensor:
