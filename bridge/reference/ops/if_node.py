@@ -5,7 +5,7 @@ from __future__ import annotations
 import nir
 import torch
 
-from bridge.format.extension import if_semantics
+from bridge.format.extension import if_semantics, qcfs_staircase
 from bridge.format.neurons import if_step, if_step_
 from bridge.reference.ops.base import NeuronOp, param
 
@@ -24,7 +24,10 @@ class IF(NeuronOp):
         \text{ (zero/hard reset)}, \qquad v(0) = v_{init}\ (\text{NIR text: } 0).
 
     The output is the unit spike s(t). Its ANN view (rate) is
-    :math:`\mathrm{clip}(r I / \theta, 0, 1)`, the spike rate under a constant current.
+    :math:`\mathrm{clip}(r I / \theta, 0, 1)`, the spike rate under a constant current; for a node
+    marked with the QCFS staircase (``qcfs_levels`` L, ``qcfs_shift`` s) it is the staircase the
+    model was trained with, in units of theta:
+    :math:`\frac{1}{L}\mathrm{clip}(\lfloor r I L / \theta + s \rfloor, 0, L)`.
     """
 
     traceable = True
@@ -40,6 +43,7 @@ class IF(NeuronOp):
         r = param(sem.r, dtype, device)
         # r = 1 (every bridge file) is skipped: 1 * I == I exactly, and it saves a pass
         self.r = None if bool((r == 1).all()) else r
+        self.staircase = qcfs_staircase(node)  # (L, shift) or None
 
     def init_state(self, like: torch.Tensor) -> torch.Tensor:
         # empty_like + copy_ keeps the batch's memory layout (channels_last stays so)
@@ -66,4 +70,8 @@ class IF(NeuronOp):
         return state
 
     def rate(self, x: torch.Tensor) -> torch.Tensor:
+        if self.staircase is not None:
+            levels, shift = self.staircase
+            steps = torch.floor(self.gain(x) * levels / self.threshold + shift)
+            return torch.clamp(steps, 0.0, float(levels)) / levels
         return torch.clamp(self.gain(x) / self.threshold, 0.0, 1.0)
