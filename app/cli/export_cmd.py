@@ -164,13 +164,13 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
         return
 
     from app.cli.console import console
-    from app.cli.progress_view import ProgressView
+    from app.cli.progress_view import ProgressView, print_conversion
 
     with one_line_warnings(), ProgressView(console(stderr=True), enabled=not as_json) as bar:
         result = run_plan(model, plan, shape, arch=arch, trust_pickle=trust_pickle, progress=bar)
     graph, report = result.graph, result.report
     if not as_json:
-        _print_report(report)
+        print_conversion(report)
     if target == "nir":
         from bridge.format.nirio import write_graph
 
@@ -178,18 +178,3 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     else:
         written = _write_artifact(graph, target, out, force)
     _summary(written, graph, target, as_json=as_json, report=report)
-
-
-def _print_report(report: Any) -> None:
-    """Which data the calibration used (and how many samples), then the pipeline's summary."""
-    from app.cli.console import console
-
-    out = console()
-    line = report.data_line()
-    if line is not None:
-        out.print(line, highlight=False, soft_wrap=True)
-    if report.calibration is not None:
-        out.print(report.calibration.summary(), highlight=False, soft_wrap=True)
-    elif report.search_seconds is not None:
-        out.print(f"v_init/threshold search for T={report.plan.get('timesteps')}: {report.search_seconds:.1f} s",
-                  highlight=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -86,3 +87,19 @@ class ProgressView:
         if first or finished or moved or now - self._last_line.get(event.task, 0.0) >= self.log_every:
             self._last_line[event.task] = now
             self.console.print(event_line(event, self._eta(event, now)), highlight=False, soft_wrap=True)
+
+
+def print_conversion(report: Any, console: Console | None = None) -> None:
+    """What a conversion calibrated on (source, samples) and what the pipeline chose, with its
+    held-out errors and cost (a :class:`bridge.workflow.WorkflowReport`); nothing if it calibrated nothing."""
+    from app.cli.console import console as make_console
+
+    out = console or make_console()
+    line = report.data_line()
+    if line is not None:
+        out.print(line, highlight=False, soft_wrap=True)
+    if report.calibration is not None:
+        out.print(report.calibration.summary(), highlight=False, soft_wrap=True)
+    elif report.search_seconds is not None:
+        out.print(f"v_init/threshold search for T={report.plan.get('timesteps')}: {report.search_seconds:.1f} s",
+                  highlight=False)
