@@ -241,13 +241,21 @@ def stage_callback(progress: ProgressCallback | None, stages: tuple[str, ...],
     return on_progress
 
 
-def calibrate_graph(graph: nir.NIRGraph, plan: ConversionPlan, calibration: torch.Tensor | None,
-                    report: WorkflowReport, *, progress: ProgressCallback | None = None,
+def calibrate_graph(graph: nir.NIRGraph, plan: ConversionPlan, calibration: torch.Tensor | None = None,
+                    report: WorkflowReport | None = None, *, progress: ProgressCallback | None = None,
                     stage_graphs: dict[str, nir.NIRGraph] | None = None) -> nir.NIRGraph:
-    """The calibration step of ``plan`` on a converted graph (the graph itself when none)."""
+    """The calibration step of ``plan`` on a graph converted by ``plan`` (the graph itself when the
+    plan calibrates nothing). ``calibration``: the loaded data (default: the plan's, read for the
+    graph's input shape); ``report`` receives the pipeline's report (``report.calibration``)."""
     if not plan.calibrates:
         return graph
+    if calibration is None:
+        from bridge.format.graph import input_shape
+
+        calibration = load_calibration(plan.calibration, input_shape(graph), plan.calibration_samples)
     assert calibration is not None
+    if report is None:
+        report = WorkflowReport((), plan.describe(), describe_calibration(plan.calibration), len(calibration))
     if plan.optimized:
         from bridge.passes.optimize import optimize_initial_potentials
 
