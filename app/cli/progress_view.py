@@ -60,6 +60,9 @@ class ProgressView:
             self._bar.__exit__(kind, exc, tb)
 
     def _eta(self, event: ProgressEvent, now: float) -> float | None:
+        """Time left at the pace so far; none for stages (they differ in cost by orders of magnitude)."""
+        if event.unit == "stages":
+            return None
         t0, d0 = self._started[event.task]
         if event.done <= d0 or now <= t0 or event.total <= event.done:
             return None

@@ -67,12 +67,20 @@ class WorkflowReport:
 
 @dataclass
 class WorkflowResult:
-    """The graph to write (profile applied), the report, and the user's ANN (None for a NIR file)."""
+    """The graph to write (profile applied), the report, and (:attr:`ann`) the user's ANN."""
 
     graph: nir.NIRGraph
     report: WorkflowReport
-    ann: nn.Module | None = None
+    source: Any = None  # the model as read (module, program or loaded model)
     stage_graphs: dict[str, nir.NIRGraph] = field(default_factory=dict)
+    _ann: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def ann(self) -> nn.Module | None:
+        """The user's ANN, runnable at any batch size (built on first use: ``export`` never needs it)."""
+        if self._ann is None and self.source is not None:
+            self._ann = ann_module(self.source, self.report.input_shape)
+        return self._ann
 
 
 # -- the model -----------------------------------------------------------------------------
@@ -338,8 +346,7 @@ def run_plan(model: Any, plan: ConversionPlan, input_shape: tuple[int, ...] | No
 
         graph = apply_profile(graph, plan.profile)
     report.seconds = time.perf_counter() - start
-    return WorkflowResult(graph, report, ann_module(source, shape),
-                          stage_graphs if stage_graphs is not None else {})
+    return WorkflowResult(graph, report, source, stage_graphs if stage_graphs is not None else {})
 
 
 def refuse_for_nir_file(plan: ConversionPlan, path: Path, extra: tuple[str, ...] = ()) -> None:
