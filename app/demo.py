@@ -390,8 +390,8 @@ def run_demo(config: DemoConfig, console=None) -> Results:
 def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: DemoConfig,
                res: Results, progress: _Progress) -> None:
     """Train, convert, calibrate and measure one model on one seed; record into ``res``."""
-    from bridge.converter import convert
-    from bridge.passes.pipeline import CalibrationReport, calibrate
+    from bridge.workflow import ConversionPlan, WorkflowReport, run_plan
+    from bridge.workflow.run import calibrate_graph
 
     x, y = split.test_x, split.test_y
     res.labels[spec.key], res.benchmark_of[spec.key] = spec.label, spec.benchmark
@@ -411,7 +411,8 @@ def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: De
     # a ReLU has no trained bound: thresholds are calibrated per channel (p99.99), the same
     # granularity as SpikingJelly's best setting it is compared with
     inits = ("zero", "half") if spec.benchmark == "digits" else ("half",)
-    graphs = {v: convert(model, spec.input_shape, calibration=cal, v_init=v, channel_wise=spec.relu)
+    graphs = {v: run_plan(model, ConversionPlan(v_init=v, calibration=cal, calibration_samples=len(cal),
+                                                channel_wise=spec.relu), spec.input_shape).graph
               for v in inits}
     bar()
     for v, g in graphs.items():
@@ -423,9 +424,11 @@ def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: De
     calibrated: dict[int, nir.NIRGraph] = {}
     for t in config.steps:
         if t in pipeline_steps:
-            rep, stage_graphs = CalibrationReport(t), {}
-            calibrated[t] = calibrate(graphs["half"], cal, t, report=rep, graphs=stage_graphs,
-                                      iterations=config.joint_iterations)
+            plan = ConversionPlan(calibration=cal, calibration_samples=len(cal), timesteps=t,
+                                  iterations=config.joint_iterations)
+            report, stage_graphs = WorkflowReport(spec.input_shape, plan.describe()), {}
+            calibrated[t] = calibrate_graph(graphs["half"], plan, cal, report, stage_graphs=stage_graphs)
+            rep = report.calibration
             res.calibration.setdefault(spec.key, {}).setdefault(str(t), []).append(
                 {"seconds": rep.seconds, "images": rep.images, "heldout": rep.heldout, "chosen": rep.chosen,
                  "stages": {st.name: {"seconds": st.seconds, "heldout_error": st.heldout_error, "kept": st.kept}
@@ -435,14 +438,18 @@ def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: De
                     res.add("accuracy", spec.key, stage, accuracy_vs_steps(stage_graphs[stage], x, y, (t,), False)[0])
             res.add("accuracy", spec.key, "default", accuracy_vs_steps(calibrated[t], x, y, (t,), False)[0])
         else:  # the search only (the digits beyond the targets' T: keeps the demo short)
-            calibrated[t] = calibrate(graphs["half"], calibration_for(t, split, config.calibration_samples), t,
-                                      stages=("half", "optimized"))
+            search = calibration_for(t, split, config.calibration_samples)
+            calibrated[t] = calibrate_graph(graphs["half"], ConversionPlan(
+                calibration=search, calibration_samples=len(search), timesteps=t, stages=("half", "optimized")),
+                search)
             res.add("accuracy", spec.key, "optimized", accuracy_vs_steps(calibrated[t], x, y, (t,), False)[0])
         bar()
     t0 = res.clock("calibrate + simulate", t0)
     if config.any_t:
-        rep = CalibrationReport(None)  # what export writes without --timesteps
-        any_t = calibrate(graphs["half"], cal, None, report=rep, iterations=config.joint_iterations)
+        plan = ConversionPlan(calibration=cal, calibration_samples=len(cal), iterations=config.joint_iterations)
+        report = WorkflowReport(spec.input_shape, plan.describe())  # what export writes without --timesteps
+        any_t = calibrate_graph(graphs["half"], plan, cal, report)
+        rep = report.calibration
         res.calibration.setdefault(spec.key, {}).setdefault("any", []).append(
             {"seconds": rep.seconds, "images": rep.images, "heldout": rep.heldout, "chosen": rep.chosen})
         res.add("accuracy", spec.key, "any-T", accuracy_vs_steps(any_t, x, y, config.steps, False)[0])

@@ -1,7 +1,8 @@
 """Calibration pipeline: test accuracy vs T and calibration time per stage, per model (MNIST-1D).
 
 For each model (1D CNN and residual 1D net, QCFS and plain ReLU; trained here with a fixed seed)
-and each T, the pipeline (:func:`bridge.passes.pipeline.calibrate`) runs on training signals only;
+and each T, the pipeline runs on training signals only, through the conversion workflow
+(:func:`bridge.workflow.run.calibrate_graph`: what ``bridge export --calibration --timesteps T`` runs);
 the script prints, per stage, the test accuracy of the best graph so far, the stage's own time,
 and the held-out error it reached; the baseline measured in the same run is theta/2 (the
 converted graph, no calibration), and the cost is also given as a ratio to one float32 sweep
@@ -43,10 +44,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from bridge.converter import convert
     from bridge.data.mnist1d import INPUT_SHAPE, mnist1d_split
     from bridge.model import train
-    from bridge.passes.pipeline import STAGE_LABELS, CalibrationReport, calibrate
+    from bridge.passes.pipeline import STAGE_LABELS
+    from bridge.workflow import ConversionPlan, WorkflowReport, run_plan
+    from bridge.workflow.run import calibrate_graph
     from validation.evaluation import evaluate_graph
 
     split = mnist1d_split()
@@ -58,7 +60,9 @@ def main() -> None:
         cls_name, act = MODELS[key]
         model = getattr(train, cls_name)(act, levels=4)
         trained = train.train_model(model, split, epochs=args.epochs, seed=args.seed)
-        graph = convert(trained.model, INPUT_SHAPE, calibration=cal, channel_wise=act == "relu")
+        # theta/2, thresholds as `bridge export --calibration` converts before its pipeline
+        graph = run_plan(trained.model, ConversionPlan(v_init="half", calibration=cal, calibration_samples=len(cal),
+                                                       channel_wise=act == "relu"), INPUT_SHAPE).graph
         print(f"\n{key}: ANN {100 * trained.ann_accuracy:.2f}% (trained in {trained.seconds:.0f} s)")
         print(f"{'T':>3} {'stage':<28} {'test %':>7} {'gap pt':>7} {'stage s':>8} {'x sweep':>8} {'held-out err':>12}")
         results[key] = {"ann": trained.ann_accuracy, "per_T": {}}
@@ -66,8 +70,10 @@ def main() -> None:
             t0 = time.perf_counter()
             base = evaluate_graph(graph, x, y, [t], batch_size=len(x), ann=False, count_spikes=False).accuracy[t]
             sweep_s = time.perf_counter() - t0
-            rep, stages = CalibrationReport(t), {}
-            calibrate(graph, cal, t, report=rep, graphs=stages, iterations=args.iterations)
+            plan = ConversionPlan(calibration=cal, calibration_samples=len(cal), timesteps=t, iterations=args.iterations)
+            report, stages = WorkflowReport(INPUT_SHAPE, plan.describe()), {}
+            calibrate_graph(graph, plan, cal, report, stage_graphs=stages)
+            rep = report.calibration
             rows = []
             for st in rep.stages:
                 acc = base if st.name == "half" else \

@@ -36,7 +36,7 @@ def measure(name: str, seed: int, levels: int, width: int | None) -> dict:
     import torch
 
     import bridge
-    from bridge.passes.optimize import optimize_initial_potentials
+    from bridge.workflow import ConversionPlan, run_plan
     from recipes import qcfs_models
 
     width = qcfs_models.DIGITS_RECIPES[name].width if width is None else width
@@ -57,7 +57,10 @@ def measure(name: str, seed: int, levels: int, width: int | None) -> dict:
     for k in (1, 2, 4, 8):
         row[f"agree_T{k * levels}"], row[f"snn_accuracy_T{k * levels}"] = agreement(graph, k * levels)
     t0 = time.perf_counter()
-    searched = optimize_initial_potentials(graph, split.train_x[:CALIBRATION_DIGITS].float(), levels)
+    # the search alone, as `bridge export --v-init optimized --timesteps L --calibration ...` runs it
+    plan = ConversionPlan(v_init="optimized", calibration=split.train_x, calibration_samples=CALIBRATION_DIGITS,
+                          timesteps=levels)
+    searched = run_plan(trained.model, plan, shape).graph
     row["search_s"] = time.perf_counter() - t0
     row["agree_searched_T"], row["snn_accuracy_searched_T"] = agreement(searched, levels)
     return row

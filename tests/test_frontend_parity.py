@@ -277,14 +277,18 @@ def test_convert_reads_a_pt2_file_and_an_exported_program(tmp_path):
 
 
 def test_options_object_is_checked_once_and_shared():
-    from bridge.converter import ConversionOptions
+    from bridge.converter import ConversionOptions, convert
 
     model, shape = zoo.mlp()
     opts = ConversionOptions(v_init="zero", timesteps=4)
-    graph = bridge.convert(model, shape, options=opts)
+    graph = convert(model, shape, options=opts)  # the converter alone records any T it is given
     assert graph.metadata["bridge"]["timesteps"] == 4
     # a keyword overrides the options object
-    assert bridge.convert(model, shape, options=opts, timesteps=8).metadata["bridge"]["timesteps"] == 8
+    assert convert(model, shape, options=opts, timesteps=8).metadata["bridge"]["timesteps"] == 8
+    # bridge.convert runs the plan, which refuses a T that nothing fits (no calibration data)
+    with pytest.raises(BridgeError, match="the T a calibration fits"):
+        bridge.convert(model, shape, options=opts)
+    assert "timesteps" not in bridge.convert(model, shape, options=ConversionOptions(v_init="zero")).metadata["bridge"]
     for bad, pattern in [({"thresholds": "p0"}, r"unknown threshold source 'p0' \(--thresholds / thresholds=\)"),
                          ({"v_init": 1.5}, r"outside \[0, 1\) \(--v-init / v_init=\)"),
                          ({"maxpool": "min"}, r"unknown maxpool policy 'min' \(--maxpool / maxpool=\)"),

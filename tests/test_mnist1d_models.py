@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -14,27 +16,11 @@ from bridge.model.train import SignalCNN, SignalResNet
 from bridge.reference import ann_view
 
 
-def _as_clipped(model: nn.Module) -> nn.Module:
-    """A copy with each QCFS replaced by the clipped ReLU of the same bound (what it converts to)."""
-    import copy
-
-    from bridge.model.activations import ClippedReLU
-
-    model = copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, QCFS):
-                clip = ClippedReLU(1.0)
-                clip.raw_bound.data.copy_(child.raw_bound.data)
-                setattr(parent, name, clip)
-    return model
-
-
 @pytest.mark.parametrize("build", [lambda: SignalCNN("qcfs", levels=3), lambda: SignalCNN("relu"),
                                    lambda: SignalResNet("qcfs", levels=3), lambda: SignalResNet("relu")])
 def test_1d_models_convert_exactly(build):
-    """The graph's ANN view is the model (QCFS read as its clipped ReLU; ReLU thresholds at the
-    calibration max, so nothing clips on those inputs)."""
+    """The graph's ANN view is the model (QCFS as its staircase, recorded in the IF metadata; ReLU
+    thresholds at the calibration max, so nothing clips on those inputs)."""
     torch.manual_seed(0)
     model = build().eval()
     qcfs = [m for m in model.modules() if isinstance(m, QCFS)]
@@ -42,7 +28,7 @@ def test_1d_models_convert_exactly(build):
     x = mnist1d_split().train_x[:16]
     graph = convert(model, INPUT_SHAPE, calibration=x, thresholds="auto" if qcfs else "max")
     with torch.no_grad():
-        want = _as_clipped(model).double()(x.double())
+        want = copy.deepcopy(model).double()(x.double())
     torch.testing.assert_close(ann_view(graph, x.double()), want, rtol=1e-6, atol=1e-6)
 
 

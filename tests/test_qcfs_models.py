@@ -1,5 +1,5 @@
 """The QCFS authors' models (recipes/qcfs_models.py) convert as published: same NIR by both front-ends,
-exact ANN views, the staircase's L and shift in the metadata, and the SNN at T = L agrees with the
+exact ANN views (the staircase the model was trained with), the staircase's L and shift in the metadata, and the SNN at T = L agrees with the
 ANN on trained digits models (exactly for one layer; for the deep models with theta/2 as the
 method promises in expectation, and closer still after bridge's initial-potential search)."""
 
@@ -15,7 +15,7 @@ import torch
 import bridge
 from bridge.converter import trace_module
 from bridge.converter.ir_eval import evaluate
-from bridge.format.extension import qcfs_staircase
+from bridge.format.extension import drop_qcfs_mark, qcfs_staircase
 from bridge.format.inspect import inspect_graph, render
 from bridge.reference import ann_view
 from recipes import qcfs_models as qcfs_zoo
@@ -58,10 +58,17 @@ def test_authors_models_convert_by_both_paths_with_the_same_nir(name, act):
     assert {qcfs_staircase(n) for n in ifs.values()} == {(LEVELS, 0.5)}
     # the staircase as the converter read it (a, L, shift) computes what the model computes
     torch.testing.assert_close(evaluate(trace_module(model, shape), x), _out(model, x), rtol=0, atol=1e-5)
-    # the IF rate function (T -> inf) is the clip with the same bounds: the TCL twin of the model
+    # the ANN view of a marked IF node is the staircase with the recorded L and shift: the model itself
+    torch.testing.assert_close(ann_view(graph, x), _out(model, x), rtol=0, atol=1e-5)
+    # not the clip with the same bounds (the TCL twin of the model), which is another network
     twin = MODELS[name][0]("tcl", levels=LEVELS)
     twin.load_state_dict(model.state_dict())
-    torch.testing.assert_close(ann_view(graph, x), _out(twin.eval(), x), rtol=0, atol=1e-5)
+    assert (ann_view(graph, x) - _out(twin.eval(), x)).abs().max() > 1e-3
+    # a mark dropped (what a pass that moves theta does): the view is the clip again
+    unmarked = nir.NIRGraph(nodes={k: drop_qcfs_mark(n) for k, n in graph.nodes.items()},
+                            edges=list(graph.edges), metadata=graph.metadata)
+    assert all(qcfs_staircase(n) is None for n in unmarked.nodes.values())
+    torch.testing.assert_close(ann_view(unmarked, x), _out(twin.eval(), x), rtol=0, atol=1e-5)
 
 
 def test_inspect_shows_the_staircase():

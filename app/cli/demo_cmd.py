@@ -6,20 +6,22 @@ from pathlib import Path
 
 import click
 
+from app.cli.option_types import COUNT
+
 
 @click.command(name="demo")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("bridge-demo"),
               show_default=True, help="Report folder (report.md, PNG plots, results.json, models/).")
-@click.option("--seeds", type=int, default=3, show_default=True,
+@click.option("--seeds", type=COUNT, default=3, show_default=True,
               help="Digits: number of data splits (digits_split(seed), seed = 0..n-1) to average over.")
-@click.option("--mnist1d-seeds", type=int, default=None,
+@click.option("--mnist1d-seeds", type=COUNT, default=None,
               help="MNIST-1D: number of training seeds (default: min(--seeds, 2)).")
 @click.option("--benchmark", "benchmarks", type=click.Choice(["digits", "mnist1d"]), multiple=True,
               help="Run only this benchmark (repeatable; default: both).")
 @click.option("--quick", is_flag=True, help="Fewer epochs, T up to 16, SJ 99.9% settings only, "
                                             "the pipeline at fewer T, no any-T fit.")
 @click.option("--force", is_flag=True, help="Overwrite an existing, non-empty report folder.")
-@click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+@click.option("--threads", type=COUNT, default=None, help="torch threads (default: torch's choice).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a target fails (for CI); by "
                                              "default the last line says which targets fail.")
 def demo(out: Path, seeds: int, mnist1d_seeds: int | None, benchmarks: tuple[str, ...], quick: bool,

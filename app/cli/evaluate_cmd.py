@@ -6,54 +6,50 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from app.cli.option_types import COUNT, WORKERS
 from bridge.format.errors import BridgeError
+from bridge.workflow.plan import DEFAULT_CALIBRATION_SAMPLES
 
 
-def _load_graph(model: Path, arch: str | None, trust_pickle: bool, input_shape: str | None,
-                v_init: str, timesteps: int | None, calibration_samples: int, data: str,
-                transform=None):
-    """A NIR file as it is; a PyTorch model converted (thresholds auto, v_init as asked).
+def _plan(calibration: str | None, calibration_samples: int, v_init: str | None, timesteps: int | None,
+          maxpool: str, thresholds: str) -> Any:
+    from bridge.workflow import ConversionPlan
 
-    Returns ``(graph, ann)``: ``ann`` is the PyTorch model (None for a NIR file), whose
-    accuracy is measured on the same batches as the spiking network's.
+    return ConversionPlan(thresholds=thresholds, v_init=v_init, timesteps=timesteps, calibration=calibration,
+                          calibration_samples=calibration_samples, maxpool=maxpool)
+
+
+def _load_graph(model: Path, plan: Any, arch: str | None, trust_pickle: bool, input_shape: str | None,
+                show_progress: bool) -> tuple[Any, Any, Any]:
+    """A NIR file as it is; a PyTorch model converted by the plan (:func:`bridge.workflow.run_plan`).
+
+    Returns ``(graph, ann, report)``: ``ann`` is the user's PyTorch model runnable at any batch
+    size (None for a NIR file), measured on the same batches as the spiking network.
     """
-    from bridge.model.loading import is_nir_file
-
+    from app.cli.console import console, one_line_warnings
+    from app.cli.option_types import parse_input_shape
+    from app.cli.progress_view import ProgressView
     from bridge.format.input_files import check_input_file
+    from bridge.model.loading import is_nir_file
+    from bridge.workflow import run_plan
+    from bridge.workflow.run import refuse_for_nir_file
 
     check_input_file(model, "model file")
+    shape = parse_input_shape(input_shape)
     if is_nir_file(model):
         from bridge.reference.probe import read_runnable_graph
 
-        if v_init != "half" or timesteps is not None:
-            raise BridgeError("--v-init/--timesteps apply to PyTorch models; a NIR file is "
-                              "evaluated as written (re-export it to change them)")
-        return read_runnable_graph(model), None
-    from app.cli.export_cmd import conversion_options, convert_loaded, model_input_shape, parse_input_shape
-    from bridge.data.streaming import first_samples, open_dataset
-    from bridge.model.loading import check_finite, load_model
-
-    options, optimized = conversion_options(v_init=v_init, timesteps=timesteps)
-    if optimized and timesteps is None:
-        raise BridgeError("--v-init optimized needs --timesteps T")
-    loaded = load_model(model, arch=arch, trust_pickle=trust_pickle)
-    check_finite(loaded.named_tensors(), str(model))
-    shape = model_input_shape(loaded, parse_input_shape(input_shape), model)
-    # calibration (percentile thresholds of ReLU models, the optimised v_init): the start of
-    # the data, read sample by sample (never the whole set)
-    calib = first_samples(open_dataset(data, input_shape=shape, transform=transform), calibration_samples)
-    graph = convert_loaded(loaded, shape, options, calibration=calib)
-    if optimized:
-        import torch
-
-        from bridge.passes.optimize import optimize_initial_potentials
-
-        graph = optimize_initial_potentials(graph, calib.to(torch.float64), timesteps)
-    ann = loaded.module if loaded.module is not None else loaded.exported_program(shape).module()
-    return graph, ann
+        given = tuple(flag for flag, value in (("--arch", arch), ("--trust-pickle", trust_pickle),
+                                               ("--input-shape", input_shape)) if value)
+        refuse_for_nir_file(plan, model, given)
+        return read_runnable_graph(model), None, None
+    with one_line_warnings(), ProgressView(console(stderr=True), enabled=show_progress) as bar:
+        result = run_plan(model, plan, shape, arch=arch, trust_pickle=trust_pickle, progress=bar)
+    return result.graph, result.ann, result.report
 
 
 def _deprecated_steps(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -74,15 +70,19 @@ Examples:
       --resume progress.json --output result.json
   torchrun --nproc_per_node 8 -m bridge evaluate model.nir --data imagefolder:/data/val \\
       --transform imagenet --workers 8 --output result.json   # one shard per GPU
-  bridge evaluate model.pt2 --data test.npz --v-init optimized --timesteps 4
+  bridge evaluate model.pt2 --data test.npz --calibration train.npy --timesteps 4
+  bridge evaluate model.pt2 --data digits --calibration digits --maxpool avg
 
 \b
-DATA: digits (embedded), a .npz with arrays x and y, cifar10:DIR / cifar100:DIR (the
+DATA: digits (the test part of the fixed digits split; --calibration digits reads only its
+training part), a .npz with arrays x and y, cifar10:DIR / cifar100:DIR (the
 official python format), imagefolder:DIR (one sub-folder per class). Samples are read one
 at a time through a DataLoader: memory does not grow with the data set.
 --transform imagenet: resize 256, centre crop 224, ImageNet mean/std (or KEY=VALUE,...:
 resize=N, crop=N, mean=A/B/C, std=A/B/C). Under torchrun each process takes one shard
-(its own GPU with --device auto/cuda) and rank 0 prints the summed counts.""",
+(its own GPU with --device auto/cuda) and rank 0 prints the summed counts. A PyTorch model is
+converted as by `bridge export` with the same options; calibration data come only from
+--calibration, never from --data.""",
 )
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", required=True, metavar="digits|FILE.npz|cifar10:DIR|imagefolder:DIR",
@@ -91,14 +91,14 @@ resize=N, crop=N, mean=A/B/C, std=A/B/C). Under torchrun each process takes one 
               help="Time-steps T to report (one run of max(T) steps gives them all).")
 @click.option("--steps", "steps_alias", default=None, hidden=True, callback=_deprecated_steps,
               help="Deprecated spelling of --timesteps-list.")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=COUNT, default=256, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: this process's GPU (cuda:LOCAL_RANK) when CUDA is available, else the CPU.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--backend", default="reference", show_default=True,
               help="The simulator: reference, or a validation backend (spikingjelly, norse, ...).")
-@click.option("--limit", type=int, default=None, help="Evaluate only the first N samples.")
-@click.option("--workers", type=int, default=None,
+@click.option("--limit", type=COUNT, default=None, help="Evaluate only the first N samples.")
+@click.option("--workers", type=WORKERS, default=None,
               help="DataLoader worker processes per rank [default: 0 for in-memory data, else min(4, CPUs)].")
 @click.option("--transform", default=None, metavar="imagenet|KEY=VALUE,...",
               help="Image preprocessing (default: fit the images to the model's input size).")
@@ -106,27 +106,36 @@ resize=N, crop=N, mean=A/B/C, std=A/B/C). Under torchrun each process takes one 
               help="Count spikes per layer (for synaptic operations).")
 @click.option("--resume", "resume_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Progress file: saved every --checkpoint-every batches; an existing one is continued.")
-@click.option("--checkpoint-every", type=int, default=20, show_default=True, help="Batches between saves.")
+@click.option("--checkpoint-every", type=COUNT, default=20, show_default=True, help="Batches between saves.")
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the result as JSON to this file (atomically, by rank 0).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
-@click.option("--stop-after-batches", type=int, default=None, hidden=True,
+@click.option("--stop-after-batches", type=COUNT, default=None, hidden=True,
               help="Test hook: stop as if killed after N batches of each process.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--arch", metavar="PKG.MOD:FACTORY", help="Code that builds the architecture for a state_dict.")
 @click.option("--trust-pickle", is_flag=True, help="Allow unpickling a whole pickled module.")
 @click.option("--input-shape", metavar="C,H,W", help="One input sample's shape (PyTorch models).")
-@click.option("--v-init", default="half", show_default=True, metavar="half|zero|FLOAT|optimized",
-              help="Initial potential when converting a PyTorch model.")
-@click.option("--timesteps", type=int, help="T to optimise for (with --v-init optimized).")
-@click.option("--calibration-samples", type=int, default=512, show_default=True,
-              help="Samples of the data used for calibration when converting.")
+@click.option("--thresholds", default="auto", show_default=True, metavar="auto|trained|max|pNN.N",
+              help="Threshold source when converting a PyTorch model (as in `bridge export`).")
+@click.option("--calibration", metavar="digits|FILE",
+              help="Calibration inputs when converting a PyTorch model: digits (the training part of "
+                   "the fixed split) or a .npy/.npz/.pt tensor file; never taken from --data.")
+@click.option("--calibration-samples", type=COUNT, default=DEFAULT_CALIBRATION_SAMPLES, show_default=True,
+              help="Use the first N calibration samples.")
+@click.option("--v-init", default=None, metavar="auto|half|zero|FLOAT|optimized",
+              help="Initial potential when converting (as in `bridge export`; default auto).")
+@click.option("--timesteps", type=COUNT, help="T to calibrate for (needs --calibration).")
+@click.option("--maxpool", type=click.Choice(["error", "avg"]), default="error", show_default=True,
+              help="MaxPool2d in a PyTorch model: refuse, or replace by average pooling (the table "
+                   "shows the ANN's accuracy before and after the swap).")
 def evaluate(model: Path, data: str, timesteps_list: str, steps_alias: str | None, batch_size: int,
              device: str, dtype: str, backend: str, limit: int | None, workers: int | None,
              transform: str | None, spikes: bool, resume_path: Path | None, checkpoint_every: int,
              output_path: Path | None, force: bool, stop_after_batches: int | None, as_json: bool,
-             arch: str | None, trust_pickle: bool, input_shape: str | None, v_init: str,
-             timesteps: int | None, calibration_samples: int) -> None:
+             arch: str | None, trust_pickle: bool, input_shape: str | None, thresholds: str,
+             calibration: str | None, calibration_samples: int, v_init: str | None, timesteps: int | None,
+             maxpool: str) -> None:
     """Accuracy of the spiking network after each of T time-steps, on your labelled data.
 
     MODEL is a NIR file (evaluated as written) or a PyTorch model (converted first, as by
@@ -146,8 +155,7 @@ def evaluate(model: Path, data: str, timesteps_list: str, steps_alias: str | Non
     from validation.suite import input_shape as graph_input_shape
 
     ts = parse_timesteps(steps_alias if steps_alias is not None else timesteps_list)
-    if limit is not None and limit < 1:
-        raise BridgeError(f"--limit must be >= 1, got {limit}")
+    plan = _plan(calibration, calibration_samples, v_init, timesteps, maxpool, thresholds)
     if output_path is not None:
         check_output_path(output_path, force=force)
     image_transform = parse_transform(transform)
@@ -157,8 +165,12 @@ def evaluate(model: Path, data: str, timesteps_list: str, steps_alias: str | Non
         if len(parse_backends(backend)) != 1:
             raise BridgeError("--backend takes one backend name, e.g. reference or spikingjelly")
     with distributed_session(device) as group:
-        graph, ann = _load_graph(model, arch, trust_pickle, input_shape, v_init, timesteps,
-                                 calibration_samples, data, image_transform)
+        graph, ann, report = _load_graph(model, plan, arch, trust_pickle, input_shape,
+                                         show_progress=group.is_main and not as_json)
+        if report is not None and group.is_main and not as_json:
+            from app.cli.progress_view import print_conversion
+
+            print_conversion(report)
         from bridge.format.output_files import require_memory
         from bridge.reference.probe import output_classes
 
@@ -184,11 +196,21 @@ def evaluate(model: Path, data: str, timesteps_list: str, steps_alias: str | Non
                 dtype=getattr(torch, dtype), backend=backend, ann_model=ann, count_spikes=spikes, classes=classes,
                 resume=resume_path, checkpoint_every=checkpoint_every, progress=bar.update,
                 fingerprint={"model": str(model.resolve()), "data": data, "limit": limit,
-                             "transform": transform},
+                             "transform": transform, "conversion": None if report is None else report.plan},
                 stop_after_batches=stop_after_batches)
+        swapped = None
+        if report is not None and report.maxpool_replaced:
+            # the ANN after --maxpool avg: the ANN view of the graph (average pooling), same samples
+            swapped = evaluate_dataset(graph, dataset, [1], batch_size=batch_size, workers=n_workers, group=group,
+                                       dtype=getattr(torch, dtype), ann_model=None, count_spikes=False,
+                                       classes=classes).ann_accuracy
         if not group.is_main:
             return
     payload = {"model": str(model), "data": data, **result.to_dict()}
+    if swapped is not None:
+        payload["ann_accuracy_after_maxpool_swap"] = swapped
+    if report is not None:
+        payload["conversion"] = report.to_dict()
     if output_path is not None:
         from bridge.format.nirio import write_with
 
@@ -196,12 +218,12 @@ def evaluate(model: Path, data: str, timesteps_list: str, steps_alias: str | Non
     if as_json:
         click.echo(json.dumps(payload, indent=2))
         return
-    _print_table(model, data, result)
+    _print_table(model, data, result, swapped)
     if output_path is not None:
         print(f"result written to {output_path}", file=sys.stderr)
 
 
-def _print_table(model: Path, data: str, result) -> None:
+def _print_table(model: Path, data: str, result: Any, swapped: float | None = None) -> None:
     from rich.table import Table
 
     from app.cli.console import console as make_console
@@ -223,7 +245,10 @@ def _print_table(model: Path, data: str, result) -> None:
                       "-" if agree is None else f"{100 * agree:.2f}",
                       "-" if spikes is None else f"{spikes:.0f}")
     if result.ann_accuracy is not None:
-        table.add_row(f"ANN ({result.ann_source})", f"{100 * result.ann_accuracy:.2f}", "", "")
+        before = ", before the MaxPool swap" if swapped is not None else ""
+        table.add_row(f"ANN ({result.ann_source}{before})", f"{100 * result.ann_accuracy:.2f}", "", "")
+    if swapped is not None:
+        table.add_row("ANN after --maxpool avg (ann view of the graph)", f"{100 * swapped:.2f}", "", "")
     out = make_console()
     out.print(table)
     for note in result.notes:

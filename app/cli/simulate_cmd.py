@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
+from app.cli.option_types import COUNT
 import numpy as np
 import torch
 
@@ -57,19 +59,19 @@ def _batches(n: int, size: int) -> list[slice]:
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--input", "input_", required=True, metavar="FILE|digits",
               help="Input tensor file (.npy/.npz/.pt) or 'digits'.")
-@click.option("--steps", "-T", type=int, default=32, show_default=True, help="Time steps T (>= 1).")
+@click.option("--steps", "-T", type=COUNT, default=32, show_default=True, help="Time steps T (>= 1).")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write spikes and potentials of every IF/LIF node to this .npz.")
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write readout, predictions and per-step outputs to this .npz.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64",
               show_default=True, help="float64 is bit-exact; float32 is faster.")
-@click.option("--batch-size", type=int, default=256, show_default=True,
+@click.option("--batch-size", type=COUNT, default=256, show_default=True,
               help="Samples simulated at once.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dt", type=float, default=None,
               help="Forward-Euler step for LI/LIF nodes (plain NIR graphs that have them).")
-@click.option("--limit", type=int, default=None, help="Simulate only the first N samples.")
+@click.option("--limit", type=COUNT, default=None, help="Simulate only the first N samples.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
              output_path: Path | None, dtype: str, batch_size: int, device: str,
@@ -80,12 +82,6 @@ def simulate(model: Path, input_: str, steps: int, trace_path: Path | None,
     from bridge.format.nirio import check_output_path, write_with
     from bridge.reference import ReferenceSimulator
 
-    if steps < 1:
-        raise BridgeError(f"--steps must be >= 1, got {steps}")
-    if batch_size < 1:
-        raise BridgeError(f"--batch-size must be >= 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise BridgeError(f"--limit must be >= 1, got {limit}")
     for path in (output_path, trace_path):
         if path is not None:  # refuse before any work, so nothing is half done
             check_output_path(path, force=force)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from app.cli.option_types import COUNT
+
 from bridge.format.errors import BridgeError, ValidationFailed
 from bridge.passes.profiles import PROFILES
 
@@ -29,14 +31,14 @@ mismatch that no numerical tie explains, 2 on bad input.""",
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--backends", default="reference,spikingjelly,norse", show_default=True,
               help="Comma-separated backend names.")
-@click.option("--steps", type=int, default=32, show_default=True, help="Time-steps T to simulate.")
+@click.option("--steps", type=COUNT, default=32, show_default=True, help="Time-steps T to simulate.")
 @click.option("--data", default="digits", show_default=True,
               help="digits, a .npz with x and y, cifar10:DIR, cifar100:DIR or an ImageFolder DIR.")
-@click.option("--limit", type=int, default=None, help="Use only the first N samples.")
+@click.option("--limit", type=COUNT, default=None, help="Use only the first N samples.")
 @click.option("--timesteps-list", default=None,
               help="T values for the accuracy curve, e.g. 1,2,4,8,16,32 (default: powers of 2 up to --steps).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float64", show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=COUNT, default=64, show_default=True)
 @click.option("--tie-epsilon", type=float, default=None,
               help="Relative tolerance of a numerical tie (default 1e-9 in float64, 1e-4 in float32).")
 @click.option("--profile", type=click.Choice(PROFILES),
@@ -68,10 +70,6 @@ def validate(model: str, backends: str, steps: int, data: str, limit: int | None
     from bridge.format.graph import input_shape
     from validation.suite import validate as run_validation
 
-    if steps < 1:
-        raise BridgeError(f"--steps must be >= 1, got {steps}")
-    if batch_size < 1 or (limit is not None and limit < 1):
-        raise BridgeError("--batch-size and --limit must be >= 1")
     if tie_epsilon is not None and not (tie_epsilon >= 0 and tie_epsilon < float("inf")):
         raise BridgeError(f"--tie-epsilon must be a finite number >= 0, got {tie_epsilon}")
     if report_dir:  # refuse an unwritable report folder before the work, not after

@@ -7,6 +7,7 @@ where labelled, int64 labels ``y`` of shape ``(N,)``. Nothing here downloads any
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,17 +49,52 @@ def digits_arrays(size: int = DIGITS_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     return x.contiguous(), y
 
 
-def digits_split(seed: int = 0, test_fraction: float = 0.2, size: int = DIGITS_SIZE) -> Split:
-    """A stratified, seeded train/test split of the digits (360 test images at 0.2)."""
+def digits_indices(seed: int = 0, test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) sample indices into :func:`digits_arrays` of the stratified split ``seed``."""
     from sklearn.model_selection import train_test_split
 
-    x, y = digits_arrays(size)
+    _, y = digits_arrays(8)
     idx = np.arange(len(y))
-    tr, te = train_test_split(
-        idx, test_size=test_fraction, random_state=seed, stratify=y.numpy()
-    )
+    tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y.numpy())
+    return tr, te
+
+
+def digits_split(seed: int = 0, test_fraction: float = 0.2, size: int = DIGITS_SIZE) -> Split:
+    """A stratified, seeded train/test split of the digits (360 test images at 0.2)."""
+    x, y = digits_arrays(size)
+    tr, te = digits_indices(seed, test_fraction)
     tr_t, te_t = torch.from_numpy(tr), torch.from_numpy(te)
     return Split(x[tr_t], y[tr_t], x[te_t], y[te_t])
+
+
+#: The fixed split behind the data name ``digits`` in every command: ``digits_split(DIGITS_SEED)``.
+#: Calibration (``--calibration digits``) reads only its 1437 training images, in the split's
+#: order; evaluation (``--data digits``, ``--input digits``) reads only its 360 test images.
+DIGITS_SEED = 0
+
+
+def digits_test(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 360 test images of the fixed split (:data:`DIGITS_SEED`), fitted to ``shape``, and labels."""
+    split = digits_split(DIGITS_SEED, size=8)
+    return fit_images(split.test_x, shape), split.test_y
+
+
+def digits_calibration(shape: tuple[int, ...], samples: int) -> torch.Tensor:
+    """The first ``samples`` training images of the fixed split, shaped ``(N, *shape)`` float32:
+    ``(N, 1, H, W)`` for a 1-channel image input, ``(N, s*s)`` for a square feature input.
+    Never a test image of :func:`digits_test`."""
+    if len(shape) == 1:
+        side = math.isqrt(shape[0])
+        if side * side != shape[0]:
+            raise BridgeError(
+                f"--calibration digits needs a square image input; the model takes {shape[0]} "
+                "features; pass a .npy/.npz/.pt calibration file instead")
+    elif len(shape) != 3 or shape[0] != 1:
+        raise BridgeError(
+            f"--calibration digits gives 1-channel images; the model takes input shape {list(shape)}; "
+            "pass a .npy/.npz/.pt calibration file instead")
+    train_x = digits_split(DIGITS_SEED, size=8).train_x[:samples]
+    return fit_images(train_x, tuple(shape)).to(torch.float32).contiguous()
 
 
 _NO_UNPICKLING = "bridge never unpickles data files (it would run code stored in them)"
@@ -360,9 +396,8 @@ def read_labelled(spec: str, *, input_shape: tuple[int, ...]) -> tuple[torch.Ten
     shape = tuple(int(s) for s in input_shape)
     kind, _, rest = spec.partition(":")
     if spec == "digits":
-        # the held-out split of digits_split (the images a digits model was not trained on)
-        split = digits_split(size=8)
-        return fit_images(split.test_x, shape), split.test_y
+        # the test part of the fixed split (calibration never reads it: digits_calibration)
+        return digits_test(shape)
     if kind in ("cifar10", "cifar100") and rest:
         x, y = load_cifar(Path(rest).expanduser(), classes=10 if kind == "cifar10" else 100)
         return fit_images(x, shape), y

@@ -9,7 +9,9 @@ Graph metadata ``graph.metadata["bridge"]``::
     {"version": "1.0",              # extension format version (FORMAT_VERSION)
      "input_encoding": "constant",  # the same analog input is the current at every step
      "readout": "mean",             # network output = mean over T of the Output node's value
-     "timesteps": 8}                # optional: the T the converter optimised for
+     "timesteps": 8,                # optional: the T the converter optimised for
+     "provenance": {...}}           # optional, informative: how the graph was made (the plan,
+                                    #   the calibration data's size and SHA-256); readers ignore it
 
 IF node metadata ``node.metadata["bridge"]``::
 
@@ -85,6 +87,7 @@ VERSION = "version"
 INPUT_ENCODING = "input_encoding"
 READOUT = "readout"
 TIMESTEPS = "timesteps"
+PROVENANCE = "provenance"
 # IF-node keys
 RESET = "reset"
 SPIKE_CONDITION = "spike_condition"
@@ -175,6 +178,34 @@ def qcfs_staircase(node: nir.NIRNode) -> tuple[int, float] | None:
     if not isinstance(meta, dict) or QCFS_LEVELS not in meta:
         return None
     return int(meta[QCFS_LEVELS]), float(meta.get(QCFS_SHIFT, 0.5))
+
+
+def drop_qcfs_mark(node: nir.NIRNode) -> nir.NIRNode:
+    """``node`` without the QCFS keys (a copy; the node itself if it has none).
+
+    The mark says the IF node's ANN view is the staircase ``theta/L clip(floor(z L/theta + s), 0, L)``
+    of the model the user trained. A pass that moves the node's threshold (or the weights feeding
+    it) makes that statement false for the new theta: it keeps the mark only if it rescales the
+    staircase with it, else it calls this (the ANN view is then the clip ``clip(z, 0, theta)``).
+    """
+    import copy
+
+    meta = getattr(node, "metadata", None) or {}
+    ours = meta.get(NAMESPACE)
+    if not isinstance(ours, dict) or (QCFS_LEVELS not in ours and QCFS_SHIFT not in ours):
+        return node
+    out = copy.copy(node)
+    out.metadata = {**meta, NAMESPACE: {k: v for k, v in ours.items() if k not in (QCFS_LEVELS, QCFS_SHIFT)}}
+    return out
+
+
+def with_graph_info(graph: nir.NIRGraph, key: str, value: Any) -> nir.NIRGraph:
+    """A copy of ``graph`` (same nodes and edges) with ``metadata["bridge"][key] = value``."""
+    meta = dict(graph.metadata or {})
+    ours = dict(meta.get(NAMESPACE) or graph_metadata()[NAMESPACE])
+    ours[key] = value
+    meta[NAMESPACE] = ours
+    return nir.NIRGraph(nodes=dict(graph.nodes), edges=list(graph.edges), metadata=meta)
 
 
 def make_if(threshold: np.ndarray, v_init: np.ndarray) -> nir.IF:

@@ -421,3 +421,45 @@ def is_nir_file(path: str | Path) -> bool:
 
 __all__ = ["LoadedModel", "ModelFormat", "check_finite", "detect_format", "import_factory",
            "is_nir_file", "load_model"]
+
+
+def program_batch(program: torch.export.ExportedProgram) -> int | None:
+    """The batch size a ``torch.export`` program was specialised to (None: a dynamic batch)."""
+    user = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user:
+            val = node.meta.get("val")
+            dim = val.shape[0] if isinstance(val, torch.Tensor) and val.dim() else None
+            return int(dim) if isinstance(dim, int) else None
+    return None
+
+
+class AnyBatch(nn.Module):
+    r"""A program exported for a fixed batch ``b``, run at any batch size: the input is cut into
+    chunks of ``b`` (the last one padded with zeros) and the outputs of the real samples are
+    concatenated. Exact for a program in eval mode, where samples do not interact."""
+
+    def __init__(self, module: nn.Module, batch: int) -> None:
+        super().__init__()
+        self.inner, self.batch = module, batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n = self.batch, len(x)
+        if n == b:
+            return self.inner(x)
+        outs = []
+        for i in range(0, n, b):
+            chunk = x[i:i + b]
+            real = len(chunk)
+            if real < b:
+                chunk = torch.cat([chunk, chunk.new_zeros((b - real, *chunk.shape[1:]))])
+            outs.append(self.inner(chunk)[:real])
+        return torch.cat(outs)
+
+
+def any_batch_module(program: torch.export.ExportedProgram) -> nn.Module:
+    """``program.module()``, wrapped in :class:`AnyBatch` when the program has a fixed batch > 1
+    (a fixed batch of 1 runs one sample at a time the same way)."""
+    module = program.module()
+    batch = program_batch(program)
+    return module if batch is None else AnyBatch(module, batch)

@@ -5,7 +5,10 @@ fires :math:`N_T = \\mathrm{clip}(\\lfloor (T z + v_{init}) / \\theta \\rfloor, 
 so its rate tends to :math:`\\mathrm{clip}(z / \\theta, 0, 1)` as T grows. Evaluating the
 graph once with that rate in place of every IF node (unit spikes: the consumers' weights
 hold theta) must reproduce the ANN the graph was converted from: the converter uses it
-to prove a conversion correct.
+to prove a conversion correct. An IF node marked with a QCFS staircase (``qcfs_levels`` L,
+``qcfs_shift`` s; :mod:`bridge.format.extension`) is the staircase
+:math:`\frac{1}{L}\mathrm{clip}(\lfloor z L / \theta + s \rfloor, 0, L)` the model was trained
+with (what its IF layer computes at T = L), so the view of a QCFS model is that model.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nir
 import torch
 
-from bridge.format.extension import if_semantics
+from bridge.format.extension import if_semantics, qcfs_staircase
 from bridge.format.neurons import if_step, if_step_
 from bridge.reference.ops.base import NeuronOp, param
 
@@ -27,7 +27,10 @@ class IF(NeuronOp):
     saturates first: :math:`m(t) = \mathrm{clip}(v(t-1) + r I(t), v_{min}, v_{max})`.
 
     The output is the unit spike s(t). Its ANN view (rate) is
-    :math:`\mathrm{clip}(r I / \theta, 0, 1)`, the spike rate under a constant current.
+    :math:`\mathrm{clip}(r I / \theta, 0, 1)`, the spike rate under a constant current; for a node
+    marked with the QCFS staircase (``qcfs_levels`` L, ``qcfs_shift`` s) it is the staircase the
+    model was trained with, in units of theta:
+    :math:`\frac{1}{L}\mathrm{clip}(\lfloor r I L / \theta + s \rfloor, 0, L)`.
     """
 
     traceable = True
@@ -45,6 +48,7 @@ class IF(NeuronOp):
         self.r = None if bool((r == 1).all()) else r
         self.v_min = None if sem.v_min is None else param(sem.v_min, dtype, device)
         self.v_max = None if sem.v_max is None else param(sem.v_max, dtype, device)
+        self.staircase = qcfs_staircase(node)  # (L, shift) or None
 
     def init_state(self, like: torch.Tensor) -> torch.Tensor:
         # empty_like + copy_ keeps the batch's memory layout (channels_last stays so)
@@ -71,4 +75,8 @@ class IF(NeuronOp):
         return state
 
     def rate(self, x: torch.Tensor) -> torch.Tensor:
+        if self.staircase is not None:
+            levels, shift = self.staircase
+            steps = torch.floor(self.gain(x) * levels / self.threshold + shift)
+            return torch.clamp(steps, 0.0, float(levels)) / levels
         return torch.clamp(self.gain(x) / self.threshold, 0.0, 1.0)
