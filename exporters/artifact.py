@@ -21,7 +21,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -31,8 +30,7 @@ import torch
 from bridge.format.errors import BridgeError
 from bridge.format.nirio import graph_bytes
 from bridge.format.output_files import (
-    output_error, publish, remove_temp, signals_deferred, sweep_stale_temps, temp_prefix, track_temp,
-    write_failure,
+    make_temp_folder, output_error, publish_folder, remove_temp, sweep_stale_temps, write_failure,
 )
 from exporters.graph_spec import graph_to_spec
 
@@ -120,9 +118,7 @@ def write_artifact(graph: nir.NIRGraph, target: Target, out_dir: str | Path, *, 
     sweep_stale_temps(out_dir)  # folders stranded by killed runs
     tmp: Path | None = None
     try:
-        with signals_deferred():  # the temp folder exists only once it is noted for cleanup
-            tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), suffix=".tmp", dir=parent))
-            track_temp(tmp)
+        tmp = make_temp_folder(out_dir)
         shutil.copyfile(Path(__file__).with_name(_RUNTIMES[target]), tmp / "model.py")
         (tmp / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
         # serialised in memory, written by Python: a full disk is an OSError, not a C++ error
@@ -139,15 +135,7 @@ def write_artifact(graph: nir.NIRGraph, target: Target, out_dir: str | Path, *, 
             else " (x holds one input per step, [T, B, ...])",
         ))
         os.chmod(tmp, 0o755)
-        if out_dir.exists():  # force: replace the old folder only now that the new one is whole
-            with signals_deferred():
-                old = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), suffix=".old", dir=parent))
-                track_temp(old)
-                os.replace(out_dir, old / "x")
-            publish(tmp, out_dir)  # renamed and noted as written, a signal before or after, not between
-            remove_temp(old)
-        else:
-            publish(tmp, out_dir)
+        publish_folder(tmp, out_dir)  # renamed and noted as written, a signal before or after, not between
     except OSError as exc:  # read-only folder, full disk, file-size limit
         raise output_error(out_dir, exc) from None
     except RuntimeError as exc:  # torch.save / h5py report a short write in their own words

@@ -22,12 +22,9 @@ not import passes; the caller chains them)::
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +44,7 @@ from bridge.format.extension import (
 )
 from bridge.format.graph import input_node, neighbours, topological_order
 from bridge.format.nirio import graph_bytes
-from bridge.format.output_files import temp_prefix
+from bridge.format.output_files import make_temp_folder, publish_folder, remove_temp
 from bridge.format.speck import (
     BIAS_MEMORY,
     CORES,
@@ -415,7 +412,7 @@ def write_speck(graph: nir.NIRGraph, out_dir: str | Path, *, force: bool = False
     table = resource_table(layers, cores)
     tmp: Path | None = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), suffix=".tmp", dir=parent))
+        tmp = make_temp_folder(out_dir)
         (tmp / "model.nir").write_bytes(graph_bytes(graph))
         (tmp / "sinabs_layers.json").write_text(json.dumps({"layers": spec, "input_levels": levels,
                                                             "input_shape": _input_shape(graph)}, indent=1) + "\n")
@@ -431,19 +428,12 @@ def write_speck(graph: nir.NIRGraph, out_dir: str | Path, *, force: bool = False
             v_min=float(first.v_min.min()) if first.v_min is not None else float("-inf"),
             v_max=float(first.v_max.max()) if first.v_max is not None else float("inf")))
         os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), suffix=".old", dir=parent))
-            os.replace(out_dir, old / "x")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        publish_folder(tmp, out_dir)
     except OSError as exc:
         raise BridgeError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
     finally:
         if tmp is not None:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(tmp)
+            remove_temp(tmp)  # a no-op once published
     return out_dir
 
 

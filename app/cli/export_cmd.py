@@ -21,7 +21,7 @@ from bridge.format.errors import BridgeError
 from bridge.passes.profiles import PROFILES
 from bridge.workflow.plan import DEFAULT_CALIBRATION_SAMPLES
 
-TARGETS = ("nir", "spikingjelly", "norse", "snntorch", "sinabs")
+TARGETS = ("nir", "spikingjelly", "norse", "snntorch", "sinabs", "speck")
 
 
 def _summary(path: Path, graph: Any, target: str, *, as_json: bool = False, report: Any = None) -> None:
@@ -55,6 +55,23 @@ def _write_artifact(graph: Any, target: str, out: Path, force: bool) -> Path:
     return write_artifact(graph, target, out, force=force)
 
 
+def _write(graph: Any, target: str, out: Path, force: bool, plan: Any, as_json: bool = False) -> Path:
+    """Write ``graph`` as ``target``: a NIR file, a framework folder, or a Speck folder (legalised,
+    checked against the chip, its resource table printed)."""
+    if target == "nir":
+        from bridge.format.nirio import write_graph
+
+        return write_graph(graph, out, force=force)
+    if target == "speck":
+        from app.cli.console import console
+        from bridge.workflow.targets import speck_export
+
+        written = speck_export(graph, plan, out, force=force)
+        console(stderr=as_json).print(written.table, highlight=False, soft_wrap=True)  # stdout keeps the JSON
+        return written.path
+    return _write_artifact(graph, target, out, force)
+
+
 def _check_output(out: Path, target: str, force: bool) -> None:
     """Refuse before any work: an existing output without --force, or a missing folder."""
     from bridge.format.nirio import check_output_path
@@ -82,17 +99,21 @@ Examples:
   bridge export whole_model.pt --trust-pickle --input-shape 1,16,16 --to nir -o model.nir
   bridge export model.nir --to spikingjelly -o sj_model/
   bridge export model.nir --to norse -o norse_model/
+  bridge export model.pt2 --calibration digits --timesteps 4 --weights int8 --to nir -o m_int8.nir
+  bridge export model.nir --weights int8 --to nir -o m_int8.nir
+  bridge export model.pt2 --calibration images.npy --timesteps 8 --to speck -o speck_model/
 
 \b
 MODEL is detected from its content: a torch.export program (.pt2, recommended), a
 state_dict (needs --arch), a TorchScript archive, a pickled module (needs --trust-pickle),
-or a NIR file (for --to spikingjelly/norse).""",
+or a NIR file (for the framework and chip targets, and for --weights intN).""",
 )
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--to", "target", type=click.Choice(TARGETS), required=True,
-              help="Output format: a NIR file, or a SpikingJelly / Norse / snnTorch / sinabs model folder.")
+              help="Output format: a NIR file, a SpikingJelly / Norse / snnTorch / sinabs model folder, or "
+                   "a SynSense Speck folder (integer graph, sinabs layers, resource table; needs --calibration).")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
-              help="Output file (nir) or folder (spikingjelly, norse).")
+              help="Output file (nir) or folder (the other targets).")
 @click.option("--arch", metavar="PKG.MOD:FACTORY",
               help="Code that builds the architecture for a state_dict file.")
 @click.option("--trust-pickle", is_flag=True,
@@ -116,9 +137,11 @@ or a NIR file (for --to spikingjelly/norse).""",
                                               "--calibration: a setting for every T).")
 @click.option("--maxpool", type=click.Choice(["error", "avg"]), default="error", show_default=True,
               help="MaxPool2d: refuse (default) or replace by average pooling (accuracy changes).")
-@click.option("--weights", "weight_precision", type=click.Choice(["model", "float32", "float64"]), default="model",
-              show_default=True, help="Precision of the weights in the NIR file: the model's own "
-                                      "(float32 for a float32 model), or float32 / float64.")
+@click.option("--weights", "weight_precision", default="model", show_default=True,
+              metavar="model|float32|float64|intN",
+              help="Precision of the weights in the NIR file: the model's own (float32 for a float32 "
+                   "model), float32 / float64, or intN (N = 2..16): fixed point after calibration, "
+                   "N-bit integer weights and 16-bit integer thresholds (docs/integer-networks.md).")
 @click.option("--profile", default="exact", show_default=True,
               type=click.Choice(PROFILES),
               help="NIR encoding: exact (bridge metadata), or thresholds normalised to 1 for "
@@ -150,17 +173,30 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     check_input_file(model, "model file")
     _check_output(out, target, force)
 
+    if target == "speck":
+        from bridge.workflow.targets import speck_plan
+
+        plan = speck_plan(plan)
     if is_nir_file(model):
         from bridge.format.nirio import nir_file_kind
         from bridge.reference.probe import read_runnable_graph
 
         given = tuple(flag for flag, value in (("--arch", arch), ("--trust-pickle", trust_pickle),
                                                ("--input-shape", input_shape)) if value)
-        refuse_for_nir_file(plan, model, given)
-        if target == "nir" and nir_file_kind(model) == "nir":
-            raise BridgeError(f"{model} is already a NIR file; use --to spikingjelly or --to norse")
+        # a NIR file is used as written; it can still be put in fixed point, and Speck's readout
+        # threshold is chosen on calibration images for T
+        usable = (("--weights",) if plan.weight_bits is not None else ()) + (
+            ("--calibration", "--calibration-samples", "--timesteps") if target == "speck" else ())
+        refuse_for_nir_file(plan, model, given, allowed=usable)
+        if target == "nir" and nir_file_kind(model) == "nir" and plan.weight_bits is None:
+            raise BridgeError(f"{model} is already a NIR file; use --to spikingjelly, norse, snntorch, sinabs "
+                              "or speck, or --weights intN for a fixed-point copy")
         graph = read_runnable_graph(model)  # an HDF5 file that is not NIR: says so
-        _summary(_write_artifact(graph, target, out, force), graph, target, as_json=as_json)
+        if plan.weight_bits is not None:
+            from bridge.workflow.targets import integer_graph
+
+            graph = integer_graph(graph, plan.weights)
+        _summary(_write(graph, target, out, force, plan, as_json), graph, target, as_json=as_json)
         return
 
     from app.cli.console import console
@@ -171,10 +207,5 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     graph, report = result.graph, result.report
     if not as_json:
         print_conversion(report)
-    if target == "nir":
-        from bridge.format.nirio import write_graph
-
-        written = write_graph(graph, out, force=force)
-    else:
-        written = _write_artifact(graph, target, out, force)
+    written = _write(graph, target, out, force, plan, as_json)
     _summary(written, graph, target, as_json=as_json, report=report)

@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,6 +161,33 @@ def publish(tmp: Path, path: Path) -> None:
         _own_temps.discard(tmp)
         if _written is not None and path not in _written:
             _written.append(path)
+
+
+def make_temp_folder(path: Path) -> Path:
+    """A new temp folder beside ``path`` (the output it will become), created with the stop signals
+    held and noted for cleanup: a signal never leaves one behind."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    with signals_deferred():
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=parent))
+        track_temp(tmp)
+    return tmp
+
+
+def publish_folder(tmp: Path, path: Path) -> None:
+    """Put the finished folder ``tmp`` in place of ``path``; an existing folder there (``--force``)
+    is moved aside only now that the new one is whole, and deleted after the rename."""
+    tmp, path = Path(tmp), Path(path)
+    if not path.exists():
+        publish(tmp, path)
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    with signals_deferred():
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".old", dir=parent))
+        track_temp(old)
+        os.replace(path, old / "x")
+    publish(tmp, path)
+    remove_temp(old)
 
 
 @contextlib.contextmanager

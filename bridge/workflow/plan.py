@@ -32,6 +32,19 @@ from bridge.converter.options import (
 from bridge.format.errors import BridgeError
 
 DEFAULT_CALIBRATION_SAMPLES = 512
+INTEGER_WEIGHT_BITS = range(2, 17)  # --weights int2 .. int16: bridge.passes.fixed_point
+
+
+def integer_weight_bits(weights: str) -> int | None:
+    """``"int8"`` -> 8 (a fixed-point graph, :func:`bridge.passes.fixed_point.to_fixed_point`);
+    None for a float precision (``model``, ``float32``, ``float64``); else BridgeError."""
+    if weights in WEIGHT_PRECISIONS:
+        return None
+    bits = int(weights[3:]) if isinstance(weights, str) and weights[:3] == "int" and weights[3:].isdigit() else 0
+    if bits not in INTEGER_WEIGHT_BITS:
+        raise BridgeError(f"unknown weight precision {weights!r} (--weights / weights=); use model, float32, "
+                          f"float64, or intN for N-bit integer weights with N in 2..16 (e.g. int8)")
+    return bits
 V_INIT_POLICIES_HELP = "use auto (default), half, zero, a fraction of theta in [0, 1), or optimized"
 
 
@@ -80,7 +93,9 @@ class ConversionPlan:
     / array ``(N, *input_shape)`` or an iterable of batches; ``calibration_samples``: its first N
     samples are used (float32); ``stages``: the pipeline's stages (None: its default for T);
     ``iterations``: joint-fit iterations; ``maxpool``: ``error`` or ``avg``; ``weights``: the
-    precision of the weights (``model``, ``float32``, ``float64``); ``profile``: the NIR encoding
+    precision of the weights (``model``, ``float32``, ``float64``), or ``intN`` (N in 2..16): after
+    calibration the graph is put in fixed point (N-bit integer weights, 16-bit integer thresholds,
+    initial potentials and biases; :func:`bridge.passes.fixed_point.to_fixed_point`); ``profile``: the NIR encoding
     (``exact`` or an importer profile of :mod:`bridge.passes.profiles`).
     """
 
@@ -108,9 +123,7 @@ class ConversionPlan:
             raise BridgeError(f"channel_wise must be True, False or None, got {self.channel_wise!r}")
         if self.maxpool not in MAXPOOL_POLICIES:
             raise BridgeError(f"unknown maxpool policy {self.maxpool!r} (--maxpool / maxpool=); use 'error' or 'avg'")
-        if self.weights not in WEIGHT_PRECISIONS:
-            raise BridgeError(f"unknown weight precision {self.weights!r} (--weights / weights=); "
-                              "use model, float32 or float64")
+        integer_weight_bits(self.weights)
         if self.profile not in PROFILES:
             raise BridgeError(f"unknown profile {self.profile!r} (--profile / profile=); use {', '.join(PROFILES)}")
         self.conversion_options()  # thresholds and the converter's own checks
@@ -158,8 +171,15 @@ class ConversionPlan:
         there), thresholds per channel by default when the pipeline runs; no T (the passes record it)."""
         channel_wise = self.pipeline if self.channel_wise is None else self.channel_wise
         v_init = "half" if self.v_init in ("auto", "optimized") else self.v_init
+        # integer weights are made from the model's own precision after calibration (fixed_point)
+        weights = "model" if self.weight_bits is not None else self.weights
         return ConversionOptions(thresholds=self.thresholds, channel_wise=channel_wise, v_init=v_init,
-                                 maxpool=self.maxpool, weights=self.weights)  # type: ignore[arg-type]
+                                 maxpool=self.maxpool, weights=weights)  # type: ignore[arg-type]
+
+    @property
+    def weight_bits(self) -> int | None:
+        """N for ``weights="intN"`` (the graph is written in fixed point), else None."""
+        return integer_weight_bits(self.weights)
 
     def stage_names(self) -> tuple[str, ...]:
         """The pipeline's stages for this plan (its default for T unless ``stages`` is given)."""
@@ -195,5 +215,5 @@ class ConversionPlan:
         return out
 
 
-__all__ = ["ConversionPlan", "DEFAULT_CALIBRATION_SAMPLES", "V_INIT_HELP", "check_count", "parse_v_init",
+__all__ = ["ConversionPlan", "DEFAULT_CALIBRATION_SAMPLES", "integer_weight_bits", "V_INIT_HELP", "check_count", "parse_v_init",
            "describe_calibration"]

@@ -340,6 +340,7 @@ def run_plan(model: Any, plan: ConversionPlan, input_shape: tuple[int, ...] | No
                             0 if calibration is None else len(calibration))
     graph = convert_source(source, shape, plan, calibration, report)
     graph = calibrate_graph(graph, plan, calibration, report, progress=progress, stage_graphs=stage_graphs)
+    graph = fixed_point(graph, plan)
     graph = with_provenance(graph, plan, calibration, report)
     if plan.profile != "exact":
         from bridge.passes.profiles import apply_profile
@@ -349,9 +350,22 @@ def run_plan(model: Any, plan: ConversionPlan, input_shape: tuple[int, ...] | No
     return WorkflowResult(graph, report, source, stage_graphs if stage_graphs is not None else {})
 
 
-def refuse_for_nir_file(plan: ConversionPlan, path: Path, extra: tuple[str, ...] = ()) -> None:
-    """A NIR file is used as written: every conversion option given for it is refused by name."""
-    given = [*plan.changed(), *extra]
+def fixed_point(graph: nir.NIRGraph, plan: ConversionPlan) -> nir.NIRGraph:
+    """``graph`` in fixed point when the plan asks for integer weights (``weights="intN"``), after
+    calibration: what the calibration fitted is quantised, not fitted around (measured in
+    docs/integer-networks.md); else ``graph`` unchanged."""
+    if plan.weight_bits is None:
+        return graph
+    from bridge.passes.fixed_point import to_fixed_point
+
+    return to_fixed_point(graph, weight_bits=plan.weight_bits)
+
+
+def refuse_for_nir_file(plan: ConversionPlan, path: Path, extra: tuple[str, ...] = (),
+                        allowed: tuple[str, ...] = ()) -> None:
+    """A NIR file is used as written: every conversion option given for it is refused by name
+    (but those in ``allowed``: what the target still does with a graph, e.g. ``--weights int8``)."""
+    given = [flag for flag in (*plan.changed(), *extra) if flag not in allowed]
     if given:
         raise BridgeError(f"{', '.join(given)} apply to PyTorch models; {path.name} is a NIR file and is "
                           "used as written: drop them, or convert the model again with them")
