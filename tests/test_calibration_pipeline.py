@@ -111,9 +111,10 @@ def test_bias_correction_lowers_each_layers_mean_error_and_zeroes_the_output_bia
     assert all(f.error_after <= f.error_before + 1e-9 for f in layers)
     assert graph_semantics(out).timesteps == 2
     # after the output correction the mean readout over the calibration data is the ANN's mean
-    x = data.double()
-    mean_snn = simulate(out, x, 2).readout.mean(0)
-    torch.testing.assert_close(mean_snn, ann_view(graph, x).mean(0), rtol=0, atol=1e-9)
+    # (the pass runs the reference in float32; the bisection ends at a jump of the mean rate,
+    # where float64 may round a few spikes the other way)
+    mean_snn = simulate(out, data, 2, dtype=torch.float32).readout.mean(0)
+    torch.testing.assert_close(mean_snn.double(), ann_view(graph, data.double()).mean(0), rtol=0, atol=1e-5)
     # only biases changed: same node types and weights
     for name, node in graph.nodes.items():
         assert type(out.nodes[name]) is type(node)

@@ -184,7 +184,8 @@ def _calibrate(graph: Any, calibration: Any, timesteps: int | None) -> Any:
     report = CalibrationReport(timesteps)
     out = console()
     calibrated = calibrate(graph, torch.as_tensor(calibration, dtype=torch.float32), timesteps, report=report,
-                           progress=lambda stage: out.print(f"[dim]calibrating: {stage}...[/]", highlight=False))
+                           progress=lambda e: out.print(f"[dim]calibrating: {e.task}...[/]", highlight=False)
+                           if e.unit == "stages" and e.done == 0 else None)
     out.print(report.summary(), highlight=False, soft_wrap=True)
     return calibrated
 
