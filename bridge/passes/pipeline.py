@@ -107,7 +107,7 @@ class CalibrationReport:
         """One line: the chosen stage, the stages' held-out errors with their unit, the cost."""
         target = f"T={self.timesteps}" if self.timesteps is not None else "any T (1..64)"
         if not any(math.isfinite(s.heldout_error) for s in self.stages):
-            return (f"calibration for {target}: {self.chosen} ({STAGE_LABELS[self.chosen]}), the only "
+            return (f"calibration for {target}: chose {self.chosen} ({STAGE_LABELS[self.chosen]}), the only "
                     f"candidate (nothing simulated); {self.images} images, {self.seconds:.1f} s")
         steps = ", ".join(f"{s.name} {s.heldout_error:.3g}{'*' if s.name == self.chosen else ''}"
                           for s in self.stages)
