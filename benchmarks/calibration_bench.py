@@ -152,7 +152,7 @@ def cost(args: argparse.Namespace) -> None:
         print(f"{key}: {len(cal)} images, T={t}, {args.threads} thread(s): one simulation {sweep:.2f} s; "
               f"pipeline {total:.1f} s = {total / sweep:.1f}x one simulation")
         for st in rep.stages:
-            print(f"  {st.name:<10} {st.seconds:8.2f} s  {st.seconds / sweep:7.1f}x  images {st.images:>4}  "
+            print(f"  {st.name:<10} {st.seconds:8.2f} s  {st.seconds / sweep:7.1f}x  images {getattr(st, 'images', 0):>4}  "
                   f"held-out error {st.heldout_error:.4g}{'' if st.kept else ' (dropped)'}")
         print("  " + rep.summary())
 

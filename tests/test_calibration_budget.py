@@ -23,7 +23,7 @@ from bridge.passes.joint_fit import JointFitReport, joint_fit
 from bridge.passes.layerwise import ann_activations, walk
 from bridge.passes.optimize import optimize_initial_potentials
 from bridge.passes.pipeline import (
-    ERROR_UNIT, HELDOUT_TASK, STAGE_LABELS, CalibrationReport, calibrate, heldout_errors, improves,
+    ERROR_UNIT, HELDOUT_TASK, STAGE_LABELS, STAGES, CalibrationReport, calibrate, heldout_errors, improves,
 )
 from bridge.reference import ann_view, simulate
 from tests.test_calibration_pipeline import _net
@@ -133,7 +133,7 @@ def test_one_candidate_runs_no_simulation(graph, data, monkeypatch):
 
 def test_progress_events_cover_every_stage_and_the_held_out_evaluations(graph, data):
     events: list[ProgressEvent] = []
-    calibrate(graph, data, 2, iterations=4, progress=events.append)
+    calibrate(graph, data, 2, iterations=4, progress=events.append, stages=STAGES)
     tasks = {e.task for e in events}
     assert {STAGE_LABELS[s] for s in ("half", "optimized", "bias", "joint", "weights")} <= tasks
     assert HELDOUT_TASK in tasks
@@ -149,7 +149,7 @@ def test_progress_events_cover_every_stage_and_the_held_out_evaluations(graph, d
 
 def test_report_dict_carries_every_stage_and_the_unit(graph, data):
     rep = CalibrationReport(2)
-    calibrate(graph, data, 2, report=rep, iterations=4)
+    calibrate(graph, data, 2, report=rep, iterations=4, stages=STAGES)
     d = json.loads(json.dumps(rep.to_dict()))
     assert d["timesteps"] == 2 and d["chosen"] == rep.chosen and d["error_unit"] == ERROR_UNIT
     assert [s["name"] for s in d["stages"]] == ["half", "optimized", "bias", "joint", "weights"]

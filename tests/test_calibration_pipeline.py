@@ -192,6 +192,7 @@ def test_any_t_default_needs_every_t_not_to_get_worse():
     assert not improves([0.1, 1.1], [1.0, 1.0])  # much better at one T, worse at another: refused
     assert default_stages(None) == ("half",)
     assert "joint" not in default_stages(64) and "weights" in default_stages(4)
+    assert "bias" not in default_stages(4) and "bias" not in default_stages(16)  # opt-in only
 
 
 def test_exports_stay_exact_after_calibration(data, tmp_path):
