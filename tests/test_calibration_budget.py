@@ -170,3 +170,17 @@ def test_a_stage_that_agrees_less_with_the_ann_is_not_kept(graph, data):
     x_val = data[-32:]
     ann = ann_view(graph, x_val.double()).flatten(1)
     assert heldout_errors(out, x_val, ann, 2)[0] == pytest.approx(kept[-1].heldout_error, rel=1e-3)
+
+
+def test_the_search_is_kept_even_where_the_logit_error_rises(graph, data):
+    """The search never raises a layer's rate error; it is kept whatever the network's held-out
+    logit error says (ALWAYS_KEPT), and later stages must still beat what is kept."""
+    from bridge.passes.pipeline import ALWAYS_KEPT
+
+    assert ALWAYS_KEPT == {"optimized"}
+    rep = CalibrationReport(4)
+    cands: dict = {}
+    out = calibrate(graph, data, 4, report=rep, candidates=cands)
+    assert [s.name for s in rep.stages] == ["half", "optimized"] and all(s.kept for s in rep.stages)
+    assert rep.chosen == "optimized" and set(cands) == {"half", "optimized"}
+    assert set(out.nodes) == set(graph.nodes)
