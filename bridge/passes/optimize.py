@@ -211,15 +211,6 @@ def _fit_layer(current: torch.Tensor, target: torch.Tensor, theta: torch.Tensor,
     return (best_a.double().numpy(), best_f.double().numpy(), total(base), total(best_err))
 
 
-def layer_target(reference: nir.NIRGraph, name: str, x: torch.Tensor) -> torch.Tensor:
-    r"""What IF ``name`` should output on ``x``: the ANN view :math:`\mathrm{clip}(z, 0, \theta)` of the
-    ``reference`` graph's input current ``z`` to it (value units, float64)."""
-    from bridge.reference import ann_view
-
-    z = ann_view(current_subgraph(reference, name), x)
-    return torch.minimum(torch.relu(z), torch.as_tensor(if_semantics(reference.nodes[name], name).threshold))
-
-
 def can_rescale(graph: nir.NIRGraph, name: str) -> bool:
     """Whether ``name`` is an IF layer whose consumers can absorb a per-channel change of its
     threshold (:func:`bridge.format.graph.channel_consumers`; asked without building the graph)."""
