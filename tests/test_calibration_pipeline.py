@@ -111,9 +111,10 @@ def test_bias_correction_lowers_each_layers_mean_error_and_zeroes_the_output_bia
     assert all(f.error_after <= f.error_before + 1e-9 for f in layers)
     assert graph_semantics(out).timesteps == 2
     # after the output correction the mean readout over the calibration data is the ANN's mean
-    x = data.double()
-    mean_snn = simulate(out, x, 2).readout.mean(0)
-    torch.testing.assert_close(mean_snn, ann_view(graph, x).mean(0), rtol=0, atol=1e-9)
+    # (the pass runs the reference in float32; the bisection ends at a jump of the mean rate,
+    # where float64 may round a few spikes the other way)
+    mean_snn = simulate(out, data, 2, dtype=torch.float32).readout.mean(0)
+    torch.testing.assert_close(mean_snn.double(), ann_view(graph, data.double()).mean(0), rtol=0, atol=1e-5)
     # only biases changed: same node types and weights
     for name, node in graph.nodes.items():
         assert type(out.nodes[name]) is type(node)
@@ -178,8 +179,9 @@ def test_pipeline_keeps_only_stages_that_lower_the_held_out_error(graph, data):
     assert [s.name for s in rep.stages] == list(default_stages(2)) == list(stages)
     kept = [s for s in rep.stages if s.kept]
     assert kept[0].name == "half" and rep.chosen == kept[-1].name
-    errs = [s.heldout_error for s in kept]
-    assert errs == sorted(errs, reverse=True)  # each kept stage lowered the error
+    # each kept stage after the search (which is always kept) lowered the error
+    errs = [s.heldout_error for s in kept if s.name not in ("half",)]
+    assert errs == sorted(errs, reverse=True)
     assert rep.images == 96 and rep.heldout == 32 and rep.seconds > 0
     assert "calibration for T=2: chose" in rep.summary()
     assert graph_semantics(out).timesteps == 2
@@ -190,7 +192,9 @@ def test_any_t_default_needs_every_t_not_to_get_worse():
     assert improves([0.5, 1.01], [1.0, 1.0])
     assert not improves([0.1, 1.1], [1.0, 1.0])  # much better at one T, worse at another: refused
     assert default_stages(None) == ("half",)
-    assert "joint" not in default_stages(64) and "weights" in default_stages(4)
+    assert "joint" not in default_stages(64) and "weights" in default_stages(2)
+    assert default_stages(4) == ("half", "optimized")  # joint fits by default only for T <= 2
+    assert "bias" not in default_stages(4) and "bias" not in default_stages(16)  # opt-in only
 
 
 def test_exports_stay_exact_after_calibration(data, tmp_path):

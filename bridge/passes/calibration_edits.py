@@ -86,3 +86,40 @@ def with_timesteps(graph: nir.NIRGraph, timesteps: int | None) -> nir.NIRGraph:
         bridge_meta[TIMESTEPS] = int(timesteps)
     meta[NAMESPACE] = bridge_meta
     return nir.NIRGraph(nodes=dict(graph.nodes), edges=list(graph.edges), metadata=meta)
+
+
+def _cast_like(new: object, old: object) -> object:
+    """``new`` cast to ``old``'s float dtype where both are float arrays (recursing into dicts)."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return {k: _cast_like(v, old[k]) if k in old else v for k, v in new.items()}
+    if (isinstance(new, np.ndarray) and isinstance(old, np.ndarray) and new.dtype.kind == "f"
+            and old.dtype.kind == "f" and new.dtype != old.dtype):
+        return new.astype(old.dtype)
+    return new
+
+
+def keep_dtypes(graph: nir.NIRGraph, like: nir.NIRGraph) -> nir.NIRGraph:
+    """``graph`` with every float array of every node (fields and metadata) in the dtype the same
+    node's array has in ``like`` (the graph before a pass): a float32 model stays float32.
+
+    The passes compute in float32 or float64 and write float64; this writes each value back in
+    the precision the user's graph had. Nodes that are new or unchanged are left alone.
+    """
+    nodes = dict(graph.nodes)
+    changed = False
+    for name, node in graph.nodes.items():
+        old = like.nodes.get(name)
+        if old is None or old is node or type(old) is not type(node):
+            continue
+        fields = {k: v for k, v in vars(node).items()}
+        cast = {k: _cast_like(v, getattr(old, k, None)) for k, v in fields.items()}
+        if any(cast[k] is not fields[k] for k in fields):
+            new = copy.copy(node)
+            for k, v in cast.items():
+                if v is not fields[k]:
+                    setattr(new, k, v)
+            nodes[name] = new
+            changed = True
+    if not changed:
+        return graph
+    return nir.NIRGraph(nodes=nodes, edges=list(graph.edges), metadata=graph.metadata)

@@ -265,14 +265,32 @@ def joint_fit(
     seed: int = 0,
     report: JointFitReport | None = None,
     progress: Callable[[int, int], None] | None = None,
+    targets: torch.Tensor | None = None,
+    patience: int | None = None,
+    deadline: float | None = None,
+    start_loss: float | None = None,
+    max_batch_neuron_steps: int = 100_000_000,
 ) -> nir.NIRGraph:
     """A copy of ``graph`` with thresholds, initial potentials and biases fitted jointly (module docstring).
 
     ``timesteps``: the target T, or None for a graph meant for every T. ``reference``: the graph
     whose ANN view gives the target logits (default ``graph``). The last quarter of
     ``calibration`` (at least 32 samples, when there are 64 or more) is held out to choose the
-    checkpoint. ``seed`` fixes the mini-batch order.
+    checkpoint. ``seed`` fixes the mini-batch order. ``targets``: the ANN logits of
+    ``calibration`` when the caller has them (else the float64 ANN view of ``reference``).
+
+    Bounded cost: with ``patience`` the fit stops once that many held-out evaluations in a row
+    did not improve on the best (early stopping); with ``deadline`` (a ``time.perf_counter()``
+    value) it stops at the first step that would end after it (judged by the mean step time so
+    far, plus one held-out evaluation). Either way it returns the best checkpoint seen.
+    ``start_loss``: the held-out loss of ``graph`` when the caller has measured it (skips one
+    evaluation). The mini-batch is cut so that batch x IF neurons x T stays within
+    ``max_batch_neuron_steps`` (the unrolled graph keeps every step for the backward pass).
+    Arrays are written back in the dtype each node had.
     """
+    import time
+
+    from bridge.passes.calibration_edits import keep_dtypes
     from bridge.reference import ann_view
 
     if timesteps is not None and timesteps < 1:
@@ -281,8 +299,11 @@ def joint_fit(
         raise BridgeError("the joint fit needs at least 2 calibration samples")
     reference = graph if reference is None else reference
     x = calibration.to(torch.float32)
-    with torch.no_grad():
-        target = ann_view(reference, x.double()).flatten(1).float()
+    if targets is not None:
+        target = targets.flatten(1).float()
+    else:
+        with torch.no_grad():
+            target = ann_view(reference, x.double()).flatten(1).float()
     held = heldout_count(len(x))
     x_fit, t_fit, x_val, t_val = x[:-held], target[:-held], x[-held:], target[-held:]
     model = UnrolledSNN(graph, weights=weights)
@@ -299,24 +320,51 @@ def joint_fit(
         with torch.no_grad():
             return float(_loss(model, x_val, t_val, timesteps))
 
-    best = held_out()
+    t0 = time.perf_counter()
+    best = held_out() if start_loss is None else float(start_loss)
+    eval_s = time.perf_counter() - t0 if start_loss is None else None
     rep.loss_start, rep.loss_best, rep.history = best, best, [(0, best)]
     best_state = copy.deepcopy(model.state_dict())
+    neurons = sum(int(t.numel()) for t in model.theta.values())
+    batch = max(1, min(batch_size, len(x_fit), max_batch_neuron_steps // max(1, neurons * (timesteps or max(ANY_T_STEPS)))))
+    stale, it, last_eval, start = 0, 0, 0, time.perf_counter()
+
+    def evaluate(step: int) -> None:
+        nonlocal best, best_state, stale, eval_s
+        t_e = time.perf_counter()
+        val = held_out()
+        eval_s = time.perf_counter() - t_e
+        rep.history.append((step, val))
+        if val < best:
+            best, rep.loss_best, rep.best_step, stale = val, val, step, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+
     for it in range(1, iterations + 1):
-        idx = torch.randint(len(x_fit), (min(batch_size, len(x_fit)),), generator=gen)
+        if deadline is not None and it > 1:
+            per_step = (time.perf_counter() - start - (eval_s or 0) * (len(rep.history) - 1)) / (it - 1)
+            if time.perf_counter() + per_step + (eval_s or per_step) > deadline:
+                it -= 1
+                if last_eval < it:  # the steps since the last evaluation still count
+                    evaluate(it)
+                break
+        elif deadline is not None and time.perf_counter() + (eval_s or 0) > deadline:
+            it = 0
+            break
+        idx = torch.randint(len(x_fit), (batch,), generator=gen)
         opt.zero_grad(set_to_none=True)
         loss = _loss(model, x_fit[idx], t_fit[idx], timesteps)
         loss.backward()
         opt.step()
         sched.step()
         if it % eval_every == 0 or it == iterations:
-            val = held_out()
-            rep.history.append((it, val))
-            if val < best:
-                best, rep.loss_best, rep.best_step = val, val, it
-                best_state = copy.deepcopy(model.state_dict())
+            evaluate(it)
+            last_eval = it
         if progress is not None:
             progress(it, iterations)
-    rep.steps = iterations
+        if patience is not None and stale >= patience:
+            break
+    rep.steps = it
     model.load_state_dict(best_state)
-    return with_timesteps(model.write(graph), timesteps)
+    return keep_dtypes(with_timesteps(model.write(graph), timesteps), graph)

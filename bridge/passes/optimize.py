@@ -19,10 +19,11 @@ where :math:`N_T(I; \theta, v_0)` is the spike count of the IF rule (subtract re
 [0.15, 1.4], ``f`` in [0, 0.875]) refined once around each channel's best point (``a`` by
 :math:`e^{\pm 0.06}`, ``f`` by up to :math:`\pm 0.06`).
 
-How it is computed: the upstream current :math:`I_l` (T steps, float64 reference simulator of
-the already-fitted upstream graph) and the ANN target :math:`y_l` are computed once per
-layer; all candidates of all channels then run as one tensor ``[G, B, C, ...]`` in float32
-(the search only ranks candidates), in chunks of about 1 MiB, which stay in cache. When the
+How it is computed: one layer-at-a-time walk of the SNN (:func:`bridge.passes.layerwise.walk`,
+float32) hands each layer the current :math:`I_l` of the already-fitted upstream layers (their
+spike trains are computed once, not re-simulated per layer); the ANN targets :math:`y_l` of all
+layers come from one pass of the ANN view. All candidates of all channels then run as one
+tensor ``[G, B, C, ...]`` in float32, in chunks of about 1 MiB, which stay in cache. When the
 current is the same at every step (the first layer: constant input encoding) the closed
 form :math:`N_T = \mathrm{clip}(\lfloor (T z + v_0)/\theta \rfloor, 0, T)` replaces the
 T-step loop.
@@ -210,15 +211,6 @@ def _fit_layer(current: torch.Tensor, target: torch.Tensor, theta: torch.Tensor,
     return (best_a.double().numpy(), best_f.double().numpy(), total(base), total(best_err))
 
 
-def layer_target(reference: nir.NIRGraph, name: str, x: torch.Tensor) -> torch.Tensor:
-    r"""What IF ``name`` should output on ``x``: the ANN view :math:`\mathrm{clip}(z, 0, \theta)` of the
-    ``reference`` graph's input current ``z`` to it (value units, float64)."""
-    from bridge.reference import ann_view
-
-    z = ann_view(current_subgraph(reference, name), x)
-    return torch.minimum(torch.relu(z), torch.as_tensor(if_semantics(reference.nodes[name], name).threshold))
-
-
 def can_rescale(graph: nir.NIRGraph, name: str) -> bool:
     """Whether ``name`` is an IF layer whose consumers can absorb a per-channel change of its
     threshold (:func:`bridge.format.graph.channel_consumers`; asked without building the graph)."""
@@ -240,41 +232,53 @@ def optimize_initial_potentials(
     progress: bool | Callable[[int, int], None] = False,
     fits: list[LayerFit] | None = None,
     search_budget: int = 1_000_000,
+    reference: nir.NIRGraph | None = None,
 ) -> nir.NIRGraph:
     """A copy of ``graph`` with v_init (and thresholds) fitted on ``calibration`` for T = ``timesteps``.
 
-    Greedy, input to output (see the module docstring). ``channel_wise=False`` fits one
+    Greedy, input to output (see the module docstring), in one layer-at-a-time walk of the SNN
+    (:func:`bridge.passes.layerwise.walk`: each layer's current comes from the already-fitted
+    upstream layers' spike trains, computed once). ``channel_wise=False`` fits one
     (a, f) per layer; ``thresholds=False`` keeps every threshold (a = 1) and fits only the
     initial potentials. The graph's metadata records ``timesteps``. ``progress`` may be a
     callable ``(done, total)``; ``True`` prints one line per layer. ``fits``, when given, is
     filled with a :class:`LayerFit` per IF layer. ``search_budget`` bounds the neuron-steps
     (samples x neurons x T) one candidate of the grid costs: wide layers and large T are fitted
     on the first samples of ``calibration`` only (each channel still sees many positions).
+    ``reference``: the graph whose ANN view gives the targets (default ``graph``). Arrays are
+    written back in the dtype each node had.
     """
-    from bridge.reference import simulate
+    from bridge.passes.calibration_edits import keep_dtypes
+    from bridge.passes.layerwise import ann_activations, walk
 
     if timesteps < 1:
         raise BridgeError(f"timesteps must be >= 1, got {timesteps}")
     if calibration.shape[0] < 1:
         raise BridgeError("the calibration data is empty; pass at least one sample")
     original = graph
+    reference = graph if reference is None else reference
     names = _if_nodes(graph)
-    x = calibration.to(torch.float64)
-    for i, name in enumerate(names):
-        theta = torch.as_tensor(if_semantics(graph.nodes[name], name).threshold)
-        n = max(8, min(len(x), search_budget // max(1, theta.numel() * timesteps)))
-        xs = x[:n]
-        target = layer_target(original, name, xs)  # [n, *shape], float64
-        current = simulate(current_subgraph(graph, name), xs, timesteps, dtype=torch.float64).outputs
-        can_scale = thresholds and can_rescale(graph, name)
-        a, f, e_half, e_best = _fit_layer(current.float(), target.float(), theta.float(),
+    sizes = [int(np.asarray(graph.nodes[n].v_threshold).size) for n in names]
+    per_layer = {n: max(8, min(len(calibration), search_budget // max(1, k * timesteps)))
+                 for n, k in zip(names, sizes)}
+    x = calibration[:max(per_layer.values(), default=8)].to(torch.float32)
+    targets, _ = ann_activations(reference, x)
+
+    def fit(g: nir.NIRGraph, name: str, current: torch.Tensor) -> nir.NIRGraph:
+        n = per_layer[name]
+        theta = torch.as_tensor(if_semantics(g.nodes[name], name).threshold, dtype=torch.float32)
+        can_scale = thresholds and can_rescale(g, name)
+        a, f, e_half, e_best = _fit_layer(current[:, :n], targets[name][:n], theta,
                                           channel_wise=channel_wise, thresholds=can_scale)
-        graph = apply_fit(graph, name, a, f)
         if fits is not None:
             fits.append(LayerFit(name, a, f, e_half, e_best))
+        done = names.index(name) + 1
         if callable(progress):
-            progress(i + 1, len(names))
+            progress(done, len(names))
         elif progress:
             print(f"{name}: mse {e_half:.4g} (theta/2) -> {e_best:.4g}; a in [{a.min():.2f}, {a.max():.2f}], "
                   f"f in [{f.min():.2f}, {f.max():.2f}]", file=sys.stderr)  # progress: keep stdout for results
-    return with_timesteps(graph, timesteps)
+        return apply_fit(g, name, a, f)
+
+    graph, _ = walk(graph, x, timesteps, fit)
+    return keep_dtypes(with_timesteps(graph, timesteps), original)
