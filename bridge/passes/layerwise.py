@@ -127,10 +127,12 @@ def walk(graph: nir.NIRGraph, x: torch.Tensor, steps: int, fit: FitFn, *,
     return graph, out
 
 
-def ann_activations(graph: nir.NIRGraph, x: torch.Tensor, *,
-                    dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    r"""One ANN-view pass: per IF layer :math:`y_l = \theta_l\,\mathrm{clip}(r z_l/\theta_l, 0, 1)`
-    (value units, the layer's target), and the output ``[B, *output_shape]``."""
+def ann_activations(graph: nir.NIRGraph, x: torch.Tensor, *, dtype: torch.dtype = torch.float32,
+                    staircase: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    r"""One ANN-view pass: per IF layer :math:`y_l = \theta_l\,\mathrm{rate}(z_l)` (value units, the
+    layer's target), and the output ``[B, *output_shape]``. The rate is the ANN view's: the QCFS
+    staircase for a marked layer, else :math:`\mathrm{clip}(r z_l/\theta_l, 0, 1)`;
+    ``staircase=False`` takes the clip for every layer (the clipped twin of a QCFS network)."""
     from bridge.reference import ReferenceSimulator
 
     sim = ReferenceSimulator(graph, dtype=dtype, dt=1.0, exact_batching=False)
@@ -145,7 +147,9 @@ def ann_activations(graph: nir.NIRGraph, x: torch.Tensor, *,
         value = values[srcs[0]]
         for src in srcs[1:]:
             value = value + values[src]
-        values[name] = sim.ops[name].rate(value)  # type: ignore[attr-defined]
+        op = sim.ops[name]
+        clip = not staircase and hasattr(op, "clip_rate")
+        values[name] = op.clip_rate(value) if clip else op.rate(value)  # type: ignore[attr-defined]
         if isinstance(graph.nodes.get(name), nir.IF):
             theta = torch.as_tensor(if_semantics(graph.nodes[name], name).threshold, dtype=dtype)
             targets[name] = values[name] * theta

@@ -79,4 +79,8 @@ class IF(NeuronOp):
             levels, shift = self.staircase
             steps = torch.floor(self.gain(x) * levels / self.threshold + shift)
             return torch.clamp(steps, 0.0, float(levels)) / levels
+        return self.clip_rate(x)
+
+    def clip_rate(self, x: torch.Tensor) -> torch.Tensor:
+        """The spike rate's limit :math:`\mathrm{clip}(r I / \theta, 0, 1)`, for a QCFS-marked node too."""
         return torch.clamp(self.gain(x) / self.threshold, 0.0, 1.0)
