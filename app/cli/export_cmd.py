@@ -55,21 +55,21 @@ def _write_artifact(graph: Any, target: str, out: Path, force: bool) -> Path:
     return write_artifact(graph, target, out, force=force)
 
 
-def _write(graph: Any, target: str, out: Path, force: bool, plan: Any, as_json: bool = False) -> Path:
+def _write(graph: Any, target: str, out: Path, force: bool, plan: Any, as_json: bool = False) -> tuple[Path, Any]:
     """Write ``graph`` as ``target``: a NIR file, a framework folder, or a Speck folder (legalised,
-    checked against the chip, its resource table printed)."""
+    checked against the chip, its resource table printed). Returns the path and the graph written."""
     if target == "nir":
         from bridge.format.nirio import write_graph
 
-        return write_graph(graph, out, force=force)
+        return write_graph(graph, out, force=force), graph
     if target == "speck":
         from app.cli.console import console
         from bridge.workflow.targets import speck_export
 
         written = speck_export(graph, plan, out, force=force)
         console(stderr=as_json).print(written.table, highlight=False, soft_wrap=True)  # stdout keeps the JSON
-        return written.path
-    return _write_artifact(graph, target, out, force)
+        return written.path, written.graph
+    return _write_artifact(graph, target, out, force), graph
 
 
 def _check_output(out: Path, target: str, force: bool) -> None:
@@ -196,7 +196,7 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
             from bridge.workflow.targets import integer_graph
 
             graph = integer_graph(graph, plan.weights)
-        _summary(_write(graph, target, out, force, plan, as_json), graph, target, as_json=as_json)
+        _summary(*_write(graph, target, out, force, plan, as_json), target, as_json=as_json)
         return
 
     from app.cli.console import console
@@ -207,5 +207,5 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     graph, report = result.graph, result.report
     if not as_json:
         print_conversion(report)
-    written = _write(graph, target, out, force, plan, as_json)
+    written, graph = _write(graph, target, out, force, plan, as_json)
     _summary(written, graph, target, as_json=as_json, report=report)
