@@ -287,3 +287,28 @@ def test_evaluate_reports_the_qcfs_ann_the_user_trained(tmp_path, capsys):
         ann = model.double()(x[:100].double())
     torch.testing.assert_close(bridge.ann_view(read_graph(path), x[:100].double()), ann, rtol=0, atol=1e-5)
     assert out["ann_accuracy"] == pytest.approx(float((ann.argmax(1) == y[:100]).double().mean()))
+
+
+def test_the_time_budget_reaches_the_pipeline_and_bad_budgets_are_one_line(tmp_path, capsys):
+    """``--time-budget`` / ``time_budget=`` is the pipeline's budget (recorded in its report), and a
+    non-positive one is refused before any work."""
+    import numpy as np
+    import torch
+
+    from bridge.workflow import ConversionPlan, run_plan
+    from tests import zoo
+    from tests.cli_helpers import assert_one_line_error, run
+
+    model, shape = zoo.mlp()
+    x = zoo.sample_input(shape, n=48)
+    result = run_plan(model, ConversionPlan(calibration=x, timesteps=2, time_budget=7.5), shape)
+    assert result.report.calibration.budget == 7.5
+    assert result.report.to_dict()["plan"]["time_budget"] == 7.5
+    pt2 = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(model.eval(), (torch.zeros(1, *shape),)), pt2)
+    np.save(tmp_path / "c.npy", x.numpy())
+    for bad in ("0", "-3", "nan"):
+        code, _, err = run(capsys, "export", pt2, "--calibration", tmp_path / "c.npy", "--timesteps", "2",
+                           "--time-budget", bad, "--to", "nir", "-o", tmp_path / "out.nir")
+        assert_one_line_error(code, err, "--time-budget")
+    assert not (tmp_path / "out.nir").exists()

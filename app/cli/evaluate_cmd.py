@@ -10,17 +10,17 @@ from typing import Any
 
 import click
 
-from app.cli.option_types import COUNT, WORKERS
+from app.cli.option_types import COUNT, WORKERS, time_budget_option
 from bridge.format.errors import BridgeError
 from bridge.workflow.plan import DEFAULT_CALIBRATION_SAMPLES
 
 
 def _plan(calibration: str | None, calibration_samples: int, v_init: str | None, timesteps: int | None,
-          maxpool: str, thresholds: str) -> Any:
+          maxpool: str, thresholds: str, time_budget: float | None = None) -> Any:
     from bridge.workflow import ConversionPlan
 
     return ConversionPlan(thresholds=thresholds, v_init=v_init, timesteps=timesteps, calibration=calibration,
-                          calibration_samples=calibration_samples, maxpool=maxpool)
+                          calibration_samples=calibration_samples, maxpool=maxpool, time_budget=time_budget)
 
 
 def _load_graph(model: Path, plan: Any, arch: str | None, trust_pickle: bool, input_shape: str | None,
@@ -129,13 +129,14 @@ converted as by `bridge export` with the same options; calibration data come onl
 @click.option("--maxpool", type=click.Choice(["error", "avg"]), default="error", show_default=True,
               help="MaxPool2d in a PyTorch model: refuse, or replace by average pooling (the table "
                    "shows the ANN's accuracy before and after the swap).")
+@time_budget_option
 def evaluate(model: Path, data: str, timesteps_list: str, steps_alias: str | None, batch_size: int,
              device: str, dtype: str, backend: str, limit: int | None, workers: int | None,
              transform: str | None, spikes: bool, resume_path: Path | None, checkpoint_every: int,
              output_path: Path | None, force: bool, stop_after_batches: int | None, as_json: bool,
              arch: str | None, trust_pickle: bool, input_shape: str | None, thresholds: str,
              calibration: str | None, calibration_samples: int, v_init: str | None, timesteps: int | None,
-             maxpool: str) -> None:
+             maxpool: str, time_budget: float | None) -> None:
     """Accuracy of the spiking network after each of T time-steps, on your labelled data.
 
     MODEL is a NIR file (evaluated as written) or a PyTorch model (converted first, as by
@@ -155,7 +156,7 @@ def evaluate(model: Path, data: str, timesteps_list: str, steps_alias: str | Non
     from validation.suite import input_shape as graph_input_shape
 
     ts = parse_timesteps(steps_alias if steps_alias is not None else timesteps_list)
-    plan = _plan(calibration, calibration_samples, v_init, timesteps, maxpool, thresholds)
+    plan = _plan(calibration, calibration_samples, v_init, timesteps, maxpool, thresholds, time_budget)
     if output_path is not None:
         check_output_path(output_path, force=force)
     image_transform = parse_transform(transform)

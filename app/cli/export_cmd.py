@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from app.cli.console import one_line_warnings
-from app.cli.option_types import COUNT, parse_input_shape
+from app.cli.option_types import COUNT, parse_input_shape, time_budget_option
 from bridge.format.errors import BridgeError
 from bridge.passes.profiles import PROFILES
 from bridge.workflow.plan import DEFAULT_CALIBRATION_SAMPLES
@@ -147,12 +147,13 @@ or a NIR file (for the framework and chip targets, and for --weights intN).""",
               help="NIR encoding: exact (bridge metadata), or thresholds normalised to 1 for "
                    "importers that need one scalar threshold (see docs/compatibility.md).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@time_budget_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print the result as JSON (the plan, the calibration data, every calibration stage).")
 def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: bool,
            input_shape: str | None, thresholds: str, channel_wise: bool | None, calibration: str | None,
            calibration_samples: int, v_init: str | None, timesteps: int | None, maxpool: str,
-           weight_precision: str, profile: str, force: bool, as_json: bool) -> None:
+           weight_precision: str, profile: str, force: bool, time_budget: float | None, as_json: bool) -> None:
     """Convert a trained PyTorch model to a spiking network (NIR), or a NIR file to a
     SpikingJelly or Norse model.
 
@@ -167,7 +168,7 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     shape = parse_input_shape(input_shape)
     plan = ConversionPlan(thresholds=thresholds, channel_wise=channel_wise, v_init=v_init, timesteps=timesteps,
                           calibration=calibration, calibration_samples=calibration_samples, maxpool=maxpool,
-                          weights=weight_precision, profile=profile)
+                          weights=weight_precision, profile=profile, time_budget=time_budget)
     if profile != "exact" and target != "nir":
         raise BridgeError("--profile applies to --to nir; the exporters always build the exact graph")
     check_input_file(model, "model file")

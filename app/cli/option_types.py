@@ -61,3 +61,10 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
             "dimension, e.g. --input-shape 3,32,32"
         )
     return shape
+
+
+#: ``--time-budget SECONDS`` of every command that runs the calibration pipeline (checked by the plan)
+time_budget_option = click.option(
+    "--time-budget", "time_budget", type=float, metavar="SECONDS", default=None,
+    help="Seconds the calibration pipeline's joint fits may use in all (default: the larger of 20 s and "
+         "8 simulations of the calibration set).")

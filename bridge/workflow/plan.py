@@ -96,7 +96,9 @@ class ConversionPlan:
     precision of the weights (``model``, ``float32``, ``float64``), or ``intN`` (N in 2..16): after
     calibration the graph is put in fixed point (N-bit integer weights, 16-bit integer thresholds,
     initial potentials and biases; :func:`bridge.passes.fixed_point.to_fixed_point`); ``profile``: the NIR encoding
-    (``exact`` or an importer profile of :mod:`bridge.passes.profiles`).
+    (``exact`` or an importer profile of :mod:`bridge.passes.profiles`); ``time_budget``: seconds
+    the calibration pipeline's joint fits may use in all (None: the pipeline's default, the larger
+    of 20 s and 8 one-T-step simulations of the calibration set).
     """
 
     thresholds: str = "auto"
@@ -110,6 +112,7 @@ class ConversionPlan:
     maxpool: str = "error"
     weights: str = "model"
     profile: str = "exact"
+    time_budget: float | None = None
 
     def __post_init__(self) -> None:
         from bridge.passes.pipeline import ANY_T_STAGES, STAGES
@@ -119,6 +122,9 @@ class ConversionPlan:
         check_timesteps(self.timesteps)
         check_count(self.calibration_samples, "calibration_samples")
         check_count(self.iterations, "iterations")
+        if self.time_budget is not None and (isinstance(self.time_budget, bool) or not isinstance(
+                self.time_budget, (int, float)) or not 0 < self.time_budget < float("inf")):
+            raise BridgeError(f"--time-budget / time_budget= must be a number of seconds > 0, got {self.time_budget!r}")
         if self.channel_wise is not None and not isinstance(self.channel_wise, bool):
             raise BridgeError(f"channel_wise must be True, False or None, got {self.channel_wise!r}")
         if self.maxpool not in MAXPOOL_POLICIES:
@@ -192,7 +198,7 @@ class ConversionPlan:
         defaults = ConversionPlan()
         out = [f"--{name.replace('_', '-')}" for name in
                ("thresholds", "channel_wise", "v_init", "timesteps", "calibration_samples", "stages",
-                "iterations", "maxpool", "weights")
+                "iterations", "maxpool", "weights", "time_budget")
                if getattr(self, name) != getattr(defaults, name)]
         if self.calibration is not None:
             out.insert(0, "--calibration")
@@ -212,6 +218,8 @@ class ConversionPlan:
         if self.pipeline:
             out["stages"] = list(self.stage_names())
             out["iterations"] = self.iterations
+            if self.time_budget is not None:
+                out["time_budget"] = float(self.time_budget)
         return out
 
 

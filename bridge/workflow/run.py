@@ -16,7 +16,7 @@ import hashlib
 import inspect
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,25 +230,6 @@ def data_digest(x: torch.Tensor) -> str:
 
 
 # -- the passes ------------------------------------------------------------------------------
-def stage_callback(progress: ProgressCallback | None, stages: tuple[str, ...],
-                   images: int) -> Callable[[Any], None] | None:
-    """The pipeline's progress as :class:`ProgressEvent` s: events it sends pass through; a stage
-    name (the pipeline's older callback) becomes the event "calibration: stage i of n"."""
-    if progress is None:
-        return None
-    from bridge.passes.pipeline import STAGE_LABELS
-
-    def on_progress(arg: Any) -> None:
-        if isinstance(arg, ProgressEvent):
-            progress(arg)
-            return
-        done = stages.index(arg) if arg in stages else 0
-        progress(ProgressEvent(task="calibration", done=done, total=len(stages), unit="stages", images=images,
-                               detail=STAGE_LABELS.get(arg, str(arg))))
-
-    return on_progress
-
-
 def calibrate_graph(graph: nir.NIRGraph, plan: ConversionPlan, calibration: torch.Tensor | None = None,
                     report: WorkflowReport | None = None, *, progress: ProgressCallback | None = None,
                     stage_graphs: dict[str, nir.NIRGraph] | None = None) -> nir.NIRGraph:
@@ -285,7 +266,7 @@ def calibrate_graph(graph: nir.NIRGraph, plan: ConversionPlan, calibration: torc
     stages = plan.stage_names()
     rep = CalibrationReport(plan.timesteps)
     out = calibrate(graph, calibration, plan.timesteps, stages=stages, report=rep, graphs=stage_graphs,
-                    iterations=plan.iterations, progress=stage_callback(progress, stages, len(calibration)))
+                    iterations=plan.iterations, time_budget=plan.time_budget, progress=progress)
     if progress is not None:
         progress(ProgressEvent(task="calibration", done=len(stages), total=len(stages), unit="stages",
                                images=len(calibration), detail=f"chose {rep.chosen}"))
