@@ -42,7 +42,7 @@ from bridge.format.extension import (
     graph_semantics,
     if_semantics,
 )
-from bridge.format.graph import input_node, neighbours, topological_order
+from bridge.format.graph import input_shape, neighbours, topological_order
 from bridge.format.nirio import graph_bytes
 from bridge.format.output_files import make_temp_folder, publish_folder, remove_temp
 from bridge.format.speck import (
@@ -415,7 +415,7 @@ def write_speck(graph: nir.NIRGraph, out_dir: str | Path, *, force: bool = False
         tmp = make_temp_folder(out_dir)
         (tmp / "model.nir").write_bytes(graph_bytes(graph))
         (tmp / "sinabs_layers.json").write_text(json.dumps({"layers": spec, "input_levels": levels,
-                                                            "input_shape": _input_shape(graph)}, indent=1) + "\n")
+                                                            "input_shape": list(input_shape(graph))}, indent=1) + "\n")
         buf = io.BytesIO()
         torch.save(tensors, buf)
         (tmp / "sinabs_state.pt").write_bytes(buf.getvalue())
@@ -436,6 +436,3 @@ def write_speck(graph: nir.NIRGraph, out_dir: str | Path, *, force: bool = False
             remove_temp(tmp)  # a no-op once published
     return out_dir
 
-
-def _input_shape(graph: nir.NIRGraph) -> list[int]:
-    return [int(s) for s in np.asarray(graph.nodes[input_node(graph)].input_type["input"]).reshape(-1)]

@@ -52,7 +52,9 @@ from bridge.format.extension import (
     if_semantics,
     make_if,
 )
-from bridge.format.graph import input_node, neighbours, per_channel, scale_output_channels, topological_order
+from bridge.format.graph import (
+    input_node, input_shape, neighbours, per_channel, scale_output_channels, topological_order,
+)
 from bridge.format.speck import STATE_BITS, WEIGHT_BITS
 from bridge.passes.fixed_point import state_range, to_fixed_point
 
@@ -75,15 +77,17 @@ def _chain(graph: nir.NIRGraph) -> list[str]:
 
 
 def _shape_after(node: nir.NIRNode, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if isinstance(node, nir.Conv2d):
-        h, w = shape[1:]
-        k = np.asarray(node.weight).shape[2:]
-        st, pad, dil = (np.broadcast_to(np.asarray(v), (2,)) for v in (node.stride, node.padding, node.dilation))
-        return (int(np.asarray(node.weight).shape[0]),
-                *(int((n + 2 * p - d * (kk - 1) - 1) // s + 1) for n, kk, s, p, d in zip((h, w), k, st, pad, dil)))
-    if isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
-        k, st, pad = (np.broadcast_to(np.asarray(v), (2,)) for v in (node.kernel_size, node.stride, node.padding))
-        return (shape[0], *(int((n + 2 * p - kk) // s + 1) for n, kk, s, p in zip(shape[1:], k, st, pad)))
+    """The shape a chain node gives for an input of ``shape`` (torch's conv / pooling sizes)."""
+    from bridge.converter.ir_eval import output_size
+
+    if isinstance(node, (nir.Conv2d, nir.AvgPool2d, nir.SumPool2d)):
+        conv = isinstance(node, nir.Conv2d)
+        k = np.asarray(node.weight).shape[2:] if conv else np.broadcast_to(np.asarray(node.kernel_size), (2,))
+        st, pad = (np.broadcast_to(np.asarray(v), (2,)) for v in (node.stride, node.padding))
+        dil = np.broadcast_to(np.asarray(node.dilation), (2,)) if conv else (1, 1)
+        channels = int(np.asarray(node.weight).shape[0]) if conv else shape[0]
+        return (channels, *(output_size(int(n), int(kk), int(s_), int(p), int(d))
+                            for n, kk, s_, p, d in zip(shape[1:], k, st, pad, dil)))
     if isinstance(node, nir.Flatten):
         return (int(np.prod(shape)),)
     if isinstance(node, (nir.Affine, nir.Linear)):
@@ -149,7 +153,7 @@ def legalise_for_speck(
     if biases not in ("refuse", "drop"):
         raise BridgeError(f"biases must be 'refuse' or 'drop', got {biases!r}")
     order = _chain(graph)
-    shape = tuple(int(s) for s in np.asarray(graph.nodes[order[0]].input_type["input"]).reshape(-1))
+    shape = input_shape(graph)
     if len(shape) != 3:
         raise BridgeError(f"Speck takes images (C, H, W); the graph's input has shape {shape}")
     theta_out = readout_threshold(graph, calibration, readout_percentile)
