@@ -55,7 +55,8 @@ def _write_artifact(graph: Any, target: str, out: Path, force: bool) -> Path:
     return write_artifact(graph, target, out, force=force)
 
 
-def _write(graph: Any, target: str, out: Path, force: bool, plan: Any, as_json: bool = False) -> tuple[Path, Any]:
+def _write(graph: Any, target: str, out: Path, force: bool, plan: Any, as_json: bool = False,
+           calibration: Any = None) -> tuple[Path, Any]:
     """Write ``graph`` as ``target``: a NIR file, a framework folder, or a Speck folder (legalised,
     checked against the chip, its resource table printed). Returns the path and the graph written."""
     if target == "nir":
@@ -66,7 +67,7 @@ def _write(graph: Any, target: str, out: Path, force: bool, plan: Any, as_json: 
         from app.cli.console import console
         from bridge.workflow.targets import speck_export
 
-        written = speck_export(graph, plan, out, force=force)
+        written = speck_export(graph, plan, out, force=force, calibration=calibration)
         console(stderr=as_json).print(written.table, highlight=False, soft_wrap=True)  # stdout keeps the JSON
         return written.path, written.graph
     return _write_artifact(graph, target, out, force), graph
@@ -208,5 +209,5 @@ def export(model: Path, target: str, out: Path, arch: str | None, trust_pickle: 
     graph, report = result.graph, result.report
     if not as_json:
         print_conversion(report)
-    written, graph = _write(graph, target, out, force, plan, as_json)
+    written, graph = _write(graph, target, out, force, plan, as_json, result.calibration)
     _summary(written, graph, target, as_json=as_json, report=report)

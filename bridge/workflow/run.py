@@ -73,6 +73,7 @@ class WorkflowResult:
     report: WorkflowReport
     source: Any = None  # the model as read (module, program or loaded model)
     stage_graphs: dict[str, nir.NIRGraph] = field(default_factory=dict)
+    calibration: torch.Tensor | None = field(default=None, repr=False)  # the data as loaded (float32)
     _ann: nn.Module | None = field(default=None, repr=False)
 
     @property
@@ -328,7 +329,7 @@ def run_plan(model: Any, plan: ConversionPlan, input_shape: tuple[int, ...] | No
 
         graph = apply_profile(graph, plan.profile)
     report.seconds = time.perf_counter() - start
-    return WorkflowResult(graph, report, source, stage_graphs if stage_graphs is not None else {})
+    return WorkflowResult(graph, report, source, stage_graphs if stage_graphs is not None else {}, calibration)
 
 
 def fixed_point(graph: nir.NIRGraph, plan: ConversionPlan) -> nir.NIRGraph:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nir
+import torch
 
 from bridge.format.errors import BridgeError
 from bridge.format.graph import input_shape
@@ -70,14 +71,17 @@ def check_speck_plan(plan: ConversionPlan) -> None:
                           "and 16-bit state, which the Speck export writes itself; drop --weights")
 
 
-def speck_export(graph: nir.NIRGraph, plan: ConversionPlan, out: str | Path, *, force: bool = False) -> SpeckExport:
+def speck_export(graph: nir.NIRGraph, plan: ConversionPlan, out: str | Path, *, force: bool = False,
+                 calibration: torch.Tensor | None = None) -> SpeckExport:
     """Legalise ``graph`` for Speck with the plan's calibration data and T, check it fits the chip and
-    write the folder ``out`` (see the module docstring)."""
+    write the folder ``out`` (see the module docstring). ``calibration``: the plan's data already
+    loaded (:attr:`bridge.workflow.WorkflowResult.calibration`), else it is read here."""
     from bridge.passes.speck import legalise_for_speck
     from exporters.speck import check_fits, resource_table, write_speck
 
     check_speck_plan(plan)
-    calibration = load_calibration(plan.calibration, input_shape(graph), plan.calibration_samples)
+    if calibration is None:
+        calibration = load_calibration(plan.calibration, input_shape(graph), plan.calibration_samples)
     chip = legalise_for_speck(graph, calibration, timesteps=plan.timesteps)
     layers, cores = check_fits(chip)  # one line per broken limit, before anything is written
     path = write_speck(chip, out, force=force)
