@@ -24,14 +24,20 @@ For each model the demo
    calibrated graph and validates both exporters against the reference simulator;
 5. writes a report folder (Markdown, PNG plots, results.json); :mod:`app.demo_report` checks
    the issues' targets on the means over seeds and prints them with pass/fail.
+
+Each (model, seed) is one :class:`DemoJob` with its own :class:`Results`; with
+``DemoConfig.workers`` > 1 the jobs run side by side in worker processes
+(:mod:`app.demo_workers`) and their results are merged in job order.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import nir
 import numpy as np
@@ -65,6 +71,9 @@ class ModelSpec:
     epochs: int
     benchmark: str = "digits"
     relu: bool = False  # plain ReLU: calibrated thresholds, SpikingJelly ann2snn applies
+    #: seconds one job of this model took (a demo run on the 2-core machine, 1 thread): the
+    #: longest jobs start first, so that no worker is left alone with a long one at the end
+    job_seconds: float = 30.0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -72,15 +81,20 @@ class ModelSpec:
 
 
 MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec("clip", "CNN, clipped ReLU", lambda: DigitsCNN("clip"), 20),
-    ModelSpec("qcfs", "CNN, QCFS (L=4)", lambda: DigitsCNN("qcfs", levels=4), 20),
-    ModelSpec("relu", "CNN, plain ReLU", lambda: DigitsCNN("relu"), 20, relu=True),
-    ModelSpec("resnet", "ResNet, clipped ReLU", lambda: DigitsResNet("clip"), 10),
-    ModelSpec("m1d-cnn-qcfs", "MNIST-1D CNN, QCFS (L=4)", lambda: SignalCNN("qcfs", levels=4), 12, "mnist1d"),
-    ModelSpec("m1d-cnn-relu", "MNIST-1D CNN, plain ReLU", lambda: SignalCNN("relu"), 12, "mnist1d", relu=True),
-    ModelSpec("m1d-res-qcfs", "MNIST-1D ResNet, QCFS (L=4)", lambda: SignalResNet("qcfs", levels=4), 8, "mnist1d"),
-    ModelSpec("m1d-res-relu", "MNIST-1D ResNet, plain ReLU", lambda: SignalResNet("relu"), 8, "mnist1d", relu=True),
+    ModelSpec("clip", "CNN, clipped ReLU", lambda: DigitsCNN("clip"), 20, job_seconds=23),
+    ModelSpec("qcfs", "CNN, QCFS (L=4)", lambda: DigitsCNN("qcfs", levels=4), 20, job_seconds=30),
+    ModelSpec("relu", "CNN, plain ReLU", lambda: DigitsCNN("relu"), 20, relu=True, job_seconds=40),
+    ModelSpec("resnet", "ResNet, clipped ReLU", lambda: DigitsResNet("clip"), 10, job_seconds=59),
+    ModelSpec("m1d-cnn-qcfs", "MNIST-1D CNN, QCFS (L=4)", lambda: SignalCNN("qcfs", levels=4), 12, "mnist1d",
+              job_seconds=21),
+    ModelSpec("m1d-cnn-relu", "MNIST-1D CNN, plain ReLU", lambda: SignalCNN("relu"), 12, "mnist1d", relu=True,
+              job_seconds=30),
+    ModelSpec("m1d-res-qcfs", "MNIST-1D ResNet, QCFS (L=4)", lambda: SignalResNet("qcfs", levels=4), 8, "mnist1d",
+              job_seconds=34),
+    ModelSpec("m1d-res-relu", "MNIST-1D ResNet, plain ReLU", lambda: SignalResNet("relu"), 8, "mnist1d", relu=True,
+              job_seconds=45),
 )
+MODEL_BY_KEY: dict[str, ModelSpec] = {m.key: m for m in MODELS}
 
 
 @dataclass
@@ -88,7 +102,7 @@ class DemoConfig:
     """What the demo runs. ``quick`` trades spread and range for time (tests, first look)."""
 
     out: Path = Path("bridge-demo")
-    seeds: int = 3
+    seeds: int = 2
     quick: bool = False
     force: bool = False
     steps: tuple[int, ...] = FULL_STEPS
@@ -103,13 +117,22 @@ class DemoConfig:
         default_factory=lambda: {"digits": (1, 2), "mnist1d": FULL_STEPS})
     joint_iterations: int = 80
     any_t: bool = True
+    #: processes running the (model, seed) jobs side by side (1: all in this process)
+    workers: int = 1
+    #: torch threads per worker process (None: the cores shared out among the workers)
+    threads: int | None = None
 
     @classmethod
-    def make(cls, out: str | Path = "bridge-demo", seeds: int = 3, quick: bool = False,
+    def make(cls, out: str | Path = "bridge-demo", seeds: int = 2, quick: bool = False,
              force: bool = False, benchmarks: tuple[str, ...] = BENCHMARKS,
-             mnist1d_seeds: int | None = None) -> DemoConfig:
+             mnist1d_seeds: int | None = None, workers: int | None = None,
+             threads: int | None = None) -> DemoConfig:
+        """The demo's settings; ``workers`` None: one per core, at most one per job."""
         if seeds < 1:
             raise BridgeError(f"--seeds must be >= 1, got {seeds}")
+        for flag, value in (("--workers", workers), ("--threads", threads)):
+            if value is not None and value < 1:
+                raise BridgeError(f"{flag} must be >= 1, got {value}")
         bad = [b for b in benchmarks if b not in BENCHMARKS]
         if bad or not benchmarks:
             raise BridgeError(f"unknown benchmark {', '.join(bad) or '(none)'}; choose from {', '.join(BENCHMARKS)}")
@@ -117,17 +140,51 @@ class DemoConfig:
         if m1d < 1:
             raise BridgeError(f"--mnist1d-seeds must be >= 1, got {m1d}")
         if quick:
-            return cls(Path(out), seeds, True, force, QUICK_STEPS, 256, 0.5,
-                       tuple(s for s in sj.SETTINGS if s.mode == "99.9%"), benchmarks=tuple(benchmarks),
-                       mnist1d_seeds=m1d, pipeline_steps={"digits": (1, 2), "mnist1d": (2, 4, 8)},
-                       joint_iterations=60, any_t=False)
-        return cls(Path(out), seeds, False, force, benchmarks=tuple(benchmarks), mnist1d_seeds=m1d)
+            config = cls(Path(out), seeds, True, force, QUICK_STEPS, 256, 0.5,
+                         tuple(s for s in sj.SETTINGS if s.mode == "99.9%"), benchmarks=tuple(benchmarks),
+                         mnist1d_seeds=m1d, pipeline_steps={"digits": (1, 2), "mnist1d": (2, 4, 8)},
+                         joint_iterations=60, any_t=False, threads=threads)
+        else:
+            config = cls(Path(out), seeds, False, force, benchmarks=tuple(benchmarks), mnist1d_seeds=m1d,
+                         threads=threads)
+        config.workers = workers if workers is not None else min(available_cores(), len(config.jobs()))
+        return config
 
     def models(self) -> list[ModelSpec]:
         return [m for m in MODELS if m.benchmark in self.benchmarks]
 
     def seeds_of(self, benchmark: str) -> list[int]:
         return list(range(self.seeds if benchmark == "digits" else self.mnist1d_seeds))
+
+    def jobs(self) -> list[DemoJob]:
+        """Every (model, seed) job, in the order their numbers are listed over seeds."""
+        return [DemoJob(benchmark, seed, spec.key, seed == self.seeds_of(benchmark)[0])
+                for benchmark in self.benchmarks for seed in self.seeds_of(benchmark)
+                for spec in self.models() if spec.benchmark == benchmark]
+
+    def threads_per_worker(self) -> int:
+        """torch threads for each worker process: ``threads``, else the cores shared out."""
+        return self.threads if self.threads is not None else max(1, available_cores() // max(1, self.workers))
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    """One model trained, converted, calibrated and measured on one seed: the unit the demo runs
+    in a worker process. ``first``: the first seed of its benchmark, which also writes and
+    validates the exported models and the per-layer analysis."""
+
+    benchmark: str
+    seed: int
+    model: str
+    first: bool
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 # --- results --------------------------------------------------------------------------------
@@ -145,6 +202,7 @@ class Results:
     layers: dict[str, list[dict]] = field(default_factory=dict)  # per model, first seed
     validation: dict[str, dict] = field(default_factory=dict)  # per model, first seed
     train_seconds: dict[str, list[float]] = field(default_factory=dict)
+    job_seconds: dict[str, list[float]] = field(default_factory=dict)  # per model, one per seed
     stage_seconds: dict[str, float] = field(default_factory=dict)  # where the time went
     seconds: float = 0.0
     # calibration cost per model and T (str), one dict per seed: seconds, images, chosen stage
@@ -152,6 +210,24 @@ class Results:
     benchmark_seeds: dict[str, list[int]] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)  # model key -> label
     benchmark_of: dict[str, str] = field(default_factory=dict)  # model key -> benchmark
+    workers: int = 1  # processes the jobs ran in: stage_seconds sums their times
+
+    def merge(self, part: Results) -> None:
+        """Append the numbers of ``part`` (one job's results) after this run's: lists over seeds
+        keep the order in which the parts are merged."""
+        def extend(into: dict, new: dict) -> None:
+            for key, value in new.items():
+                if isinstance(value, dict):
+                    extend(into.setdefault(key, {}), value)
+                else:
+                    into.setdefault(key, []).extend(value)
+
+        for table in ("ann", "accuracy", "agreement", "train_seconds", "job_seconds", "calibration"):
+            extend(getattr(self, table), getattr(part, table))
+        for table in ("layers", "validation", "labels", "benchmark_of"):
+            getattr(self, table).update(getattr(part, table))
+        for stage, seconds in part.stage_seconds.items():
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
 
     def clock(self, stage: str, since: float) -> float:
         """Add the time since ``since`` to ``stage``; return now."""
@@ -184,10 +260,11 @@ class Results:
         return {"steps": list(self.steps), "seeds": self.seeds, "ann": self.ann,
                 "accuracy": conv(self.accuracy), "agreement": conv(self.agreement),
                 "layers": self.layers, "validation": self.validation,
-                "train_seconds": self.train_seconds, "stage_seconds": self.stage_seconds,
+                "train_seconds": self.train_seconds, "job_seconds": self.job_seconds,
+                "stage_seconds": self.stage_seconds,
                 "seconds": self.seconds, "calibration": self.calibration,
                 "benchmark_seeds": self.benchmark_seeds, "labels": self.labels,
-                "benchmark_of": self.benchmark_of}
+                "benchmark_of": self.benchmark_of, "workers": self.workers}
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -304,12 +381,21 @@ def validate_exports(graph: nir.NIRGraph, folder: Path, x: torch.Tensor, y: torc
 
 # --- the pipeline ------------------------------------------------------------------------------
 
+class TaskBars(Protocol):
+    """Where a job reports its progress: ``task(description, total)`` opens a bar and returns
+    its update function ``update(done=None, advance=1)``."""
+
+    def task(self, description: str, total: int) -> Callable[..., None]: ...
+
+
 class _Progress:
-    """A rich progress display (or nothing, for library callers)."""
+    """A rich progress display (or nothing, for library callers); :meth:`relay` draws the
+    bars of jobs running in worker processes (:mod:`app.demo_workers`)."""
 
     def __init__(self, console=None) -> None:
         self.console = console
         self.bar = None
+        self._relayed: dict[str, Callable[..., None]] = {}
 
     def __enter__(self):
         if self.console is not None:
@@ -336,6 +422,15 @@ class _Progress:
             else:
                 self.bar.update(tid, completed=done)
         return update
+
+    def relay(self, message: tuple) -> None:
+        """Apply one message of a worker's bar: ``(bar id, description, total)`` opens it,
+        ``(bar id, done, advance)`` updates it."""
+        key, first, second = message
+        if key not in self._relayed:
+            self._relayed[key] = self.task(first, second)
+        else:
+            self._relayed[key](done=first, advance=second)
 
 
 def accuracy_vs_steps(graph: nir.NIRGraph, x: torch.Tensor, y: torch.Tensor, steps: tuple[int, ...],
@@ -366,7 +461,8 @@ def _split(benchmark: str, seed: int) -> Split:
 
 def run_demo(config: DemoConfig, console=None) -> Results:
     """Run the whole demo and return the numbers (``app.demo_report.write_report`` writes the
-    report folder from them)."""
+    report folder from them). With ``config.workers`` > 1 the jobs run in that many processes
+    (:mod:`app.demo_workers`); the numbers are merged in the same order either way."""
     out = config.out
     if out.exists() and any(out.iterdir()) and not config.force:
         raise BridgeError(f"{out} already exists and is not empty; choose another --out or pass --force")
@@ -374,21 +470,40 @@ def run_demo(config: DemoConfig, console=None) -> Results:
         raise BridgeError(f"the folder {out.parent} does not exist; create it first")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    res = Results(config.steps, config.seeds_of("digits"))
+    jobs = config.jobs()
+    res = Results(config.steps, config.seeds_of("digits"), workers=min(config.workers, len(jobs)))
+    res.benchmark_seeds = {b: config.seeds_of(b) for b in config.benchmarks}
+    threads = torch.get_num_threads()
     with _Progress(console) as progress:
-        for benchmark in config.benchmarks:
-            seeds = config.seeds_of(benchmark)
-            res.benchmark_seeds[benchmark] = seeds
-            for seed in seeds:
-                split = _split(benchmark, seed)
-                for spec in [m for m in config.models() if m.benchmark == benchmark]:
-                    _run_model(spec, split, seed, seed == seeds[0], config, res, progress)
+        if res.workers > 1:
+            from app.demo_workers import run_jobs_in_processes
+
+            parts = run_jobs_in_processes(jobs, config, progress)
+        else:
+            if config.threads is not None:
+                torch.set_num_threads(config.threads)
+            try:
+                parts = [run_job(job, config, progress) for job in jobs]
+            finally:
+                torch.set_num_threads(threads)
+    for part in parts:
+        res.merge(part)
     res.seconds = time.perf_counter() - start
     return res
 
 
+def run_job(job: DemoJob, config: DemoConfig, progress: TaskBars) -> Results:
+    """One job's numbers, in a :class:`Results` of their own (merged by :func:`run_demo`)."""
+    res = Results(config.steps, [job.seed])
+    spec = MODEL_BY_KEY[job.model]
+    start = time.perf_counter()
+    _run_model(spec, _split(job.benchmark, job.seed), job.seed, job.first, config, res, progress)
+    res.job_seconds[job.model] = [time.perf_counter() - start]
+    return res
+
+
 def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: DemoConfig,
-               res: Results, progress: _Progress) -> None:
+               res: Results, progress: TaskBars) -> None:
     """Train, convert, calibrate and measure one model on one seed; record into ``res``."""
     from bridge.workflow import ConversionPlan, WorkflowReport, run_plan
     from bridge.workflow.run import calibrate_graph
@@ -415,9 +530,10 @@ def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: De
                                                 channel_wise=spec.relu), spec.input_shape).graph
               for v in inits}
     bar()
+    sweeps: dict[str, dict[int, float]] = {}
     for v, g in graphs.items():
-        acc, agree = accuracy_vs_steps(g, x, y, config.steps, ann=True)
-        res.add("accuracy", spec.key, v, acc)
+        sweeps[v], agree = accuracy_vs_steps(g, x, y, config.steps, ann=True)
+        res.add("accuracy", spec.key, v, sweeps[v])
         res.add("agreement", spec.key, v, agree)
     bar()
     t0 = res.clock("convert + simulate", t0)
@@ -433,14 +549,22 @@ def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: De
                 {"seconds": rep.seconds, "images": rep.images, "heldout": rep.heldout, "chosen": rep.chosen,
                  "stages": {st.name: {"seconds": st.seconds, "heldout_error": st.heldout_error, "kept": st.kept}
                             for st in rep.stages}})
+            measured = {}
             for stage in CALIBRATION_STAGES:
                 if stage in stage_graphs:
-                    res.add("accuracy", spec.key, stage, accuracy_vs_steps(stage_graphs[stage], x, y, (t,), False)[0])
-            res.add("accuracy", spec.key, "default", accuracy_vs_steps(calibrated[t], x, y, (t,), False)[0])
+                    measured[stage] = accuracy_vs_steps(stage_graphs[stage], x, y, (t,), False)[0]
+                    res.add("accuracy", spec.key, stage, measured[stage])
+            # the pipeline returns the best graph after its last stage, which is that stage's row
+            # (the same arrays, simulated in float32 either way): not simulated a second time
+            last = list(stage_graphs)[-1]
+            res.add("accuracy", spec.key, "default",
+                    measured[last] if last in measured else accuracy_vs_steps(calibrated[t], x, y, (t,), False)[0])
         else:  # the search only (the digits beyond the targets' T: keeps the demo short)
             search = calibration_for(t, split, config.calibration_samples)
+            # the search as the only stage: the graph of stages ("half", "optimized"), without
+            # the held-out evaluations that would choose between them (the search is always kept)
             calibrated[t] = calibrate_graph(graphs["half"], ConversionPlan(
-                calibration=search, calibration_samples=len(search), timesteps=t, stages=("half", "optimized")),
+                calibration=search, calibration_samples=len(search), timesteps=t, stages=("optimized",)),
                 search)
             res.add("accuracy", spec.key, "optimized", accuracy_vs_steps(calibrated[t], x, y, (t,), False)[0])
         bar()
@@ -452,7 +576,10 @@ def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: De
         rep = report.calibration
         res.calibration.setdefault(spec.key, {}).setdefault("any", []).append(
             {"seconds": rep.seconds, "images": rep.images, "heldout": rep.heldout, "chosen": rep.chosen})
-        res.add("accuracy", spec.key, "any-T", accuracy_vs_steps(any_t, x, y, config.steps, False)[0])
+        # theta/2 alone (the default without --timesteps) is the graph whose sweep is above
+        unchanged = [st.name for st in rep.stages] == ["half"]
+        res.add("accuracy", spec.key, "any-T",
+                sweeps["half"] if unchanged else accuracy_vs_steps(any_t, x, y, config.steps, False)[0])
         bar()
         t0 = res.clock("calibrate any T + simulate", t0)
     if first:

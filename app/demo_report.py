@@ -320,7 +320,8 @@ def markdown(res: Results, config: DemoConfig) -> str:
         "# bridge demo report",
         "",
         f"{_data_line(res)}. Numbers are mean ± std over seeds, in %. "
-        f"Run time {res.seconds:.0f} s{' (--quick)' if config.quick else ''}.",
+        f"Run time {res.seconds:.0f} s{' (--quick)' if config.quick else ''}"
+        f"{f', {res.workers} worker processes' if res.workers > 1 else ''}.",
         "",
         "Methods: *v_init 0* and *v_init theta/2*: the converted graph with that initial potential, "
         "simulated once for all T by the reference simulator; the calibration stages "
@@ -375,9 +376,16 @@ def markdown(res: Results, config: DemoConfig) -> str:
             lines.append(f"| {model} | {name} | {b['status']} | {100 * b['spike_agreement']:.4f}% | {b['unexplained']} |")
     lines += ["", "Training time per model (s, mean over splits): " +
               ", ".join(f"{k} {np.mean(v):.1f}" for k, v in res.train_seconds.items()),
-              "", "Where the run time went (s): " +
-              ", ".join(f"{k} {v:.1f}" for k, v in res.stage_seconds.items()), ""]
+              "", _time_line(res), ""]
     return "\n".join(lines)
+
+
+def _time_line(res: Results) -> str:
+    where = ", ".join(f"{k} {v:.1f}" for k, v in res.stage_seconds.items())
+    if res.workers > 1:
+        return (f"Where the time went (s, summed over the {res.workers} worker processes that ran the "
+                f"jobs side by side; wall time {res.seconds:.0f} s): {where}")
+    return f"Where the run time went (s): {where}"
 
 
 def write_report(res: Results, config: DemoConfig, out: Path) -> None:

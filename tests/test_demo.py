@@ -108,9 +108,14 @@ def test_demo_quick_end_to_end(tmp_path):
     assert any(k.startswith("SJ ") for k in data["accuracy"]["relu"])
     assert not any(k.startswith("SJ ") for k in data["accuracy"]["clip"])
     # the reported ANN accuracy, recomputed independently: the written graph's ANN view against
-    # the labels of the same held-out split (float32 weights: at most one image may flip)
+    # the labels of the same held-out split (float32 weights: at most one image may flip). The
+    # written graph is calibrated for T=4: the search moved the QCFS model's thresholds, so its
+    # IF nodes no longer claim the staircase and its ANN view is the clipped twin (within a point)
+    import nir
+
     from bridge import read_graph
     from bridge.data.datasets import digits_split
+    from bridge.format.extension import qcfs_staircase
     from bridge.reference import ann_view
 
     split = digits_split(0)
@@ -118,7 +123,11 @@ def test_demo_quick_end_to_end(tmp_path):
         graph = read_graph(out / "models" / model / "model.nir")
         logits = ann_view(graph, split.test_x.to(torch.float64))
         accuracy = float((logits.argmax(1) == split.test_y).double().mean())
-        assert abs(accuracy - data["ann"][model][0]) <= 1.0 / len(split.test_y) + 1e-12, model
+        marked = [n for n, node in graph.nodes.items() if isinstance(node, nir.IF) and qcfs_staircase(node)]
+        if model == "qcfs":
+            assert not marked and abs(accuracy - data["ann"][model][0]) <= 0.01, model
+        else:
+            assert abs(accuracy - data["ann"][model][0]) <= 1.0 / len(split.test_y) + 1e-12, model
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "not applicable" in report
     # a second run refuses to overwrite the report folder
@@ -198,3 +207,50 @@ def test_float32_sweep_predicts_like_the_float64_reference():
     assert fast.dtype == torch.float32 and fast.shape == exact.shape
     torch.testing.assert_close(fast.double(), exact, rtol=1e-4, atol=1e-4)
     assert float((fast.argmax(-1) == exact.argmax(-1)).float().mean()) >= 0.99
+
+
+@pytest.mark.slow
+def test_demo_jobs_in_two_processes_give_the_numbers_of_one_process(tmp_path):
+    """The (model, seed) jobs run in spawned worker processes (app.demo_workers) and their
+    numbers, merged in job order, equal a one-process run's with the same torch threads."""
+    from app.demo import DemoConfig, run_demo
+
+    def config(name: str, workers: int) -> DemoConfig:
+        return DemoConfig(tmp_path / name, seeds=1, quick=True, steps=(1, 2), calibration_samples=64,
+                          epochs_scale=0.2, sj_settings=sj.SETTINGS[-1:], export_and_validate=False,
+                          benchmarks=("mnist1d",), mnist1d_seeds=2, pipeline_steps={"mnist1d": (2,)},
+                          joint_iterations=3, any_t=False, workers=workers, threads=1)
+
+    one, two = run_demo(config("one", 1)), run_demo(config("two", 2))
+    assert (one.workers, two.workers) == (1, 2)
+    assert two.benchmark_seeds == {"mnist1d": [0, 1]}
+    for table in ("ann", "accuracy", "agreement", "layers", "labels", "benchmark_of"):
+        assert getattr(two, table) == getattr(one, table), table
+    for model in two.ann:  # two seeds per model, in seed order
+        assert len(two.ann[model]) == 2 and len(two.accuracy[model]["half"][1]) == 2
+    assert [c["chosen"] for c in two.calibration["m1d-cnn-relu"]["2"]] == \
+        [c["chosen"] for c in one.calibration["m1d-cnn-relu"]["2"]]
+    assert set(two.stage_seconds) == set(one.stage_seconds)
+
+
+def test_demo_config_counts_workers_and_threads(tmp_path):
+    cfg = DemoConfig.make(tmp_path / "d", seeds=2, mnist1d_seeds=1, workers=3, threads=2)
+    assert (cfg.workers, cfg.threads_per_worker()) == (3, 2)
+    jobs = cfg.jobs()
+    assert len(jobs) == 4 * 2 + 4 * 1
+    assert [j.first for j in jobs if j.benchmark == "digits"] == [True] * 4 + [False] * 4
+    assert DemoConfig.make(tmp_path / "d", seeds=1, benchmarks=("digits",)).workers <= 4
+    with pytest.raises(BridgeError, match="--workers must be >= 1"):
+        DemoConfig.make(tmp_path / "d", workers=0)
+
+
+def test_a_failing_job_in_a_worker_stops_the_pool_and_raises_its_error(tmp_path):
+    """The first job that fails in a worker process is raised in the parent (the pool is
+    terminated, nothing hangs), with its own exception type and message."""
+    from app.demo import DemoJob, _Progress
+    from app.demo_workers import run_jobs_in_processes
+
+    cfg = DemoConfig(tmp_path / "x", seeds=1, workers=2, threads=1)
+    bad = DemoJob("digits", -1, "clip", True)  # scikit-learn refuses the negative split seed
+    with pytest.raises(ValueError, match="random_state|[Ss]eed"):
+        run_jobs_in_processes([bad, bad, bad], cfg, _Progress(None))

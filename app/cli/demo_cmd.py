@@ -12,7 +12,7 @@ from app.cli.option_types import COUNT
 @click.command(name="demo")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("bridge-demo"),
               show_default=True, help="Report folder (report.md, PNG plots, results.json, models/).")
-@click.option("--seeds", type=COUNT, default=3, show_default=True,
+@click.option("--seeds", type=COUNT, default=2, show_default=True,
               help="Digits: number of data splits (digits_split(seed), seed = 0..n-1) to average over.")
 @click.option("--mnist1d-seeds", type=COUNT, default=None,
               help="MNIST-1D: number of training seeds (default: min(--seeds, 2)).")
@@ -21,11 +21,15 @@ from app.cli.option_types import COUNT
 @click.option("--quick", is_flag=True, help="Fewer epochs, T up to 16, SJ 99.9% settings only, "
                                             "the pipeline at fewer T, no any-T fit.")
 @click.option("--force", is_flag=True, help="Overwrite an existing, non-empty report folder.")
-@click.option("--threads", type=COUNT, default=None, help="torch threads (default: torch's choice).")
+@click.option("--workers", type=COUNT, default=None,
+              help="Processes running the (model, seed) jobs side by side (default: one per core, "
+                   "at most one per job; 1: everything in this process).")
+@click.option("--threads", type=COUNT, default=None,
+              help="torch threads per process (default: the cores shared out among the workers).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a target fails (for CI); by "
                                              "default the last line says which targets fail.")
 def demo(out: Path, seeds: int, mnist1d_seeds: int | None, benchmarks: tuple[str, ...], quick: bool,
-         force: bool, threads: int | None, strict: bool) -> None:
+         force: bool, workers: int | None, threads: int | None, strict: bool) -> None:
     """Train, convert, calibrate, export, validate and report accuracy vs time-steps on the
     digits and MNIST-1D.
 
@@ -39,7 +43,6 @@ def demo(out: Path, seeds: int, mnist1d_seeds: int | None, benchmarks: tuple[str
     """
     import logging
 
-    import torch
     from app.cli.console import console as make_console
 
     from app.demo import BENCHMARKS, DemoConfig, run_demo
@@ -47,10 +50,9 @@ def demo(out: Path, seeds: int, mnist1d_seeds: int | None, benchmarks: tuple[str
 
     # SpikingJelly's import makes torch log that Triton (a GPU compiler) is absent: noise here
     logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
     console = make_console()
-    config = DemoConfig.make(out, seeds, quick, force, tuple(benchmarks) or BENCHMARKS, mnist1d_seeds)
+    config = DemoConfig.make(out, seeds, quick, force, tuple(benchmarks) or BENCHMARKS, mnist1d_seeds,
+                             workers, threads)
     results = run_demo(config, console)
     write_report(results, config, config.out)
     print_table(results, console)
