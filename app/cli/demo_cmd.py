@@ -40,6 +40,13 @@ def demo(out: Path, seeds: int, mnist1d_seeds: int | None, benchmarks: tuple[str
     SpikingJelly's own ann2snn on the same ReLU weights; prints the table, the headline per
     model and the targets; the last line says how many targets pass and names those that fail
     (with --strict a failed target also gives exit status 1; the report is written either way).
+    The (model, seed) jobs run side by side in one worker process per core (--workers).
+
+    \b
+    Examples:
+      bridge demo                                  # both benchmarks, report in ./bridge-demo/
+      bridge demo --quick --seeds 1 --out /tmp/d   # a first look (about 2 minutes)
+      bridge demo --benchmark mnist1d --mnist1d-seeds 3 --workers 1
     """
     import logging
 
