@@ -576,10 +576,10 @@ def _run_model(spec: ModelSpec, split: Split, seed: int, first: bool, config: De
         rep = report.calibration
         res.calibration.setdefault(spec.key, {}).setdefault("any", []).append(
             {"seconds": rep.seconds, "images": rep.images, "heldout": rep.heldout, "chosen": rep.chosen})
-        # theta/2 alone (the default without --timesteps) is the graph whose sweep is above
-        unchanged = [st.name for st in rep.stages] == ["half"]
+        # when the pipeline keeps theta/2 (the default without --timesteps) it returns the graph
+        # whose sweep is above
         res.add("accuracy", spec.key, "any-T",
-                sweeps["half"] if unchanged else accuracy_vs_steps(any_t, x, y, config.steps, False)[0])
+                sweeps["half"] if rep.chosen == "half" else accuracy_vs_steps(any_t, x, y, config.steps, False)[0])
         bar()
         t0 = res.clock("calibrate any T + simulate", t0)
     if first:

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.converter import convert
-from bridge.data.mnist1d import INPUT_SHAPE, mnist1d_split
 from bridge.format.errors import BridgeError
 from bridge.format.progress import ProgressEvent
 from bridge.passes.bias_correction import correct_biases
@@ -26,17 +24,8 @@ from bridge.passes.pipeline import (
     ERROR_UNIT, HELDOUT_TASK, STAGE_LABELS, STAGES, CalibrationReport, calibrate, heldout_errors, improves,
 )
 from bridge.reference import ann_view, simulate
-from tests.test_calibration_pipeline import _net
-
-
-@pytest.fixture(scope="module")
-def data() -> torch.Tensor:
-    return mnist1d_split().train_x[:96]
-
-
-@pytest.fixture(scope="module", params=["cnn", "resnet"])
-def graph(request, data) -> nir.NIRGraph:
-    return convert(_net(request.param), INPUT_SHAPE, calibration=data, channel_wise=True)
+# the same calibration signals and converted networks as the pipeline's tests (their fixtures)
+from tests.test_calibration_pipeline import data, graph  # noqa: F401
 
 
 def _dtypes(g: nir.NIRGraph) -> dict:
